@@ -1,0 +1,60 @@
+//! Commands replicated through the Raft log, and what applying one returns.
+//!
+//! Commands are encoded with postcard on disk and on the wire, so every field type here must be
+//! postcard-friendly: no `skip_serializing_if`, no untagged or flattened enums.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ClusterConfig;
+use crate::NodeId;
+
+/// One change of the replicated state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Replace the whole cluster config. Validated again inside `apply`; a rejected config leaves the
+    /// previous one in force.
+    ApplyConfig { config: ClusterConfig },
+    /// A node's view of one backend changed.
+    HealthVote {
+        node: NodeId,
+        pool: String,
+        backend: String,
+        healthy: bool,
+        /// Milliseconds since the Unix epoch on the voting node (informational; `apply` never reads a clock).
+        observed_at_ms: u64,
+    },
+    /// Stop (or resume) sending new flows to a backend on every node.
+    SetDrain { pool: String, backend: String, draining: bool },
+    /// Activate or deactivate a standby backend.
+    SetStandby { pool: String, backend: String, active: bool },
+    /// An lbnode was added to the membership (recorded for status and vote accounting).
+    NodeJoined { id: NodeId, addr: String, http_addr: String },
+    /// An lbnode left the membership; its health votes stop counting.
+    NodeLeft { id: NodeId },
+}
+
+impl Command {
+    /// Short name for logs and events.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::ApplyConfig { .. } => "apply_config",
+            Command::HealthVote { .. } => "health_vote",
+            Command::SetDrain { .. } => "set_drain",
+            Command::SetStandby { .. } => "set_standby",
+            Command::NodeJoined { .. } => "node_joined",
+            Command::NodeLeft { .. } => "node_left",
+        }
+    }
+}
+
+/// What applying a command produced. Returned to the client that proposed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum CommandResult {
+    /// Applied; nothing more to say (also the result of blank and membership entries).
+    #[default]
+    Ok,
+    /// A new config is in force with this version number.
+    ConfigApplied { version: u64 },
+    /// The command was refused; the state did not change. One message per problem.
+    Rejected { errors: Vec<String> },
+}

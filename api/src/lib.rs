@@ -1,0 +1,23 @@
+//! lbfleet-api: everything nodes and tools agree on, with no I/O.
+//!
+//! Layout:
+//! - [`pb`]: the protobuf messages and tonic services (`Raft` between nodes, `Admin` for `lbctl`),
+//!   generated at build time from `proto/lbfleet.proto`.
+//! - [`config`]: the cluster config model (TOML and JSON share one schema), parsing and validation that
+//!   reports every problem at once, each naming its place.
+//! - [`command`]: the commands replicated through the Raft log and the result of applying one.
+//!
+//! Data enters as text (`config::parse`) or as protobuf messages and leaves as typed values; nothing here
+//! opens a socket or a file.
+
+pub mod command;
+pub mod config;
+
+/// Generated protobuf and gRPC code.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("lbfleet.v1");
+}
+
+/// Identifier of an lbnode inside the Raft group.
+pub type NodeId = u64;

@@ -1,0 +1,1 @@
+//! lbfleet-node: the lbnode daemon.
