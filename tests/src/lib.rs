@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 pub use lbfleet_api::pb;
 use lbfleet_api::pb::admin_client::AdminClient;
 use tonic::transport::Channel;
@@ -310,4 +310,76 @@ pub fn marker_of(config_json: &str) -> Result<u32> {
 /// Is `ip` usable on this machine (the whole 127/8 is loopback on Linux)?
 pub fn loopback_ok(ip: IpAddr) -> bool {
     std::net::TcpListener::bind((ip, 0)).is_ok()
+}
+
+/// A demo HTTP backend process (`lbctl demo-backend`): names itself in the body and in `x-backend`.
+pub struct BackendProc {
+    pub name: String,
+    pub addr: String,
+    child: Option<Child>,
+}
+
+impl BackendProc {
+    /// Start `lbctl demo-backend --name NAME --listen ADDR` and wait until it answers `/health`.
+    pub async fn start(name: &str, addr: &str) -> Result<BackendProc> {
+        let child = Command::new(bin("lbctl"))
+            .args(["demo-backend", "--name", name, "--listen", addr])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("spawn demo backend {name}"))?;
+        let b = BackendProc { name: name.to_string(), addr: addr.to_string(), child: Some(child) };
+        let a = b.addr.clone();
+        wait_until(&format!("demo backend {name} on {addr}"), Duration::from_secs(20), || {
+            let a = a.clone();
+            async move {
+                let (status, _, _) = http_get(&a, "/health", &[]).await?;
+                ensure!(status == 200, "status {status}");
+                Ok(())
+            }
+        })
+        .await?;
+        Ok(b)
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for BackendProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One HTTP/1.1 GET on a fresh connection: (status, headers, body).
+pub async fn http_get(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, hyper::HeaderMap, bytes::Bytes)> {
+    use http_body_util::BodyExt;
+    let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| anyhow!("connect to {addr} timed out"))??;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::get(path).header("host", addr);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
+        .await
+        .map_err(|_| anyhow!("GET {addr}{path} timed out"))??;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, headers, body))
 }
