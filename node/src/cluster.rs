@@ -70,6 +70,10 @@ pub struct LocalView {
     pub leader: Option<NodeId>,
     pub applied_index: u64,
     pub last_log_index: u64,
+    /// Last log index covered by this node's latest snapshot (0 when none).
+    pub snapshot_index: u64,
+    /// Log entries up to this index were purged from this node's log (0 when none).
+    pub purged_index: u64,
     pub voter: bool,
     pub config_version: u64,
     pub ring_digest: String,
@@ -168,6 +172,8 @@ pub fn local_view(metrics: &RaftMetrics, applied: &AppliedState, me: &LbNode) ->
         leader: metrics.current_leader,
         applied_index: applied.last_applied.map(|l| l.index).unwrap_or(0),
         last_log_index: metrics.last_log_index.unwrap_or(0),
+        snapshot_index: metrics.snapshot.map(|l| l.index).unwrap_or(0),
+        purged_index: metrics.purged.map(|l| l.index).unwrap_or(0),
         voter,
         config_version: applied.state.config_version,
         ring_digest: ring_digest(&applied.state),

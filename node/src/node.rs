@@ -69,10 +69,12 @@ impl Node {
         let grpc = {
             let mut stop = shutdown_rx.clone();
             let router = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(RaftService::new(raft.clone()).into_server())
                 .add_service(AdminService::new(cluster.clone(), config.http_port).into_server());
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+            // Accepted sockets get TCP_NODELAY here: the builder's setting applies only when tonic
+            // binds the listener itself.
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
             tokio::spawn(async move {
                 router.serve_with_incoming_shutdown(incoming, async move { stopped(&mut stop).await }).await
             })

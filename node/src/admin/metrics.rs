@@ -47,6 +47,13 @@ pub fn render(v: &LocalView, voters: usize, backends: usize, healthy_backends: u
     );
     gauge(
         &mut registry,
+        "raft_snapshot_index",
+        "Last log index covered by this node's latest snapshot",
+        v.snapshot_index,
+    );
+    gauge(&mut registry, "raft_purged_index", "Log entries up to this index are purged", v.purged_index);
+    gauge(
+        &mut registry,
         "raft_leader_id",
         "Node id of the leader this node knows (0 when none)",
         v.leader.unwrap_or(0),
@@ -82,6 +89,8 @@ mod tests {
             leader: Some(2),
             applied_index: 42,
             last_log_index: 43,
+            snapshot_index: 40,
+            purged_index: 30,
             voter: true,
             config_version: 3,
             ring_digest: "x".into(),
@@ -93,6 +102,8 @@ mod tests {
             "lbfleet_raft_is_leader{node=\"2\"} 1",
             "lbfleet_raft_applied_index{node=\"2\"} 42",
             "lbfleet_raft_last_log_index{node=\"2\"} 43",
+            "lbfleet_raft_snapshot_index{node=\"2\"} 40",
+            "lbfleet_raft_purged_index{node=\"2\"} 30",
             "lbfleet_config_version{node=\"2\"} 3",
             "lbfleet_backends_healthy{node=\"2\"} 3",
         ] {
