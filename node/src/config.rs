@@ -39,7 +39,7 @@ pub struct Cli {
     /// IP address this node binds its gRPC and admin HTTP servers to [default: 127.0.0.1].
     #[arg(long, value_name = "IP")]
     pub bind: Option<String>,
-    /// Directory for the Raft log and state machine [default: ./lbnode-<id>].
+    /// Directory for the Raft log and state machine [default: ./lbnode-ID].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Initial members: "1=127.0.0.11:7400,2=127.0.0.12:7400" (optionally `id=grpc@http`).

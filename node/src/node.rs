@@ -1,8 +1,8 @@
 //! Start and stop everything one lbnode runs: the store, Raft, the gRPC server (Raft + Admin on one
 //! port), the admin HTTP server and the one-time bootstrap.
 //!
-//! Start order: open the store, create Raft, bind both listeners (so a port in use is reported
-//! before anything runs), serve, then bootstrap. Stop order ([`Node::shutdown`]): stop accepting and
+//! Start order: bind both listeners (a port in use is reported before the store is touched), open
+//! the store, create Raft, serve, then bootstrap. Stop order ([`Node::shutdown`]): stop accepting and
 //! end streams, let in-flight calls finish (bounded), shut Raft down, then drop the store (the last
 //! handle closes and flushes the database).
 
@@ -41,11 +41,6 @@ impl Node {
     /// Open the store in `config.data_dir`, start Raft and both servers, and bootstrap the cluster
     /// if this node is the one that must (see [`crate::raft`]).
     pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-        let (log_store, sm_store) = lbfleet_raft_store::open(&config.data_dir)?;
-        let raft = new_raft(&config, log_store, sm_store.clone()).await?;
-
         let grpc_listener = TcpListener::bind(config.grpc_listen()).await.with_context(|| {
             format!("cannot listen for gRPC on {} (grpc_port/bind)", config.grpc_listen())
         })?;
@@ -54,6 +49,11 @@ impl Node {
         })?;
         let grpc_addr = grpc_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
+
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+        let (log_store, sm_store) = lbfleet_raft_store::open(&config.data_dir)?;
+        let raft = new_raft(&config, log_store, sm_store.clone()).await?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let cluster = Cluster {

@@ -241,6 +241,13 @@ async fn three_nodes_elect_replicate_and_survive_the_leader_being_killed() {
     let leader = wait_for_agreed_leader(&fleet, &all, None, Duration::from_secs(30)).await;
     let follower = *all.iter().find(|id| **id != leader).expect("a follower");
 
+    // Watch from a follower: the first event is the current state, later ones follow applies.
+    let mut watch =
+        admin(&fleet.grpc(follower)).await.watch(pb::WatchRequest {}).await.expect("watch").into_inner();
+    let first = watch.message().await.expect("watch event").expect("stream open");
+    assert!(first.summary.starts_with("current:"), "{}", first.summary);
+    assert_eq!(first.config_version, 0);
+
     // A config applied through a follower is forwarded to the leader.
     let started = Instant::now();
     let applied = admin(&fleet.grpc(follower))
@@ -252,6 +259,19 @@ async fn three_nodes_elect_replicate_and_survive_the_leader_being_killed() {
     eprintln!("apply_config through follower {follower}: {:?}", started.elapsed());
     assert_eq!(applied.version, 1);
     assert!(applied.log_index > 0);
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let e = watch.message().await.expect("watch event").expect("stream open");
+            if e.config_version == 1 {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("watch reports the new config version");
+    assert!(seen.summary.contains("config version 0 -> 1"), "{}", seen.summary);
+    assert!(seen.applied_index >= applied.log_index);
+    drop(watch);
 
     // Every node answers a linearizable read with it, and the leader is the one answering.
     for id in &all {
@@ -590,4 +610,17 @@ async fn a_node_added_later_catches_up_from_a_snapshot_and_members_can_be_remove
     assert_eq!(v2.version, 2);
     let nodes = admin(&fleet.grpc(rest[0])).await.list_nodes(pb::ListNodesRequest {}).await.expect("nodes");
     assert_eq!(nodes.into_inner().nodes.iter().map(|n| n.id).collect::<Vec<_>>(), rest);
+}
+
+#[test]
+fn bad_flags_exit_non_zero_naming_each_field() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lbnode"))
+        .args(["--id", "0", "--bind", "nope", "--peers", "1=x", "--election-max-ms", "10"])
+        .output()
+        .expect("run lbnode");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for field in ["id:", "bind:", "peers:", "election_max_ms:"] {
+        assert!(stderr.contains(field), "{field} not named in:\n{stderr}");
+    }
 }

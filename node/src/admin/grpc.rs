@@ -78,9 +78,10 @@ impl AdminService {
         self.cluster.id
     }
 
-    /// How long a forwarded request may take: the leader's own bound plus some slack.
+    /// How long a forwarded request may take: the leader's own bounds (an `AddNode` waits up to
+    /// three write timeouts: catch-up counts double, then the promotion) plus its leader wait.
     fn forward_timeout(&self) -> Duration {
-        self.cluster.write_timeout * 2 + LEADER_WAIT
+        self.cluster.write_timeout * 3 + LEADER_WAIT
     }
 
     /// Wait until some leader is known, at most until `deadline`.
