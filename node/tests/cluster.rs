@@ -486,6 +486,21 @@ async fn writes_without_quorum_fail_in_bounded_time() {
     let unreachable = status.nodes.iter().filter(|n| !n.reachable).count();
     assert_eq!(unreachable, 3, "{:?}", status.nodes);
     assert!(status.nodes.iter().filter(|n| !n.reachable).all(|n| !n.error.is_empty()));
+
+    // With the leader gone too, the last node refuses writes for want of a leader, still bounded.
+    fleet.kill(leader);
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        admin(&fleet.grpc(follower))
+            .await
+            .apply_config(pb::ApplyConfigRequest { format: "toml".into(), body: WEB_CONFIG.into() }),
+    )
+    .await
+    .expect("apply with no leader hung")
+    .expect_err("no leader, no commit");
+    eprintln!("write via the last node: {:?}", err.message());
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    assert!(err.message().starts_with("no leader"), "{}", err.message());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

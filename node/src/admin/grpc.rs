@@ -165,13 +165,16 @@ impl AdminService {
                         "leadership is moving: request forwarded {hops} times without reaching the leader; retry"
                     )));
                 }
-                let client = self.leader_client(leader)?;
-                match remote(client, forwarded((), hops, self.forward_timeout())).await {
-                    Ok(v) => return Ok(v),
-                    Err(s) if is_transport_failure(&s) => {
-                        format!("leader {leader} is unreachable: {}", s.message())
-                    }
-                    Err(s) => return Err(s),
+                match self.leader_client(leader) {
+                    // E.g. the leader known here was just removed: wait for the next one.
+                    Err(s) => s.message().to_string(),
+                    Ok(client) => match remote(client, forwarded((), hops, self.forward_timeout())).await {
+                        Ok(v) => return Ok(v),
+                        Err(s) if is_transport_failure(&s) => {
+                            format!("leader {leader} is unreachable: {}", s.message())
+                        }
+                        Err(s) => return Err(s),
+                    },
                 }
             };
             tracing::debug!("retrying on the leader: {retry_because}");
