@@ -148,6 +148,8 @@ pub fn node_status(v: &LocalView) -> pb::NodeStatus {
         voter: v.voter,
         config_version: v.config_version,
         error: String::new(),
+        snapshot_index: Some(v.snapshot_index),
+        purged_index: Some(v.purged_index),
     }
 }
 
