@@ -221,18 +221,19 @@ impl Cluster {
         self.nodes.iter_mut().find(|n| n.id == id).expect("node id in cluster")
     }
 
-    /// Wait until every running node reports the same leader, and return it.
+    /// Wait until every running node reports the same leader, that leader is itself running and says
+    /// so, and return its id. (Right after a SIGKILL the survivors still name the dead leader.)
     pub async fn wait_for_leader(&mut self, timeout: Duration) -> Result<u64> {
-        let running: Vec<String> = self
+        let running: Vec<(u64, String)> = self
             .nodes
             .iter_mut()
-            .filter_map(|n| if n.is_running() { Some(n.grpc_addr()) } else { None })
+            .filter_map(|n| if n.is_running() { Some((n.id, n.grpc_addr())) } else { None })
             .collect();
-        wait_until("all running nodes to agree on a leader", timeout, || {
+        wait_until("all running nodes to agree on a running leader", timeout, || {
             let running = running.clone();
             async move {
                 let mut leader = None;
-                for addr in &running {
+                for (_, addr) in &running {
                     let st = admin::local_status(addr).await?;
                     let l = st.leader.ok_or_else(|| anyhow!("{addr} knows no leader"))?;
                     if leader.is_some_and(|x| x != l) {
@@ -240,7 +241,14 @@ impl Cluster {
                     }
                     leader = Some(l);
                 }
-                leader.ok_or_else(|| anyhow!("no running node"))
+                let l = leader.ok_or_else(|| anyhow!("no running node"))?;
+                let (_, addr) = running
+                    .iter()
+                    .find(|(id, _)| *id == l)
+                    .ok_or_else(|| anyhow!("the agreed leader {l} is not running"))?;
+                let st = admin::local_status(addr).await?;
+                ensure!(st.role == "leader", "node {l} is named leader but is {}", st.role);
+                Ok(l)
             }
         })
         .await

@@ -239,7 +239,7 @@ async fn node_joining_after_the_log_was_purged_receives_a_snapshot() -> Result<(
     let mut c = Cluster::start(37, 3, &["--snapshot-logs", "20"])?;
     let leader = c.wait_for_leader(ELECTION).await?;
     let leader_addr = c.node(leader).grpc_addr();
-    let acked = write_configs(&leader_addr, 1, 60).await?;
+    let acked = write_configs(&leader_addr, 1, 120).await?;
     let purged = wait_until("the leader to purge its log", ELECTION, || async {
         let st = admin::local_status(&leader_addr).await?;
         match st.purged_index {
