@@ -1,1 +1,2 @@
 //! lbfleet-node: the lbnode daemon.
+pub mod dataplane;
