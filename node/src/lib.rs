@@ -9,6 +9,7 @@
 //! - [`admin`]: the `Admin` gRPC service ([`admin::grpc`]), the admin HTTP server
 //!   ([`admin::http`]) and its Prometheus metrics ([`admin::metrics`]).
 //! - [`routing`]: the ring digest each node publishes.
+//! - [`dataplane`]: the Maglev table, the selection policies and per-pool selectors.
 //! - [`channels`]: one cached gRPC channel per peer address.
 //!
 //! Where data enters and leaves:
@@ -25,6 +26,7 @@ pub mod admin;
 pub mod channels;
 pub mod cluster;
 pub mod config;
+pub mod dataplane;
 pub mod node;
 pub mod raft;
 pub mod routing;
