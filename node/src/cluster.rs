@@ -88,6 +88,8 @@ pub struct LocalView {
     pub voter: bool,
     pub config_version: u64,
     pub ring_digest: String,
+    /// Marked down by the leader (its health votes do not count).
+    pub down: bool,
 }
 
 /// A member of the Raft group.
@@ -193,6 +195,7 @@ pub fn local_view(
         voter,
         config_version: applied.state.config_version,
         ring_digest,
+        down: applied.state.down_nodes.contains(&metrics.id),
     }
 }
 

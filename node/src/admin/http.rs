@@ -185,6 +185,7 @@ mod tests {
             voter: true,
             config_version: 1,
             ring_digest: "abc".into(),
+            down: false,
         };
         let nodes =
             vec![Member { id: 1, addr: view.addr.clone(), http_addr: view.http_addr.clone(), voter: true }];
