@@ -269,7 +269,8 @@ mod tests {
 
     #[test]
     fn global_flags_after_the_command() {
-        let cli = parse(&["status", "--json", "--endpoint", "127.0.0.12:7400", "--timeout", "1500ms"]).unwrap();
+        let cli =
+            parse(&["status", "--json", "--endpoint", "127.0.0.12:7400", "--timeout", "1500ms"]).unwrap();
         assert!(cli.json);
         assert_eq!(cli.endpoint, "127.0.0.12:7400");
         assert_eq!(cli.timeout, Duration::from_millis(1500));

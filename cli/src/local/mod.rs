@@ -104,13 +104,12 @@ async fn up_steps(
     started: &mut Vec<Started>,
 ) -> Result<plan::UpSummary, StepFailure> {
     let t0 = Instant::now();
+    check_no_live_pids(&plan.dir).map_err(|e| fail("check the directory", e, vec![]))?;
     let lbnode =
         procs::find_executable("lbnode", a.lbnode.as_deref()).map_err(|e| fail("find lbnode", e, vec![]))?;
     let lbctl = std::env::current_exe()
         .context("cannot locate the running lbctl executable")
         .map_err(|e| fail("find lbctl", e, vec![]))?;
-
-    check_no_live_pids(&plan.dir).map_err(|e| fail("check the directory", e, vec![]))?;
     check_ports_free(plan).await.map_err(|e| fail("check ports", e, vec![]))?;
 
     // Backends first, so the first health checks of the nodes find them up.
