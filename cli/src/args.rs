@@ -136,7 +136,7 @@ pub struct AddNodeArgs {
     /// gRPC address of the new node (HOST:PORT).
     #[arg(long, value_parser = parse_host_port)]
     pub addr: String,
-    /// Admin HTTP address (HOST:PORT); default: the gRPC host with the gRPC port + 1.
+    /// Admin HTTP address (HOST:PORT); default: the gRPC host with the cluster's admin HTTP port (7401).
     #[arg(long, value_parser = parse_host_port)]
     pub http_addr: Option<String>,
     /// Keep the node a non-voting learner.
@@ -244,13 +244,6 @@ pub fn parse_endpoint(s: &str) -> Result<String, String> {
         return Err(format!("\"{s}\": TLS endpoints are not supported"));
     }
     parse_host_port(trimmed)
-}
-
-/// Default admin HTTP address for a gRPC address: same host, port + 1 (7400 -> 7401).
-pub fn default_http_addr(grpc_addr: &str) -> Option<String> {
-    let (host, port) = grpc_addr.rsplit_once(':')?;
-    let port: u16 = port.parse().ok()?;
-    Some(format!("{host}:{}", port.checked_add(1)?))
 }
 
 #[cfg(test)]
@@ -376,12 +369,5 @@ mod tests {
         let Command::DemoBackend(d) = cli.command else { panic!("not demo-backend") };
         assert_eq!(d.listen.port(), 9001);
         assert!(parse(&["demo-backend", "--name", "b", "--listen", "localhost"]).is_err());
-    }
-
-    #[test]
-    fn default_http_addr_is_grpc_port_plus_one() {
-        assert_eq!(default_http_addr("127.0.0.14:7400").as_deref(), Some("127.0.0.14:7401"));
-        assert_eq!(default_http_addr("[::1]:7400").as_deref(), Some("[::1]:7401"));
-        assert_eq!(default_http_addr("h:65535"), None);
     }
 }

@@ -93,15 +93,8 @@ pub async fn nodes(g: &Global, action: Option<&args::NodesAction>) -> Result<(),
             output::NodesJson::new(&r.nodes, r.leader, None)
         }
         Some(args::NodesAction::Add(a)) => {
-            let http_addr = match &a.http_addr {
-                Some(h) => h.clone(),
-                None => args::default_http_addr(&a.addr).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "cannot derive the admin HTTP address from \"{}\"; pass --http-addr",
-                        a.addr
-                    )
-                })?,
-            };
+            // Empty: the node fills in the gRPC host with the cluster's admin HTTP port.
+            let http_addr = a.http_addr.clone().unwrap_or_default();
             let r = admin
                 .add_node(pb::AddNodeRequest {
                     id: a.id,

@@ -172,24 +172,23 @@ pub fn code_name(code: Code) -> &'static str {
 /// Short reason for a transport failure: the innermost `std::io::Error` kind when there is one
 /// ("connection refused"), else the innermost message.
 pub fn transport_reason(err: &(dyn StdError + 'static)) -> String {
-    let mut innermost: &(dyn StdError + 'static) = err;
+    let mut innermost = String::new();
     let mut io: Option<&std::io::Error> = None;
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(ioe) = e.downcast_ref::<std::io::Error>() {
             io = Some(ioe);
         }
-        innermost = e;
+        let msg = e.to_string();
+        if !msg.is_empty() {
+            innermost = msg;
+        }
         cur = e.source();
     }
-    if let Some(ioe) = io {
-        return io_reason(ioe);
-    }
-    let msg = innermost.to_string();
-    if msg.is_empty() {
-        "connection failed".to_string()
-    } else {
-        msg
+    match io {
+        Some(ioe) => io_reason(ioe),
+        None if innermost.is_empty() => "connection failed".to_string(),
+        None => innermost,
     }
 }
 
@@ -253,13 +252,18 @@ mod tests {
     }
 
     #[test]
-    fn non_io_transport_error_uses_innermost_message() {
-        let err = Wrap(
-            "transport error",
-            Box::new(Wrap("h2 protocol error: bad frame", Box::new(Wrap("", Box::new(std::fmt::Error))))),
-        );
-        // The innermost non-empty message would be fmt::Error's; we only require something readable.
-        assert!(!transport_reason(&err).is_empty());
+    fn non_io_transport_error_uses_the_innermost_message() {
+        #[derive(Debug)]
+        struct Leaf(&'static str);
+        impl std::fmt::Display for Leaf {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl StdError for Leaf {}
+        let err = Wrap("transport error", Box::new(Wrap("h2 protocol error: bad frame", Box::new(Leaf("")))));
+        assert_eq!(transport_reason(&err), "h2 protocol error: bad frame");
+        assert_eq!(transport_reason(&Leaf("")), "connection failed");
     }
 
     #[test]
