@@ -12,6 +12,9 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::error::CliError;
 
+/// Interval of HTTP/2 pings on an admin connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Admin client bound to one endpoint.
 #[derive(Clone)]
 pub struct Admin {
@@ -30,7 +33,12 @@ impl Admin {
                 crate::error::transport_reason(&e)
             ))
         })?;
-        let ep = ep.connect_timeout(timeout).tcp_nodelay(true);
+        // HTTP/2 keep-alive notices a peer that stopped answering (SIGSTOP, partition) during a long `watch`.
+        let ep = ep
+            .connect_timeout(timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(timeout);
         let channel = match tokio::time::timeout(timeout, ep.connect()).await {
             Ok(Ok(ch)) => ch,
             Ok(Err(e)) => return Err(CliError::unreachable(endpoint, &e)),

@@ -26,10 +26,14 @@ impl Global {
     }
 }
 
-fn print(s: &str) -> Result<(), CliError> {
+/// Write to standard output. A closed pipe (`lbctl watch | head -1`) ends lbctl quietly with exit 0.
+pub(crate) fn print(s: &str) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
-    out.write_all(s.as_bytes()).and_then(|_| out.flush()).context("cannot write to standard output")?;
-    Ok(())
+    match out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(crate::error::EXIT_OK),
+        Err(e) => Err(CliError::Local(anyhow::Error::new(e).context("cannot write to standard output"))),
+    }
 }
 
 pub async fn status(g: &Global) -> Result<(), CliError> {

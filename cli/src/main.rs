@@ -44,7 +44,8 @@ fn report(e: &CliError, json: bool) -> i32 {
         eprintln!("{line}");
     }
     if json {
-        println!("{}", output::to_json_pretty(&serde_json::json!({ "error": e.to_json() })).trim_end());
+        let text = output::to_json_pretty(&serde_json::json!({ "error": e.to_json() }));
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
     }
     e.exit_code()
 }

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::args::{LocalDownArgs, LocalUpArgs};
 use crate::client::Admin;
+use crate::commands::print;
 use crate::error::CliError;
 use crate::output;
 use plan::{LeaderView, Plan};
@@ -69,11 +70,10 @@ pub async fn up(a: &LocalUpArgs, json: bool) -> Result<(), CliError> {
     match up_steps(a, &plan, &mut started).await {
         Ok(summary) => {
             if json {
-                print!("{}", output::to_json_pretty(&summary));
+                print(&output::to_json_pretty(&summary))
             } else {
-                print!("{}", summary.text());
+                print(&summary.text())
             }
-            Ok(())
         }
         Err(f) => {
             let mut msg = format!("local up failed at step \"{}\": {:#}", f.step, f.error);
@@ -484,15 +484,11 @@ struct DownJson<'a> {
 pub async fn down(a: &LocalDownArgs, json: bool) -> Result<(), CliError> {
     let dir = &a.dir;
     if !dir.exists() {
-        if json {
-            print!(
-                "{}",
-                output::to_json_pretty(&DownJson { dir: dir.display().to_string(), processes: &[] })
-            );
+        return if json {
+            print(&output::to_json_pretty(&DownJson { dir: dir.display().to_string(), processes: &[] }))
         } else {
-            println!("nothing to stop: {} does not exist", dir.display());
-        }
-        return Ok(());
+            print(&format!("nothing to stop: {} does not exist\n", dir.display()))
+        };
     }
     let files = procs::list_pid_files(dir)?;
     let mut results: Vec<Stopped> = Vec::new();
@@ -531,12 +527,9 @@ pub async fn down(a: &LocalDownArgs, json: bool) -> Result<(), CliError> {
         }
     }
     if json {
-        print!(
-            "{}",
-            output::to_json_pretty(&DownJson { dir: dir.display().to_string(), processes: &results })
-        );
+        print(&output::to_json_pretty(&DownJson { dir: dir.display().to_string(), processes: &results }))?;
     } else if results.is_empty() {
-        println!("nothing to stop: no pid files in {}", dir.display());
+        print(&format!("nothing to stop: no pid files in {}\n", dir.display()))?;
     } else {
         let grace = humantime::format_duration(a.grace);
         for r in &results {
@@ -553,7 +546,7 @@ pub async fn down(a: &LocalDownArgs, json: bool) -> Result<(), CliError> {
                 "invalid_pid_file" => format!("removed {}.pid: it holds no valid pid", r.name),
                 _ => format!("{} (pid {pid}) is still running after SIGKILL", r.name),
             };
-            println!("{line}");
+            print(&format!("{line}\n"))?;
         }
     }
     let stuck: Vec<String> =
