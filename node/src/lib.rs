@@ -1,1 +1,30 @@
-//! lbfleet-node: the lbnode daemon.
+//! lbfleet-node: the lbnode daemon's library (the binary is `src/main.rs`).
+//!
+//! Layout:
+//! - [`config`]: `NodeConfig` from flags and an optional TOML file; peer list parsing.
+//! - [`node`]: [`node::Node`], starting and stopping everything below.
+//! - [`cluster`]: the shared handle (Raft, applied state, identity) and plain views of it.
+//! - [`raft`]: openraft configuration, bootstrap, the gRPC network ([`raft::network`]) and the Raft
+//!   service ([`raft::service`]).
+//! - [`admin`]: the `Admin` gRPC service ([`admin::grpc`]), the admin HTTP server
+//!   ([`admin::http`]) and its Prometheus metrics ([`admin::metrics`]).
+//! - [`routing`]: the ring digest each node publishes.
+//! - [`channels`]: one cached gRPC channel per peer address.
+//!
+//! Where data enters and leaves:
+//! - gRPC on `bind:grpc_port`: Raft RPCs from peers (postcard payloads, into openraft and from there
+//!   into the sled store) and admin calls from `lbctl` (writes become Raft log entries on the leader;
+//!   followers forward them).
+//! - admin HTTP on `admin_http`: read-only views of this node (health, state JSON, metrics, dashboard).
+//! - outgoing gRPC to peers: Raft replication and votes, forwarded admin calls, status fan-out.
+//! - the applied state leaves through `StateMachineStore::subscribe` ([`node::Node::subscribe`]): an
+//!   `Arc<AppliedState>` republished after every apply, which the data plane turns into its routing
+//!   snapshot.
+
+pub mod admin;
+pub mod channels;
+pub mod cluster;
+pub mod config;
+pub mod node;
+pub mod raft;
+pub mod routing;

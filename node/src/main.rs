@@ -1,1 +1,72 @@
-fn main() {}
+//! `lbnode`: one member of an lbfleet cluster.
+//!
+//! Reads its [`NodeConfig`] from flags and an optional TOML file, starts the node (Raft, gRPC admin
+//! and Raft service, admin HTTP) and runs until SIGTERM or SIGINT, then shuts down gracefully and
+//! exits 0. A bad config exits 2 with every bad field named; a failure at start or while running
+//! exits 1. Logs go to stderr (`RUST_LOG` wins over `--log-level`).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use lbfleet_node::config::{Cli, NodeConfig};
+use lbfleet_node::node::Node;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match NodeConfig::load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lbnode: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(text) if !text.trim().is_empty() => {
+            EnvFilter::try_new(&text).map_err(|e| format!("RUST_LOG: {e}"))
+        }
+        _ => EnvFilter::try_new(&config.log_level)
+            .map_err(|e| format!("log_level \"{}\": {e}", config.log_level)),
+    };
+    let filter = match filter {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("lbnode: invalid node config:\n  - {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lbnode: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("lbnode: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut node = Node::start(config).await?;
+    let failure = tokio::select! {
+        _ = term.recv() => { tracing::info!("SIGTERM received"); None }
+        _ = int.recv() => { tracing::info!("SIGINT received"); None }
+        e = node.failed() => Some(e),
+    };
+    node.shutdown().await?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

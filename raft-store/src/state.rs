@@ -308,7 +308,7 @@ mod tests {
 
     #[test]
     fn same_log_same_bytes() {
-        let log = vec![
+        let log = [
             Command::ApplyConfig { config: config(&["127.0.0.1:9001", "127.0.0.1:9002"]) },
             vote(1, false),
             vote(3, false),

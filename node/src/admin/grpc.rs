@@ -1,0 +1,605 @@
+//! The `Admin` gRPC service. Every node accepts every call:
+//!
+//! - writes (`ApplyConfig`, `SetDrain`, `AddNode`, `RemoveNode`) and linearizable reads (`GetConfig`,
+//!   `ListBackends` without `stale`) run on the leader; a follower forwards them over a cached channel
+//!   and returns the leader's answer, so a client never sees "forward to leader". With no leader
+//!   known the request waits up to [`LEADER_WAIT`] for one, then fails with `unavailable`.
+//! - on the leader, each write waits at most `write_timeout` for a quorum; past it the answer is
+//!   `unavailable("no quorum: …")` (the entry may still commit later if a quorum comes back).
+//! - `stale` reads, `LocalStatus`, `ListNodes` and `Watch` answer from this node alone; `Status`
+//!   asks every member for its `LocalStatus`, each bounded by [`STATUS_TIMEOUT`].
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::future::join_all;
+use futures::Stream;
+use lbfleet_api::command::{Command, CommandResult};
+use lbfleet_api::config::{parse, Format};
+use lbfleet_api::pb::admin_client::AdminClient;
+use lbfleet_api::pb::admin_server::{Admin, AdminServer};
+use lbfleet_api::pb::{self};
+use lbfleet_api::NodeId;
+use lbfleet_raft_store::{LbNode, RaftMetrics};
+use openraft::ChangeMembers;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use super::{
+    backend_status, no_quorum, node_info, node_status, read_failure, rejected, unreachable_status,
+    validate_new_node, watch_event, write_failure, Failure, WatchKey, HOPS_HEADER, LEADER_WAIT, MAX_HOPS,
+    STATUS_TIMEOUT,
+};
+use crate::channels::is_transport_failure;
+use crate::cluster::{backend_views, members, members_of, stopped, Cluster, Member};
+
+/// The admin service of one node.
+#[derive(Clone)]
+pub struct AdminService {
+    cluster: Cluster,
+    /// HTTP port assumed for an added node whose HTTP address is not given.
+    default_http_port: u16,
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
+/// How many times a request was already forwarded (absent or unreadable → 0).
+fn hops<T>(request: &Request<T>) -> u32 {
+    request
+        .metadata()
+        .get(HOPS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A request to the leader carrying the hop count and a deadline.
+fn forwarded<T>(message: T, hops: u32, timeout: Duration) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(HOPS_HEADER, tonic::metadata::MetadataValue::from(hops + 1));
+    request.set_timeout(timeout);
+    request
+}
+
+impl AdminService {
+    pub fn new(cluster: Cluster, default_http_port: u16) -> Self {
+        AdminService { cluster, default_http_port }
+    }
+
+    pub fn into_server(self) -> AdminServer<Self> {
+        AdminServer::new(self)
+    }
+
+    fn id(&self) -> NodeId {
+        self.cluster.id
+    }
+
+    /// How long a forwarded request may take: the leader's own bound plus some slack.
+    fn forward_timeout(&self) -> Duration {
+        self.cluster.write_timeout * 2 + LEADER_WAIT
+    }
+
+    /// Wait until some leader is known, at most until `deadline`.
+    async fn wait_for_leader(
+        &self,
+        metrics: &mut tokio::sync::watch::Receiver<RaftMetrics>,
+        deadline: Instant,
+    ) -> Result<NodeId, Status> {
+        loop {
+            let (leader, why) = {
+                let m = metrics.borrow_and_update();
+                let why = if m.membership_config.membership().nodes().next().is_none() {
+                    format!(
+                        "node {} is not a member of a cluster yet (start the lowest node with --peers, or add \
+                         this one with `lbctl nodes add`)",
+                        self.id()
+                    )
+                } else {
+                    format!("node {} sees no leader in term {} ({:?})", self.id(), m.current_term, m.state)
+                };
+                if m.state == openraft::ServerState::Shutdown {
+                    return Err(Status::unavailable(format!("node {} is shutting down", self.id())));
+                }
+                (m.current_leader, why)
+            };
+            if let Some(l) = leader {
+                return Ok(l);
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => {
+                    return Err(Status::unavailable(format!("node {} is shutting down", self.id())))
+                }
+                Err(_) => {
+                    return Err(Status::unavailable(format!(
+                        "no leader yet: {why}; waited {}",
+                        humantime::format_duration(LEADER_WAIT)
+                    )))
+                }
+            }
+        }
+    }
+
+    fn leader_client(&self, leader: NodeId) -> Result<AdminClient<Channel>, Status> {
+        let metrics = self.cluster.metrics();
+        let node = metrics.membership_config.membership().get_node(&leader).cloned().ok_or_else(|| {
+            Status::unavailable(format!("leader {leader} is not in this node's membership view yet"))
+        })?;
+        let channel = self
+            .cluster
+            .admin_channels
+            .get(&node.addr)
+            .map_err(|e| Status::unavailable(format!("cannot reach leader {leader}: {e}")))?;
+        Ok(AdminClient::new(channel))
+    }
+
+    /// Run `local` if this node leads, else `remote` against the leader. Retries while leadership
+    /// moves or the leader known here cannot be reached, until [`LEADER_WAIT`] has passed.
+    async fn on_leader<T, L, LF, R, RF>(&self, hops: u32, local: L, remote: R) -> Result<T, Status>
+    where
+        L: Fn() -> LF,
+        LF: Future<Output = Result<T, Failure>>,
+        R: Fn(AdminClient<Channel>, Request<()>) -> RF,
+        RF: Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + LEADER_WAIT;
+        let mut metrics = self.cluster.raft.metrics();
+        loop {
+            let leader = self.wait_for_leader(&mut metrics, deadline).await?;
+            let retry_because = if leader == self.id() {
+                match local().await {
+                    Ok(v) => return Ok(v),
+                    Err(Failure::Status(s)) => return Err(s),
+                    Err(Failure::NotLeader { leader }) => {
+                        format!("node {} lost leadership (new leader: {leader:?})", self.id())
+                    }
+                }
+            } else {
+                if hops >= MAX_HOPS {
+                    return Err(Status::unavailable(format!(
+                        "leadership is moving: request forwarded {hops} times without reaching the leader; retry"
+                    )));
+                }
+                let client = self.leader_client(leader)?;
+                match remote(client, forwarded((), hops, self.forward_timeout())).await {
+                    Ok(v) => return Ok(v),
+                    Err(s) if is_transport_failure(&s) => {
+                        format!("leader {leader} is unreachable: {}", s.message())
+                    }
+                    Err(s) => return Err(s),
+                }
+            };
+            tracing::debug!("retrying on the leader: {retry_because}");
+            if Instant::now() >= deadline {
+                return Err(Status::unavailable(format!("no leader reachable: {retry_because}")));
+            }
+            // Give leadership a moment to settle: wake on the next metrics change or after 100 ms.
+            let pause = (Instant::now() + Duration::from_millis(100)).min(deadline);
+            let _ = tokio::time::timeout_at(pause, metrics.changed()).await;
+        }
+    }
+
+    /// Propose `cmd` on this node (the leader), bounded by the write timeout.
+    async fn write_local(&self, cmd: Command) -> Result<(CommandResult, u64), Failure> {
+        let what = cmd.kind();
+        match tokio::time::timeout(self.cluster.write_timeout, self.cluster.raft.client_write(cmd)).await {
+            Err(_) => Err(self.no_quorum(what).into()),
+            Ok(Err(e)) => Err(write_failure(e)),
+            Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
+        }
+    }
+
+    fn no_quorum(&self, what: &str) -> Status {
+        no_quorum(what, self.cluster.write_timeout, self.id(), self.cluster.metrics().current_term)
+    }
+
+    /// Confirm leadership with a quorum and wait until the read index is applied.
+    async fn linearizable_local(&self) -> Result<(), Failure> {
+        match tokio::time::timeout(self.cluster.write_timeout, self.cluster.raft.ensure_linearizable()).await
+        {
+            Err(_) => Err(self.no_quorum("linearizable read").into()),
+            Ok(Err(e)) => Err(read_failure(e)),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    fn config_response(&self) -> pb::GetConfigResponse {
+        let applied = self.cluster.applied();
+        pb::GetConfigResponse {
+            config_json: applied.state.config.as_ref().map(|c| c.to_json()).unwrap_or_default(),
+            version: applied.state.config_version,
+            applied_index: applied.last_applied.map(|l| l.index).unwrap_or(0),
+            answered_by: self.id(),
+        }
+    }
+
+    fn backends_response(&self) -> pb::ListBackendsResponse {
+        let applied = self.cluster.applied();
+        pb::ListBackendsResponse {
+            backends: backend_views(&applied.state).iter().map(backend_status).collect(),
+            applied_index: applied.last_applied.map(|l| l.index).unwrap_or(0),
+        }
+    }
+
+    /// Add `id` as a learner (waiting until it caught up) and, unless `learner_only`, promote it.
+    async fn add_node_local(
+        &self,
+        id: NodeId,
+        node: LbNode,
+        learner_only: bool,
+    ) -> Result<pb::MembershipResponse, Failure> {
+        let raft = &self.cluster.raft;
+        let metrics = self.cluster.metrics();
+        if metrics.current_leader != Some(self.id()) {
+            return Err(Failure::NotLeader { leader: metrics.current_leader });
+        }
+        let membership = metrics.membership_config.membership().clone();
+        let mut last = None;
+        match membership.get_node(&id) {
+            Some(existing) if *existing != node => {
+                return Err(Status::already_exists(format!(
+                    "node {id} is already a member at {} (HTTP {}); remove it first to change its address",
+                    existing.addr, existing.http_addr
+                ))
+                .into())
+            }
+            Some(_) => {}
+            None => {
+                let catch_up = self.cluster.write_timeout * 2;
+                match tokio::time::timeout(catch_up, raft.add_learner(id, node.clone(), true)).await {
+                    Ok(Ok(resp)) => last = Some(resp),
+                    Ok(Err(e)) => return Err(write_failure(e)),
+                    Err(_) => {
+                        let added =
+                            self.cluster.metrics().membership_config.membership().get_node(&id).is_some();
+                        return Err(if added {
+                            Status::deadline_exceeded(format!(
+                                "node {id} was added as a learner but has not caught up within {}; is lbnode \
+                                 running at {}? Repeat the request to promote it once it has",
+                                humantime::format_duration(catch_up),
+                                node.addr
+                            ))
+                        } else {
+                            self.no_quorum("add learner")
+                        }
+                        .into());
+                    }
+                }
+            }
+        }
+        let is_voter = membership.voter_ids().any(|v| v == id);
+        if !learner_only && !is_voter {
+            let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+            match tokio::time::timeout(self.cluster.write_timeout, raft.change_membership(change, false))
+                .await
+            {
+                Ok(Ok(resp)) => last = Some(resp),
+                Ok(Err(e)) => return Err(write_failure(e)),
+                Err(_) => return Err(self.no_quorum("promote to voter").into()),
+            }
+        }
+        Ok(self.membership_response(last))
+    }
+
+    async fn remove_node_local(&self, id: NodeId) -> Result<pb::MembershipResponse, Failure> {
+        let raft = &self.cluster.raft;
+        let metrics = self.cluster.metrics();
+        if metrics.current_leader != Some(self.id()) {
+            return Err(Failure::NotLeader { leader: metrics.current_leader });
+        }
+        let membership = metrics.membership_config.membership().clone();
+        if membership.get_node(&id).is_none() {
+            return Err(Status::not_found(format!("node {id} is not a member of the cluster")).into());
+        }
+        let change = if membership.voter_ids().any(|v| v == id) {
+            // retain = false: the removed voter is not kept as a learner either.
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        match tokio::time::timeout(self.cluster.write_timeout, raft.change_membership(change, false)).await {
+            Ok(Ok(resp)) => Ok(self.membership_response(Some(resp))),
+            Ok(Err(e)) => Err(write_failure(e)),
+            Err(_) => Err(self.no_quorum("remove node").into()),
+        }
+    }
+
+    fn membership_response(
+        &self,
+        resp: Option<openraft::raft::ClientWriteResponse<lbfleet_raft_store::TypeConfig>>,
+    ) -> pb::MembershipResponse {
+        let (nodes, log_index) = match resp {
+            Some(r) => {
+                let nodes = match &r.membership {
+                    Some(m) => members_of(m),
+                    None => members(&self.cluster.metrics().membership_config),
+                };
+                (nodes, r.log_id.index)
+            }
+            None => {
+                let m = self.cluster.metrics();
+                (members(&m.membership_config), m.membership_config.log_id().map(|l| l.index).unwrap_or(0))
+            }
+        };
+        pb::MembershipResponse { nodes: nodes.iter().map(node_info).collect(), log_index }
+    }
+
+    async fn member_status(&self, member: &Member) -> pb::NodeStatus {
+        if member.id == self.id() {
+            return node_status(&self.cluster.local_view());
+        }
+        let channel = match self.cluster.admin_channels.get(&member.addr) {
+            Ok(c) => c,
+            Err(e) => return unreachable_status(member, e),
+        };
+        let mut request = Request::new(pb::LocalStatusRequest {});
+        request.set_timeout(STATUS_TIMEOUT);
+        match tokio::time::timeout(STATUS_TIMEOUT, AdminClient::new(channel).local_status(request)).await {
+            Ok(Ok(r)) => {
+                let mut s = r.into_inner();
+                s.reachable = true;
+                s
+            }
+            Ok(Err(status)) => {
+                unreachable_status(member, format!("{:?}: {}", status.code(), status.message()))
+            }
+            Err(_) => unreachable_status(
+                member,
+                format!("no answer within {}", humantime::format_duration(STATUS_TIMEOUT)),
+            ),
+        }
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> Status {
+    Status::invalid_argument(msg)
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let metrics = self.cluster.metrics();
+        let mut all = members(&metrics.membership_config);
+        if !all.iter().any(|m| m.id == self.id()) {
+            let me = &self.cluster.me;
+            all.insert(
+                0,
+                Member {
+                    id: self.id(),
+                    addr: me.addr.clone(),
+                    http_addr: me.http_addr.clone(),
+                    voter: false,
+                },
+            );
+        }
+        let nodes = join_all(all.iter().map(|m| self.member_status(m))).await;
+        Ok(Response::new(pb::StatusResponse {
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            answered_by: self.id(),
+            nodes,
+            config_version: self.cluster.applied().state.config_version,
+        }))
+    }
+
+    async fn local_status(
+        &self,
+        _request: Request<pb::LocalStatusRequest>,
+    ) -> Result<Response<pb::NodeStatus>, Status> {
+        Ok(Response::new(node_status(&self.cluster.local_view())))
+    }
+
+    async fn apply_config(
+        &self,
+        request: Request<pb::ApplyConfigRequest>,
+    ) -> Result<Response<pb::ApplyConfigResponse>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        let format: Format = req.format.parse().map_err(|e: String| invalid(format!("format: {e}")))?;
+        let config = parse(&req.body, format).map_err(|e| invalid(e.to_string()))?;
+        let req = &req;
+        let config = &config;
+        let resp = self
+            .on_leader(
+                hops,
+                || async move {
+                    match self.write_local(Command::ApplyConfig { config: config.clone() }).await? {
+                        (CommandResult::ConfigApplied { version }, log_index) => {
+                            Ok(pb::ApplyConfigResponse { version, log_index })
+                        }
+                        (CommandResult::Rejected { errors }, _) => Err(rejected(&errors).into()),
+                        (other, _) => {
+                            Err(Status::internal(format!("unexpected apply result {other:?}")).into())
+                        }
+                    }
+                },
+                |mut client, fwd| async move {
+                    client.apply_config(fwd.map(|()| req.clone())).await.map(Response::into_inner)
+                },
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn get_config(
+        &self,
+        request: Request<pb::GetConfigRequest>,
+    ) -> Result<Response<pb::GetConfigResponse>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        if req.stale {
+            return Ok(Response::new(self.config_response()));
+        }
+        let resp = self
+            .on_leader(
+                hops,
+                || async {
+                    self.linearizable_local().await?;
+                    Ok(self.config_response())
+                },
+                |mut client, fwd| async move {
+                    client.get_config(fwd.map(|()| req)).await.map(Response::into_inner)
+                },
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn list_nodes(
+        &self,
+        _request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let metrics = self.cluster.metrics();
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes: members(&metrics.membership_config).iter().map(node_info).collect(),
+            leader: metrics.current_leader,
+        }))
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        let node = validate_new_node(req.id, &req.addr, &req.http_addr, self.default_http_port)?;
+        let (req, node) = (&req, &node);
+        let resp = self
+            .on_leader(
+                hops,
+                || self.add_node_local(req.id, node.clone(), req.learner_only),
+                |mut client, fwd| async move {
+                    client.add_node(fwd.map(|()| req.clone())).await.map(Response::into_inner)
+                },
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        if req.id == 0 {
+            return Err(invalid("id: node id must be at least 1"));
+        }
+        let resp = self
+            .on_leader(
+                hops,
+                || self.remove_node_local(req.id),
+                |mut client, fwd| async move {
+                    client.remove_node(fwd.map(|()| req)).await.map(Response::into_inner)
+                },
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn list_backends(
+        &self,
+        request: Request<pb::ListBackendsRequest>,
+    ) -> Result<Response<pb::ListBackendsResponse>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        if req.stale {
+            return Ok(Response::new(self.backends_response()));
+        }
+        let resp = self
+            .on_leader(
+                hops,
+                || async {
+                    self.linearizable_local().await?;
+                    Ok(self.backends_response())
+                },
+                |mut client, fwd| async move {
+                    client.list_backends(fwd.map(|()| req)).await.map(Response::into_inner)
+                },
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn set_drain(
+        &self,
+        request: Request<pb::SetDrainRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        if req.pool.trim().is_empty() {
+            return Err(invalid("pool: empty pool name"));
+        }
+        if req.backend.trim().is_empty() {
+            return Err(invalid("backend: empty backend address"));
+        }
+        let req = &req;
+        let resp = self
+            .on_leader(
+                hops,
+                || async move {
+                    let cmd = Command::SetDrain {
+                        pool: req.pool.clone(),
+                        backend: req.backend.clone(),
+                        draining: req.draining,
+                    };
+                    match self.write_local(cmd).await? {
+                        (CommandResult::Rejected { errors }, _) => Err(rejected(&errors).into()),
+                        (_, log_index) => Ok(pb::WriteResponse { log_index }),
+                    }
+                },
+                |mut client, fwd| async move {
+                    client.set_drain(fwd.map(|()| req.clone())).await.map(Response::into_inner)
+                },
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        _request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut applied = self.cluster.store.subscribe();
+        let mut metrics = self.cluster.raft.metrics();
+        let mut shutdown = self.cluster.shutdown.clone();
+        tokio::spawn(async move {
+            let mut last: Option<WatchKey> = None;
+            loop {
+                let key = {
+                    let a = applied.borrow_and_update();
+                    let m = metrics.borrow_and_update();
+                    WatchKey {
+                        applied_index: a.last_applied.map(|l| l.index).unwrap_or(0),
+                        config_version: a.state.config_version,
+                        leader: m.current_leader,
+                        term: m.current_term,
+                    }
+                };
+                if let Some(event) = watch_event(last.as_ref(), &key) {
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                    last = Some(key);
+                }
+                tokio::select! {
+                    r = applied.changed() => if r.is_err() { return },
+                    r = metrics.changed() => if r.is_err() { return },
+                    _ = tx.closed() => return,
+                    _ = stopped(&mut shutdown) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,185 @@
+//! The admin HTTP server (hyper 1; HTTP/1.1 and HTTP/2 on one port):
+//!
+//! | path | answer |
+//! |---|---|
+//! | `GET /healthz` | `200 ok <role>` while the node serves |
+//! | `GET /api/v1/state` | JSON: node id, role, leader, term, applied index, config version, config, backends, nodes, ring digest |
+//! | `GET /metrics` | Prometheus / OpenMetrics text (see [`super::metrics`]) |
+//! | `GET /` | a self-contained HTML dashboard that polls `/api/v1/state` |
+//!
+//! Any other path is `404`; another method on a known path is `405`. Everything is answered from
+//! this node's local view, without contacting other nodes.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use lbfleet_raft_store::AppliedState;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::cluster::{backend_views, members, stopped, Cluster, LocalView, Member};
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Serve until `shutdown` becomes true, then let open connections finish (at most 2 s).
+pub async fn serve(listener: TcpListener, cluster: Cluster, mut shutdown: watch::Receiver<bool>) {
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let cluster = cluster.clone();
+                    let service = hyper::service::service_fn(move |req| {
+                        let response = handle(&cluster, &req);
+                        async move { Ok::<_, Infallible>(response) }
+                    });
+                    let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!("admin HTTP connection ended with an error: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: keep serving the connections we have.
+                    tracing::warn!("admin HTTP accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stopped(&mut shutdown) => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await.is_err() {
+        tracing::warn!("admin HTTP connections still open after 2s; closing them");
+    }
+}
+
+fn handle(cluster: &Cluster, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let known = matches!(path, "/" | "/index.html" | "/healthz" | "/api/v1/state" | "/metrics");
+    if !known {
+        return text(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", format!("not found: {path}\n"));
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            format!("{} is read-only\n", path),
+        );
+        r.headers_mut().insert("allow", HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let view = cluster.local_view();
+    match path {
+        "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", format!("ok {}\n", view.role)),
+        "/api/v1/state" => {
+            let metrics = cluster.metrics();
+            let body = state_json(&view, &cluster.applied(), &members(&metrics.membership_config));
+            text(StatusCode::OK, "application/json", format!("{body:#}\n"))
+        }
+        "/metrics" => {
+            let applied = cluster.applied();
+            let backends = backend_views(&applied.state);
+            let healthy = backends.iter().filter(|b| b.healthy).count();
+            let voters = cluster.metrics().membership_config.membership().voter_ids().count();
+            text(
+                StatusCode::OK,
+                super::metrics::CONTENT_TYPE,
+                super::metrics::render(&view, voters, backends.len(), healthy),
+            )
+        }
+        _ => text(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD.to_string()),
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert("cache-control", HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The `/api/v1/state` document.
+pub fn state_json(view: &LocalView, applied: &AppliedState, nodes: &[Member]) -> serde_json::Value {
+    json!({
+        "node_id": view.id,
+        "addr": view.addr,
+        "http_addr": view.http_addr,
+        "role": view.role,
+        "voter": view.voter,
+        "leader": view.leader,
+        "term": view.term,
+        "applied_index": view.applied_index,
+        "last_log_index": view.last_log_index,
+        "snapshot_index": view.snapshot_index,
+        "purged_index": view.purged_index,
+        "config_version": view.config_version,
+        "ring_digest": view.ring_digest,
+        "config": applied.state.config,
+        "backends": backend_views(&applied.state),
+        "nodes": nodes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lbfleet_api::command::Command;
+    use lbfleet_api::config::{parse, Format};
+
+    #[test]
+    fn state_json_has_the_documented_fields() {
+        let mut applied = AppliedState::default();
+        let config = parse(
+            "[[pool]]\nname = \"web\"\npolicy = \"maglev\"\n[[pool.backend]]\naddr = \"127.0.0.1:9001\"\n",
+            Format::Toml,
+        )
+        .unwrap();
+        applied.state.apply(&Command::ApplyConfig { config }, 1);
+        let view = LocalView {
+            id: 1,
+            addr: "127.0.0.11:7400".into(),
+            http_addr: "127.0.0.11:7401".into(),
+            role: "leader",
+            term: 2,
+            leader: Some(1),
+            applied_index: 5,
+            last_log_index: 5,
+            snapshot_index: 0,
+            purged_index: 0,
+            voter: true,
+            config_version: 1,
+            ring_digest: "abc".into(),
+        };
+        let nodes =
+            vec![Member { id: 1, addr: view.addr.clone(), http_addr: view.http_addr.clone(), voter: true }];
+        let v = state_json(&view, &applied, &nodes);
+        assert_eq!(v["node_id"], 1);
+        assert_eq!(v["role"], "leader");
+        assert_eq!(v["leader"], 1);
+        assert_eq!(v["config"]["pool"][0]["name"], "web");
+        assert_eq!(v["backends"][0]["addr"], "127.0.0.1:9001");
+        assert_eq!(v["backends"][0]["healthy"], true);
+        assert_eq!(v["nodes"][0]["voter"], true);
+        assert_eq!(v["ring_digest"], "abc");
+    }
+
+    #[test]
+    fn the_dashboard_is_self_contained() {
+        assert!(DASHBOARD.contains("/api/v1/state"));
+        assert!(!DASHBOARD.contains("http://") && !DASHBOARD.contains("https://"), "no external assets");
+    }
+}

@@ -1,0 +1,114 @@
+//! Prometheus (OpenMetrics text) rendering of a node's Raft and config state.
+//!
+//! The registry is built per scrape from a [`LocalView`]: the values already live in openraft's
+//! metrics and the applied state, so nothing is kept twice.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::cluster::LocalView;
+
+/// Content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let g: Gauge = Gauge::default();
+    g.set(i64::try_from(value).unwrap_or(i64::MAX));
+    registry.register(name, help, g);
+}
+
+/// The metrics text of one node.
+pub fn render(v: &LocalView, voters: usize, backends: usize, healthy_backends: usize) -> String {
+    let mut registry = Registry::with_prefix_and_labels(
+        "lbfleet",
+        [(std::borrow::Cow::Borrowed("node"), std::borrow::Cow::Owned(v.id.to_string()))].into_iter(),
+    );
+    gauge(&mut registry, "node_up", "1 while this lbnode process serves its admin API", 1);
+    gauge(&mut registry, "raft_term", "Current Raft term seen by this node", v.term);
+    gauge(
+        &mut registry,
+        "raft_is_leader",
+        "1 if this node is the Raft leader",
+        u64::from(v.role == "leader"),
+    );
+    gauge(&mut registry, "raft_is_voter", "1 if this node is a voting member", u64::from(v.voter));
+    gauge(
+        &mut registry,
+        "raft_applied_index",
+        "Index of the last log entry applied to the state machine",
+        v.applied_index,
+    );
+    gauge(
+        &mut registry,
+        "raft_last_log_index",
+        "Index of the last log entry stored on this node",
+        v.last_log_index,
+    );
+    gauge(
+        &mut registry,
+        "raft_snapshot_index",
+        "Last log index covered by this node's latest snapshot",
+        v.snapshot_index,
+    );
+    gauge(&mut registry, "raft_purged_index", "Log entries up to this index are purged", v.purged_index);
+    gauge(
+        &mut registry,
+        "raft_leader_id",
+        "Node id of the leader this node knows (0 when none)",
+        v.leader.unwrap_or(0),
+    );
+    gauge(&mut registry, "raft_voters", "Voting members in the current membership", voters as u64);
+    gauge(&mut registry, "config_version", "Version of the cluster config in force", v.config_version);
+    gauge(&mut registry, "backends", "Backends in the config, all pools", backends as u64);
+    gauge(
+        &mut registry,
+        "backends_healthy",
+        "Backends healthy fleet-wide, all pools",
+        healthy_backends as u64,
+    );
+    let mut text = String::new();
+    if let Err(e) = encode(&mut text, &registry) {
+        return format!("# cannot encode metrics: {e}\n");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_gauge_with_the_node_label() {
+        let v = LocalView {
+            id: 2,
+            addr: "127.0.0.12:7400".into(),
+            http_addr: "127.0.0.12:7401".into(),
+            role: "leader",
+            term: 7,
+            leader: Some(2),
+            applied_index: 42,
+            last_log_index: 43,
+            snapshot_index: 40,
+            purged_index: 30,
+            voter: true,
+            config_version: 3,
+            ring_digest: "x".into(),
+        };
+        let text = render(&v, 3, 4, 3);
+        for line in [
+            "lbfleet_node_up{node=\"2\"} 1",
+            "lbfleet_raft_term{node=\"2\"} 7",
+            "lbfleet_raft_is_leader{node=\"2\"} 1",
+            "lbfleet_raft_applied_index{node=\"2\"} 42",
+            "lbfleet_raft_last_log_index{node=\"2\"} 43",
+            "lbfleet_raft_snapshot_index{node=\"2\"} 40",
+            "lbfleet_raft_purged_index{node=\"2\"} 30",
+            "lbfleet_config_version{node=\"2\"} 3",
+            "lbfleet_backends_healthy{node=\"2\"} 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

@@ -1,0 +1,233 @@
+//! The admin surfaces of a node: the gRPC `Admin` service that `lbctl` speaks ([`grpc`]) and the
+//! admin HTTP server with health, state JSON, Prometheus metrics and a dashboard ([`http`]).
+//!
+//! This module holds what both need and that has no I/O of its own: how Raft errors become gRPC
+//! statuses ([`write_failure`], [`read_failure`]), and how plain views become protobuf messages.
+//!
+//! Writes and linearizable reads are served by the leader. A follower forwards them over a cached
+//! channel; the forwarded request carries [`HOPS_HEADER`] so that a request cannot bounce between
+//! nodes while leadership moves.
+
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+
+use std::time::Duration;
+
+use lbfleet_api::pb;
+use lbfleet_api::NodeId;
+use lbfleet_raft_store::LbNode;
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, Fatal, RaftError};
+use tonic::Status;
+
+use crate::cluster::{BackendView, LocalView, Member};
+
+/// gRPC metadata key counting how many times a request was forwarded.
+pub const HOPS_HEADER: &str = "lbfleet-forward-hops";
+/// A request is forwarded at most this many times.
+pub const MAX_HOPS: u32 = 2;
+/// How long a request waits for a leader to be known before it is refused.
+pub const LEADER_WAIT: Duration = Duration::from_secs(3);
+/// How long the cluster-wide status waits for each member's answer.
+pub const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Why the leader-side part of a request did not produce an answer.
+#[derive(Debug)]
+pub enum Failure {
+    /// This node is not (or no longer) the leader; the request should go to `leader`.
+    NotLeader { leader: Option<NodeId> },
+    /// A final answer for the client.
+    Status(Status),
+}
+
+impl From<Status> for Failure {
+    fn from(s: Status) -> Self {
+        Failure::Status(s)
+    }
+}
+
+/// Map a failed `client_write` / `change_membership` / `add_learner`.
+pub fn write_failure(e: RaftError<NodeId, ClientWriteError<NodeId, LbNode>>) -> Failure {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            Failure::NotLeader { leader: f.leader_id }
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => Failure::Status(match c {
+            ChangeMembershipError::InProgress(p) => {
+                Status::failed_precondition(format!("another membership change is still in progress: {p}"))
+            }
+            ChangeMembershipError::EmptyMembership(e) => {
+                Status::invalid_argument(format!("the cluster would be left without voters: {e}"))
+            }
+            ChangeMembershipError::LearnerNotFound(l) => Status::failed_precondition(l.to_string()),
+        }),
+        RaftError::Fatal(f) => Failure::Status(fatal_status(&f)),
+    }
+}
+
+/// Map a failed `ensure_linearizable`.
+pub fn read_failure(e: RaftError<NodeId, CheckIsLeaderError<NodeId, LbNode>>) -> Failure {
+    match e {
+        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => {
+            Failure::NotLeader { leader: f.leader_id }
+        }
+        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => {
+            Failure::Status(Status::unavailable(format!("no quorum: leadership not confirmed: {q}")))
+        }
+        RaftError::Fatal(f) => Failure::Status(fatal_status(&f)),
+    }
+}
+
+fn fatal_status(f: &Fatal<NodeId>) -> Status {
+    match f {
+        Fatal::Stopped => Status::unavailable("this node is shutting down"),
+        other => Status::internal(format!("Raft stopped on this node: {other}")),
+    }
+}
+
+/// The answer when a write is not committed in time.
+pub fn no_quorum(what: &str, timeout: Duration, id: NodeId, term: u64) -> Status {
+    Status::unavailable(format!(
+        "no quorum: {what} not committed within {} (leader {id}, term {term}); fewer than a majority \
+         of voters are answering",
+        humantime::format_duration(timeout)
+    ))
+}
+
+/// Rejections of `apply` become `invalid_argument` (or `not_found` for a missing pool or backend).
+pub fn rejected(errors: &[String]) -> Status {
+    let text = errors.join("; ");
+    if errors.iter().all(|e| e.starts_with("no pool named") || e.contains("has no backend"))
+        && !errors.is_empty()
+    {
+        Status::not_found(text)
+    } else {
+        Status::invalid_argument(format!("rejected: {text}"))
+    }
+}
+
+/// Check an `AddNode` request; fills in the HTTP address (same host, `default_http_port`) when empty.
+pub fn validate_new_node(
+    id: NodeId,
+    addr: &str,
+    http_addr: &str,
+    default_http_port: u16,
+) -> Result<LbNode, Status> {
+    if id == 0 {
+        return Err(Status::invalid_argument("id: node id must be at least 1"));
+    }
+    let addr = addr.trim();
+    if addr.is_empty() {
+        return Err(Status::invalid_argument(format!("addr: the gRPC address of node {id} is empty")));
+    }
+    let (host, _) = crate::config::split_host_port(addr)
+        .map_err(|e| Status::invalid_argument(format!("addr: invalid gRPC address for node {id}: {e}")))?;
+    let http_addr = match http_addr.trim() {
+        "" => format!("{host}:{default_http_port}"),
+        h => {
+            crate::config::split_host_port(h).map_err(|e| {
+                Status::invalid_argument(format!("http_addr: invalid HTTP address for node {id}: {e}"))
+            })?;
+            h.to_string()
+        }
+    };
+    Ok(LbNode { addr: addr.to_string(), http_addr })
+}
+
+pub fn node_status(v: &LocalView) -> pb::NodeStatus {
+    pb::NodeStatus {
+        id: v.id,
+        addr: v.addr.clone(),
+        http_addr: v.http_addr.clone(),
+        role: v.role.to_string(),
+        reachable: true,
+        applied_index: v.applied_index,
+        ring_digest: v.ring_digest.clone(),
+        term: v.term,
+        leader: v.leader,
+        voter: v.voter,
+        config_version: v.config_version,
+        error: String::new(),
+    }
+}
+
+/// A member that did not answer.
+pub fn unreachable_status(m: &Member, error: String) -> pb::NodeStatus {
+    pb::NodeStatus {
+        id: m.id,
+        addr: m.addr.clone(),
+        http_addr: m.http_addr.clone(),
+        role: "unknown".into(),
+        reachable: false,
+        voter: m.voter,
+        error,
+        ..Default::default()
+    }
+}
+
+pub fn node_info(m: &Member) -> pb::NodeInfo {
+    pb::NodeInfo { id: m.id, addr: m.addr.clone(), http_addr: m.http_addr.clone(), voter: m.voter }
+}
+
+pub fn backend_status(b: &BackendView) -> pb::BackendStatus {
+    pb::BackendStatus {
+        pool: b.pool.clone(),
+        addr: b.addr.clone(),
+        weight: b.weight,
+        healthy: b.healthy,
+        draining: b.draining,
+        active: b.active,
+        backup: b.backup,
+        standby: b.standby,
+    }
+}
+
+/// What a `Watch` stream reports; an event is sent whenever it changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchKey {
+    pub applied_index: u64,
+    pub config_version: u64,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+}
+
+/// The event for `now`, or `None` when nothing reported changed since `prev`.
+pub fn watch_event(prev: Option<&WatchKey>, now: &WatchKey) -> Option<pb::WatchEvent> {
+    let show = |l: Option<NodeId>| l.map_or_else(|| "none".to_string(), |l| l.to_string());
+    let summary = match prev {
+        Some(p) if p == now => return None,
+        None => format!(
+            "current: applied index {}, config version {}, leader {}, term {}",
+            now.applied_index,
+            now.config_version,
+            show(now.leader),
+            now.term
+        ),
+        Some(p) => {
+            let mut parts = Vec::new();
+            if p.config_version != now.config_version {
+                parts.push(format!("config version {} -> {}", p.config_version, now.config_version));
+            }
+            if p.leader != now.leader {
+                parts.push(format!("leader {} -> {}", show(p.leader), show(now.leader)));
+            }
+            if p.term != now.term {
+                parts.push(format!("term {} -> {}", p.term, now.term));
+            }
+            if p.applied_index != now.applied_index {
+                parts.push(format!("applied index {} -> {}", p.applied_index, now.applied_index));
+            }
+            parts.join(", ")
+        }
+    };
+    Some(pb::WatchEvent {
+        applied_index: now.applied_index,
+        config_version: now.config_version,
+        leader: now.leader,
+        term: now.term,
+        summary,
+    })
+}
+
+#[cfg(test)]
+mod tests;

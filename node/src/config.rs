@@ -1,0 +1,408 @@
+//! `NodeConfig`: who this node is, where it listens, who its peers are and how Raft is timed.
+//!
+//! Sources, lowest priority first: built-in defaults, the TOML file given with `--config`, then
+//! command-line flags. The file uses the flag names in snake_case (`grpc_port = 7400`,
+//! `peers = "1=127.0.0.11:7400,2=127.0.0.12:7400"`, or `peers = ["1=…", "2=…"]`).
+//!
+//! A peer is written `id=grpc_host:port` or `id=grpc_host:port@http_host:port`. Without the `@…`
+//! part, the peer's admin HTTP address is its gRPC host with this node's `http_port` (every node uses
+//! the same ports on its own IP, as in containers).
+//!
+//! Everything here is pure: [`NodeConfig::resolve`] turns a parsed file and parsed flags into a
+//! validated config and reports every bad field at once; only [`NodeConfig::load`] reads a file.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use lbfleet_api::NodeId;
+use lbfleet_raft_store::LbNode;
+use serde::Deserialize;
+
+/// Default gRPC port (Raft and admin API on one server).
+pub const DEFAULT_GRPC_PORT: u16 = 7400;
+/// Default admin HTTP port.
+pub const DEFAULT_HTTP_PORT: u16 = 7401;
+
+/// Command-line flags of `lbnode`. Every flag is optional so that the TOML file can supply it.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(name = "lbnode", version, about = "lbfleet node: Raft member, data plane and admin API")]
+pub struct Cli {
+    /// TOML file with the same fields as the flags (snake_case); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Node id in the Raft group (1, 2, …; 0 is not allowed).
+    #[arg(long)]
+    pub id: Option<NodeId>,
+    /// IP address this node binds its gRPC and admin HTTP servers to [default: 127.0.0.1].
+    #[arg(long, value_name = "IP")]
+    pub bind: Option<String>,
+    /// Directory for the Raft log and state machine [default: ./lbnode-<id>].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Initial members: "1=127.0.0.11:7400,2=127.0.0.12:7400" (optionally `id=grpc@http`).
+    #[arg(long)]
+    pub peers: Option<String>,
+    /// gRPC port (Raft + admin) [default: 7400].
+    #[arg(long)]
+    pub grpc_port: Option<u16>,
+    /// Admin HTTP port on the bind IP [default: 7401].
+    #[arg(long)]
+    pub http_port: Option<u16>,
+    /// Full admin HTTP listen address; overrides bind:http_port.
+    #[arg(long, value_name = "ADDR")]
+    pub admin_http: Option<String>,
+    /// Log filter when RUST_LOG is not set (error, warn, info, debug, trace or a filter) [default: info].
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Raft heartbeat interval in milliseconds [default: 100].
+    #[arg(long)]
+    pub heartbeat_ms: Option<u64>,
+    /// Lower bound of the election timeout in milliseconds [default: 500].
+    #[arg(long)]
+    pub election_min_ms: Option<u64>,
+    /// Upper bound of the election timeout in milliseconds [default: 1000].
+    #[arg(long)]
+    pub election_max_ms: Option<u64>,
+    /// Take a snapshot after this many log entries since the last one [default: 500].
+    #[arg(long)]
+    pub snapshot_logs: Option<u64>,
+    /// How long a write may wait for commitment before "no quorum" is returned [default: 5000].
+    #[arg(long)]
+    pub write_timeout_ms: Option<u64>,
+}
+
+/// The TOML file: the same fields as [`Cli`], all optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub id: Option<NodeId>,
+    pub bind: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub peers: Option<PeerList>,
+    pub grpc_port: Option<u16>,
+    pub http_port: Option<u16>,
+    pub admin_http: Option<String>,
+    pub log_level: Option<String>,
+    pub heartbeat_ms: Option<u64>,
+    pub election_min_ms: Option<u64>,
+    pub election_max_ms: Option<u64>,
+    pub snapshot_logs: Option<u64>,
+    pub write_timeout_ms: Option<u64>,
+}
+
+/// `peers` in the file: one comma-separated string or a list of entries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PeerList {
+    Text(String),
+    List(Vec<String>),
+}
+
+impl PeerList {
+    fn joined(&self) -> String {
+        match self {
+            PeerList::Text(t) => t.clone(),
+            PeerList::List(v) => v.join(","),
+        }
+    }
+}
+
+/// One initial member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub id: NodeId,
+    /// gRPC address, `host:port`.
+    pub addr: String,
+    /// Admin HTTP address, `host:port`.
+    pub http_addr: String,
+}
+
+impl Peer {
+    pub fn node(&self) -> LbNode {
+        LbNode { addr: self.addr.clone(), http_addr: self.http_addr.clone() }
+    }
+}
+
+/// Raft timing and log compaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    pub snapshot_logs: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming { heartbeat_ms: 100, election_min_ms: 500, election_max_ms: 1000, snapshot_logs: 500 }
+    }
+}
+
+/// The validated configuration of one lbnode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub bind: IpAddr,
+    pub data_dir: PathBuf,
+    /// Initial members, sorted by id; empty when the node waits to be added.
+    pub peers: Vec<Peer>,
+    pub grpc_port: u16,
+    pub http_port: u16,
+    /// Where the admin HTTP server listens.
+    pub admin_http: SocketAddr,
+    pub log_level: String,
+    pub raft: RaftTiming,
+    pub write_timeout: Duration,
+}
+
+/// One bad field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldProblem {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for FieldProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Why a node config could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot parse config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid node config:{}", list(.0))]
+    Invalid(Vec<FieldProblem>),
+}
+
+fn list(problems: &[FieldProblem]) -> String {
+    problems.iter().map(|p| format!("\n  - {p}")).collect()
+}
+
+impl NodeConfig {
+    /// Read the file named by `--config` (if any) and merge the flags over it.
+    pub fn load(cli: &Cli) -> Result<NodeConfig, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        NodeConfig::resolve(file, cli)
+    }
+
+    /// Merge `cli` over `file` over the defaults and validate. Reports every bad field.
+    pub fn resolve(file: FileConfig, cli: &Cli) -> Result<NodeConfig, ConfigError> {
+        let mut problems = Vec::new();
+        let mut bad = |field: &'static str, message: String| problems.push(FieldProblem { field, message });
+
+        let id = match cli.id.or(file.id) {
+            None => {
+                bad("id", "missing: give --id N or `id = N` in the config file".into());
+                0
+            }
+            Some(0) => {
+                bad("id", "must be at least 1 (0 is reserved)".into());
+                0
+            }
+            Some(id) => id,
+        };
+
+        let bind_text = cli.bind.clone().or(file.bind).unwrap_or_else(|| "127.0.0.1".into());
+        let bind = match bind_text.trim().parse::<IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => {
+                bad("bind", format!("\"{bind_text}\" is not an IP address"));
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            }
+        };
+
+        let grpc_port = cli.grpc_port.or(file.grpc_port).unwrap_or(DEFAULT_GRPC_PORT);
+        let http_port = cli.http_port.or(file.http_port).unwrap_or(DEFAULT_HTTP_PORT);
+        if grpc_port == 0 {
+            bad("grpc_port", "must not be 0".into());
+        }
+        if http_port == 0 {
+            bad("http_port", "must not be 0".into());
+        }
+
+        let admin_http = match cli.admin_http.clone().or(file.admin_http) {
+            Some(text) => match text.trim().parse::<SocketAddr>() {
+                Ok(a) if a.port() != 0 => a,
+                _ => {
+                    bad("admin_http", format!("\"{text}\" is not an IP:port address"));
+                    SocketAddr::new(bind, http_port)
+                }
+            },
+            None => SocketAddr::new(bind, http_port),
+        };
+        if admin_http == SocketAddr::new(bind, grpc_port) {
+            bad("admin_http", format!("{admin_http} is also the gRPC address; use another port"));
+        }
+
+        let peers_text = cli.peers.clone().or_else(|| file.peers.as_ref().map(PeerList::joined));
+        let peers = match peers_text {
+            None => Vec::new(),
+            Some(text) => match parse_peers(&text, http_port) {
+                Ok(p) => p,
+                Err(e) => {
+                    bad("peers", e);
+                    Vec::new()
+                }
+            },
+        };
+
+        let data_dir =
+            cli.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(format!("lbnode-{id}")));
+        if data_dir.as_os_str().is_empty() {
+            bad("data_dir", "must not be empty".into());
+        }
+
+        let log_level = cli.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into());
+        if log_level.trim().is_empty() {
+            bad("log_level", "must not be empty".into());
+        }
+
+        let d = RaftTiming::default();
+        let raft = RaftTiming {
+            heartbeat_ms: cli.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(d.heartbeat_ms),
+            election_min_ms: cli.election_min_ms.or(file.election_min_ms).unwrap_or(d.election_min_ms),
+            election_max_ms: cli.election_max_ms.or(file.election_max_ms).unwrap_or(d.election_max_ms),
+            snapshot_logs: cli.snapshot_logs.or(file.snapshot_logs).unwrap_or(d.snapshot_logs),
+        };
+        if raft.heartbeat_ms == 0 {
+            bad("heartbeat_ms", "must be at least 1".into());
+        }
+        if raft.election_min_ms <= raft.heartbeat_ms {
+            bad(
+                "election_min_ms",
+                format!(
+                    "{} must be greater than heartbeat_ms ({}) or followers time out between heartbeats",
+                    raft.election_min_ms, raft.heartbeat_ms
+                ),
+            );
+        }
+        if raft.election_max_ms <= raft.election_min_ms {
+            bad(
+                "election_max_ms",
+                format!(
+                    "{} must be greater than election_min_ms ({})",
+                    raft.election_max_ms, raft.election_min_ms
+                ),
+            );
+        }
+        if raft.snapshot_logs == 0 {
+            bad("snapshot_logs", "must be at least 1".into());
+        }
+
+        let write_timeout_ms = cli.write_timeout_ms.or(file.write_timeout_ms).unwrap_or(5000);
+        if write_timeout_ms == 0 {
+            bad("write_timeout_ms", "must be at least 1".into());
+        }
+
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        Ok(NodeConfig {
+            id,
+            bind,
+            data_dir,
+            peers,
+            grpc_port,
+            http_port,
+            admin_http,
+            log_level,
+            raft,
+            write_timeout: Duration::from_millis(write_timeout_ms),
+        })
+    }
+
+    /// Where the gRPC server listens.
+    pub fn grpc_listen(&self) -> SocketAddr {
+        SocketAddr::new(self.bind, self.grpc_port)
+    }
+
+    /// How other nodes reach this one: its own entry in `peers` when listed there, else the listen
+    /// addresses.
+    pub fn advertised(&self) -> LbNode {
+        match self.peers.iter().find(|p| p.id == self.id) {
+            Some(p) => p.node(),
+            None => LbNode { addr: self.grpc_listen().to_string(), http_addr: self.admin_http.to_string() },
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    toml::from_str(&text)
+        .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string().trim_end().into() })
+}
+
+/// Parse `"1=host:7400,2=host:7400@host:7401"`. Entries are sorted by id; ids and addresses must be
+/// unique. `default_http_port` fills in the HTTP address of entries without `@…`.
+pub fn parse_peers(text: &str, default_http_port: u16) -> Result<Vec<Peer>, String> {
+    let mut peers: Vec<Peer> = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id_text, rest) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("entry \"{entry}\" is not of the form id=host:port"))?;
+        let id: NodeId = id_text
+            .trim()
+            .parse()
+            .map_err(|_| format!("entry \"{entry}\": node id \"{}\" is not a number", id_text.trim()))?;
+        if id == 0 {
+            return Err(format!("entry \"{entry}\": node id must be at least 1"));
+        }
+        let (grpc, http) = match rest.split_once('@') {
+            Some((g, h)) => (g.trim(), Some(h.trim())),
+            None => (rest.trim(), None),
+        };
+        let (host, _) = split_host_port(grpc).map_err(|e| format!("entry \"{entry}\": gRPC address {e}"))?;
+        let http_addr = match http {
+            Some(h) => {
+                split_host_port(h).map_err(|e| format!("entry \"{entry}\": HTTP address {e}"))?;
+                h.to_string()
+            }
+            None => format!("{host}:{default_http_port}"),
+        };
+        if let Some(dup) = peers.iter().find(|p| p.id == id) {
+            return Err(format!("node id {id} is listed twice (\"{}\" and \"{grpc}\")", dup.addr));
+        }
+        if let Some(dup) = peers.iter().find(|p| p.addr == grpc) {
+            return Err(format!("address \"{grpc}\" is listed for node {} and node {id}", dup.id));
+        }
+        peers.push(Peer { id, addr: grpc.to_string(), http_addr });
+    }
+    peers.sort_by_key(|p| p.id);
+    Ok(peers)
+}
+
+/// Check a `host:port` address (host may be a name, an IPv4 address or a bracketed IPv6 address).
+pub fn split_host_port(addr: &str) -> Result<(&str, u16), String> {
+    let (host, port) =
+        addr.rsplit_once(':').ok_or_else(|| format!("\"{addr}\" has no port (expected host:port)"))?;
+    let port: u16 = port.parse().map_err(|_| format!("\"{addr}\" has an invalid port \"{port}\""))?;
+    if port == 0 {
+        return Err(format!("\"{addr}\" has port 0"));
+    }
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host_ok = !bare.is_empty()
+        && if host.starts_with('[') {
+            bare.parse::<std::net::Ipv6Addr>().is_ok()
+        } else {
+            bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_')
+        };
+    if !host_ok {
+        return Err(format!("\"{addr}\" has an invalid host \"{host}\""));
+    }
+    Ok((host, port))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,173 @@
+use super::*;
+
+fn cli(args: &[&str]) -> Cli {
+    let mut all = vec!["lbnode"];
+    all.extend_from_slice(args);
+    Cli::try_parse_from(all).expect("flags parse")
+}
+
+fn file(text: &str) -> FileConfig {
+    toml::from_str(text).expect("file parses")
+}
+
+fn problems(err: ConfigError) -> Vec<FieldProblem> {
+    match err {
+        ConfigError::Invalid(p) => p,
+        other => panic!("expected Invalid, got {other}"),
+    }
+}
+
+#[test]
+fn peers_parse_with_default_and_explicit_http_addresses() {
+    let peers =
+        parse_peers("2=127.0.0.12:7400, 1=127.0.0.11:7400@127.0.0.11:8401,3=node-3:7400", 7401).unwrap();
+    assert_eq!(
+        peers,
+        vec![
+            Peer { id: 1, addr: "127.0.0.11:7400".into(), http_addr: "127.0.0.11:8401".into() },
+            Peer { id: 2, addr: "127.0.0.12:7400".into(), http_addr: "127.0.0.12:7401".into() },
+            Peer { id: 3, addr: "node-3:7400".into(), http_addr: "node-3:7401".into() },
+        ]
+    );
+}
+
+#[test]
+fn peers_accept_ipv6_and_trailing_commas() {
+    let peers = parse_peers("1=[::1]:7400,", 7401).unwrap();
+    assert_eq!(peers, vec![Peer { id: 1, addr: "[::1]:7400".into(), http_addr: "[::1]:7401".into() }]);
+    assert!(parse_peers("", 7401).unwrap().is_empty());
+}
+
+#[test]
+fn bad_peer_entries_name_the_entry_and_the_problem() {
+    let cases = [
+        ("1:127.0.0.1:7400", "not of the form id=host:port"),
+        ("x=127.0.0.1:7400", "node id \"x\" is not a number"),
+        ("0=127.0.0.1:7400", "node id must be at least 1"),
+        ("1=127.0.0.1", "has no port"),
+        ("1=127.0.0.1:99999", "invalid port \"99999\""),
+        ("1=127.0.0.1:0", "port 0"),
+        ("1=:7400", "invalid host"),
+        ("1=bad host:7400", "invalid host"),
+        ("1=127.0.0.1:7400@127.0.0.1", "HTTP address \"127.0.0.1\" has no port"),
+        ("1=a:7400,1=b:7400", "node id 1 is listed twice"),
+        ("1=a:7400,2=a:7400", "address \"a:7400\" is listed for node 1 and node 2"),
+    ];
+    for (text, want) in cases {
+        let err = parse_peers(text, 7401).expect_err(text);
+        assert!(err.contains(want), "{text}: {err}");
+    }
+}
+
+#[test]
+fn defaults_fill_everything_but_the_id() {
+    let c = NodeConfig::resolve(FileConfig::default(), &cli(&["--id", "3"])).unwrap();
+    assert_eq!(c.id, 3);
+    assert_eq!(c.bind, IpAddr::V4(Ipv4Addr::LOCALHOST));
+    assert_eq!(c.grpc_listen(), "127.0.0.1:7400".parse().unwrap());
+    assert_eq!(c.admin_http, "127.0.0.1:7401".parse().unwrap());
+    assert_eq!(c.data_dir, PathBuf::from("lbnode-3"));
+    assert_eq!(c.raft, RaftTiming::default());
+    assert_eq!(c.write_timeout, Duration::from_secs(5));
+    assert!(c.peers.is_empty());
+}
+
+#[test]
+fn flags_override_the_file_field_by_field() {
+    let f = file(
+        r#"
+        id = 1
+        bind = "127.0.0.11"
+        grpc_port = 7500
+        http_port = 7501
+        heartbeat_ms = 50
+        peers = ["1=127.0.0.11:7500", "2=127.0.0.12:7500"]
+        "#,
+    );
+    let c = NodeConfig::resolve(f, &cli(&["--id", "2", "--bind", "127.0.0.12", "--election-min-ms", "300"]))
+        .unwrap();
+    assert_eq!(c.id, 2);
+    assert_eq!(c.grpc_listen(), "127.0.0.12:7500".parse().unwrap());
+    assert_eq!(c.admin_http, "127.0.0.12:7501".parse().unwrap());
+    assert_eq!(c.raft.heartbeat_ms, 50);
+    assert_eq!(c.raft.election_min_ms, 300);
+    assert_eq!(c.peers.len(), 2);
+    // Peers without `@http` get the configured HTTP port.
+    assert_eq!(c.peers[1].http_addr, "127.0.0.12:7501");
+    assert_eq!(
+        c.advertised(),
+        LbNode { addr: "127.0.0.12:7500".into(), http_addr: "127.0.0.12:7501".into() }
+    );
+}
+
+#[test]
+fn admin_http_flag_replaces_bind_and_http_port() {
+    let c =
+        NodeConfig::resolve(FileConfig::default(), &cli(&["--id", "1", "--admin-http", "127.0.0.1:9999"]))
+            .unwrap();
+    assert_eq!(c.admin_http, "127.0.0.1:9999".parse().unwrap());
+    assert_eq!(c.advertised().http_addr, "127.0.0.1:9999");
+}
+
+#[test]
+fn every_bad_field_is_reported_by_name() {
+    let args = [
+        "--bind",
+        "localhost",
+        "--grpc-port",
+        "0",
+        "--heartbeat-ms",
+        "600",
+        "--election-max-ms",
+        "400",
+        "--peers",
+        "1=a",
+        "--admin-http",
+        "nowhere",
+        "--write-timeout-ms",
+        "0",
+    ];
+    let p = problems(NodeConfig::resolve(FileConfig::default(), &cli(&args)).unwrap_err());
+    let fields: Vec<_> = p.iter().map(|p| p.field).collect();
+    for want in [
+        "id",
+        "bind",
+        "grpc_port",
+        "admin_http",
+        "peers",
+        "election_min_ms",
+        "election_max_ms",
+        "write_timeout_ms",
+    ] {
+        assert!(fields.contains(&want), "{want} missing from {fields:?}");
+    }
+    let text = ConfigError::Invalid(p).to_string();
+    assert!(text.contains("bind: \"localhost\" is not an IP address"), "{text}");
+}
+
+#[test]
+fn admin_http_on_the_grpc_address_is_refused() {
+    let err =
+        NodeConfig::resolve(FileConfig::default(), &cli(&["--id", "1", "--http-port", "7400"])).unwrap_err();
+    assert_eq!(problems(err)[0].field, "admin_http");
+}
+
+#[test]
+fn unknown_file_fields_are_refused() {
+    let err = toml::from_str::<FileConfig>("id = 1\ngrpcport = 7400\n").unwrap_err();
+    assert!(err.to_string().contains("grpcport"), "{err}");
+}
+
+#[test]
+fn missing_config_file_names_the_path() {
+    let c = cli(&["--config", "/nonexistent/lbnode.toml", "--id", "1"]);
+    let err = NodeConfig::load(&c).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/lbnode.toml"), "{err}");
+}
+
+#[test]
+fn peers_string_in_the_file_is_accepted() {
+    let f = file("id = 1\npeers = \"1=127.0.0.11:7400,2=127.0.0.12:7400@127.0.0.12:9000\"\n");
+    let c = NodeConfig::resolve(f, &Cli::default()).unwrap();
+    assert_eq!(c.peers[1].http_addr, "127.0.0.12:9000");
+}

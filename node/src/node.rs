@@ -1,0 +1,199 @@
+//! Start and stop everything one lbnode runs: the store, Raft, the gRPC server (Raft + Admin on one
+//! port), the admin HTTP server and the one-time bootstrap.
+//!
+//! Start order: open the store, create Raft, bind both listeners (so a port in use is reported
+//! before anything runs), serve, then bootstrap. Stop order ([`Node::shutdown`]): stop accepting and
+//! end streams, let in-flight calls finish (bounded), shut Raft down, then drop the store (the last
+//! handle closes and flushes the database).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use lbfleet_raft_store::{AppliedState, Raft, StateMachineStore};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::grpc::AdminService;
+use crate::channels::ChannelCache;
+use crate::cluster::{stopped, Cluster};
+use crate::config::NodeConfig;
+use crate::raft::service::RaftService;
+use crate::raft::{bootstrap, new_raft, Bootstrap};
+
+/// How long in-flight requests may take to finish at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A running lbnode.
+pub struct Node {
+    cluster: Cluster,
+    shutdown_tx: watch::Sender<bool>,
+    grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    http: Option<JoinHandle<()>>,
+    bootstrap: JoinHandle<()>,
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+}
+
+impl Node {
+    /// Open the store in `config.data_dir`, start Raft and both servers, and bootstrap the cluster
+    /// if this node is the one that must (see [`crate::raft`]).
+    pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+        let (log_store, sm_store) = lbfleet_raft_store::open(&config.data_dir)?;
+        let raft = new_raft(&config, log_store, sm_store.clone()).await?;
+
+        let grpc_listener = TcpListener::bind(config.grpc_listen()).await.with_context(|| {
+            format!("cannot listen for gRPC on {} (grpc_port/bind)", config.grpc_listen())
+        })?;
+        let http_listener = TcpListener::bind(config.admin_http).await.with_context(|| {
+            format!("cannot listen for admin HTTP on {} (admin_http/http_port)", config.admin_http)
+        })?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let http_addr = http_listener.local_addr()?;
+
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let cluster = Cluster {
+            id: config.id,
+            me: config.advertised(),
+            raft: raft.clone(),
+            store: sm_store.clone(),
+            write_timeout: config.write_timeout,
+            admin_channels: ChannelCache::new(),
+            shutdown: shutdown_rx.clone(),
+        };
+
+        let grpc = {
+            let mut stop = shutdown_rx.clone();
+            let router = tonic::transport::Server::builder()
+                .add_service(RaftService::new(raft.clone()).into_server())
+                .add_service(AdminService::new(cluster.clone(), config.http_port).into_server());
+            // Accepted sockets get TCP_NODELAY here: the builder's setting applies only when tonic
+            // binds the listener itself.
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+            tokio::spawn(async move {
+                router.serve_with_incoming_shutdown(incoming, async move { stopped(&mut stop).await }).await
+            })
+        };
+        let http =
+            tokio::spawn(crate::admin::http::serve(http_listener, cluster.clone(), shutdown_rx.clone()));
+        tracing::info!(
+            id = config.id,
+            grpc = %grpc_addr,
+            http = %http_addr,
+            data_dir = %config.data_dir.display(),
+            "lbnode serving"
+        );
+
+        let bootstrap = {
+            let (raft, store) = (raft.clone(), sm_store.clone());
+            tokio::spawn(async move {
+                match bootstrap(&raft, &store, &config).await {
+                    Ok(Bootstrap::Initialized(voters)) => {
+                        tracing::info!(?voters, "initialized a new cluster")
+                    }
+                    Ok(Bootstrap::AlreadyInitialized) => {
+                        tracing::info!("store already holds a cluster membership")
+                    }
+                    Ok(Bootstrap::Waiting) => {
+                        tracing::info!("waiting to be contacted by a leader (not the bootstrapping node)")
+                    }
+                    Err(e) => tracing::error!("cannot initialize the cluster: {e}"),
+                }
+            })
+        };
+
+        Ok(Node { cluster, shutdown_tx, grpc: Some(grpc), http: Some(http), bootstrap, grpc_addr, http_addr })
+    }
+
+    /// Shared handles (Raft, applied state, identity).
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.cluster.raft
+    }
+
+    pub fn store(&self) -> &StateMachineStore {
+        &self.cluster.store
+    }
+
+    /// The applied state, republished after every apply batch and snapshot install. This is where a
+    /// consumer (e.g. the data plane rebuilding its routing snapshot) hooks in.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<AppliedState>> {
+        self.cluster.store.subscribe()
+    }
+
+    /// Becomes `true` when the node starts shutting down; tasks spawned beside the node end on it.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown_tx.subscribe()
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The bound admin HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Resolves when a server stops on its own (an error: they only stop at shutdown otherwise).
+    pub async fn failed(&mut self) -> anyhow::Error {
+        let (Some(grpc), Some(http)) = (self.grpc.as_mut(), self.http.as_mut()) else {
+            return anyhow::anyhow!("node is already stopped");
+        };
+        tokio::select! {
+            r = grpc => {
+                self.grpc = None;
+                match r {
+                    Ok(Ok(())) => anyhow::anyhow!("gRPC server stopped"),
+                    Ok(Err(e)) => anyhow::anyhow!("gRPC server failed: {e}"),
+                    Err(e) => anyhow::anyhow!("gRPC server task failed: {e}"),
+                }
+            }
+            r = http => {
+                self.http = None;
+                anyhow::anyhow!("admin HTTP server stopped: {r:?}")
+            }
+        }
+    }
+
+    /// Stop accepting, finish in-flight requests (bounded), shut Raft down and close the store.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        tracing::info!(id = self.cluster.id, "shutting down");
+        let _ = self.shutdown_tx.send(true);
+        self.bootstrap.abort();
+        if let Some(grpc) = self.grpc.take() {
+            let abort = grpc.abort_handle();
+            match tokio::time::timeout(DRAIN_TIMEOUT, grpc).await {
+                Ok(Ok(Err(e))) => tracing::warn!("gRPC server ended with an error: {e}"),
+                Err(_) => {
+                    tracing::warn!("gRPC calls still running after {DRAIN_TIMEOUT:?}; aborting them");
+                    abort.abort();
+                }
+                _ => {}
+            }
+        }
+        if let Some(http) = self.http.take() {
+            let abort = http.abort_handle();
+            if tokio::time::timeout(DRAIN_TIMEOUT, http).await.is_err() {
+                abort.abort();
+            }
+        }
+        self.cluster
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| anyhow::anyhow!("Raft did not shut down cleanly: {e}"))?;
+        drop(self.cluster);
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

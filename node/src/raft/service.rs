@@ -1,0 +1,97 @@
+//! The `Raft` gRPC service: the receiving end of [`super::network`].
+//!
+//! Each call decodes a postcard-encoded openraft request, hands it to the local `Raft`, and returns
+//! the postcard encoding of its `Result`. Bytes that do not decode are answered with
+//! `invalid_argument` naming the RPC; nothing a peer sends can panic this node.
+
+use lbfleet_api::pb::{raft_server, RaftPayload};
+use lbfleet_raft_store::{Raft, TypeConfig};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use crate::raft::MAX_RAFT_MESSAGE_BYTES;
+
+/// Serves Raft RPCs from peers.
+#[derive(Clone)]
+pub struct RaftService {
+    raft: Raft,
+}
+
+impl RaftService {
+    pub fn new(raft: Raft) -> Self {
+        RaftService { raft }
+    }
+
+    /// The tonic server for this service, accepting messages up to [`MAX_RAFT_MESSAGE_BYTES`].
+    pub fn into_server(self) -> raft_server::RaftServer<Self> {
+        raft_server::RaftServer::new(self)
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+    }
+}
+
+/// Decode a request payload; malformed bytes become `invalid_argument`.
+pub fn decode<T: DeserializeOwned>(rpc: &str, data: &[u8]) -> Result<T, Status> {
+    postcard::from_bytes(data)
+        .map_err(|e| Status::invalid_argument(format!("malformed {rpc} payload ({} bytes): {e}", data.len())))
+}
+
+/// Encode a reply payload.
+pub fn encode<T: Serialize>(rpc: &str, value: &T) -> Result<Response<RaftPayload>, Status> {
+    postcard::to_allocvec(value)
+        .map(|data| Response::new(RaftPayload { data }))
+        .map_err(|e| Status::internal(format!("cannot encode {rpc} reply: {e}")))
+}
+
+#[tonic::async_trait]
+impl raft_server::Raft for RaftService {
+    async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode("AppendEntries", &request.get_ref().data)?;
+        let result = self.raft.append_entries(rpc).await;
+        encode("AppendEntries", &result)
+    }
+
+    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc: VoteRequest<lbfleet_api::NodeId> = decode("Vote", &request.get_ref().data)?;
+        let result = self.raft.vote(rpc).await;
+        encode("Vote", &result)
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode("InstallSnapshot", &request.get_ref().data)?;
+        let result = self.raft.install_snapshot(rpc).await;
+        encode("InstallSnapshot", &result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_bytes_are_an_invalid_argument_naming_the_rpc() {
+        let err =
+            decode::<AppendEntriesRequest<TypeConfig>>("AppendEntries", &[0xff, 0xff, 0xff]).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().starts_with("malformed AppendEntries payload"), "{}", err.message());
+    }
+
+    #[test]
+    fn empty_bytes_are_refused_too() {
+        let err = decode::<VoteRequest<u64>>("Vote", &[]).unwrap_err();
+        assert!(err.message().contains("malformed Vote payload (0 bytes)"), "{}", err.message());
+    }
+
+    #[test]
+    fn a_request_survives_the_round_trip() {
+        let vote = VoteRequest::new(
+            openraft::Vote::new(3, 2),
+            Some(openraft::LogId::new(openraft::CommittedLeaderId::new(2, 1), 7)),
+        );
+        let bytes = postcard::to_allocvec(&vote).unwrap();
+        let back: VoteRequest<u64> = decode("Vote", &bytes).unwrap();
+        assert_eq!(back, vote);
+    }
+}
