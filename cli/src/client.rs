@@ -41,7 +41,7 @@ impl Admin {
             .keep_alive_timeout(timeout);
         let channel = match tokio::time::timeout(timeout, ep.connect()).await {
             Ok(Ok(ch)) => ch,
-            Ok(Err(e)) => return Err(CliError::unreachable(endpoint, &e)),
+            Ok(Err(e)) => return Err(with_duration(CliError::unreachable(endpoint, &e), timeout)),
             Err(_) => {
                 return Err(CliError::Unreachable {
                     endpoint: endpoint.to_string(),
@@ -63,7 +63,9 @@ impl Admin {
     {
         match tokio::time::timeout(self.timeout, f(self.client.clone())).await {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
-            Ok(Err(status)) => Err(CliError::from_status(&self.endpoint, &status)),
+            Ok(Err(status)) => {
+                Err(with_duration(CliError::from_status(&self.endpoint, &status), self.timeout))
+            }
             Err(_) => Err(CliError::Timeout { endpoint: self.endpoint.clone(), timeout: self.timeout }),
         }
     }
@@ -133,5 +135,16 @@ impl Admin {
     pub async fn watch(&self) -> Result<tonic::Streaming<pb::WatchEvent>, CliError> {
         let req = tonic::Request::new(pb::WatchRequest {});
         self.call(|mut c| async move { c.watch(req).await }).await
+    }
+}
+
+/// "timed out" from the transport says which deadline it was.
+fn with_duration(e: CliError, timeout: Duration) -> CliError {
+    match e {
+        CliError::Unreachable { endpoint, reason } if reason == "timed out" => CliError::Unreachable {
+            endpoint,
+            reason: format!("timed out after {}", humantime::format_duration(timeout)),
+        },
+        other => other,
     }
 }

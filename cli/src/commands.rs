@@ -94,7 +94,7 @@ pub async fn nodes(g: &Global, action: Option<&args::NodesAction>) -> Result<(),
     let view = match action {
         None | Some(args::NodesAction::List) => {
             let r = admin.list_nodes().await?;
-            output::NodesJson::new(&r.nodes, r.leader, None)
+            output::NodesJson::listing(&r.nodes, r.leader)
         }
         Some(args::NodesAction::Add(a)) => {
             // Empty: the node fills in the gRPC host with the cluster's admin HTTP port.
@@ -107,11 +107,11 @@ pub async fn nodes(g: &Global, action: Option<&args::NodesAction>) -> Result<(),
                     learner_only: a.learner,
                 })
                 .await?;
-            output::NodesJson::new(&r.nodes, None, Some(r.log_index))
+            output::NodesJson::changed(&r.nodes, r.log_index)
         }
         Some(args::NodesAction::Remove(rm)) => {
             let r = admin.remove_node(rm.id).await?;
-            output::NodesJson::new(&r.nodes, None, Some(r.log_index))
+            output::NodesJson::changed(&r.nodes, r.log_index)
         }
     };
     if g.json {
@@ -139,13 +139,16 @@ pub async fn drain(g: &Global, d: &args::DrainArgs, draining: bool) -> Result<()
     }
 }
 
-/// Stream events until Ctrl-C (exit 0) or until the stream breaks (an error).
+/// Stream events until Ctrl-C or SIGTERM (exit 0) or until the stream breaks (an error).
 pub async fn watch(g: &Global) -> Result<(), CliError> {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
     let admin = g.connect().await?;
     let mut stream = admin.watch().await?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = sigterm.recv() => return Ok(()),
             msg = stream.message() => match msg {
                 Ok(Some(ev)) => {
                     let line = if g.json {

@@ -179,6 +179,9 @@ pub fn transport_reason(err: &(dyn StdError + 'static)) -> String {
         if let Some(ioe) = e.downcast_ref::<std::io::Error>() {
             io = Some(ioe);
         }
+        if e.is::<tonic::TimeoutExpired>() {
+            return "timed out".to_string();
+        }
         let msg = e.to_string();
         if !msg.is_empty() {
             innermost = msg;
@@ -264,6 +267,14 @@ mod tests {
         let err = Wrap("transport error", Box::new(Wrap("h2 protocol error: bad frame", Box::new(Leaf("")))));
         assert_eq!(transport_reason(&err), "h2 protocol error: bad frame");
         assert_eq!(transport_reason(&Leaf("")), "connection failed");
+    }
+
+    #[test]
+    fn a_connect_timeout_reads_timed_out() {
+        let err = Wrap("transport error", Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(transport_reason(&err), "timed out");
+        let io = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert_eq!(transport_reason(&io), "timed out");
     }
 
     #[test]

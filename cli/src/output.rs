@@ -176,10 +176,14 @@ pub fn backends_text(r: &pb::ListBackendsResponse) -> String {
     table(&["POOL", "ADDR", "WEIGHT", "HEALTHY", "DRAINING", "ACTIVE", "BACKUP", "STANDBY"], &rows)
 }
 
-/// `nodes --json` and the answer of `nodes add/remove --json` (with `log_index`).
+/// `nodes --json` (`leader`, `null` while unknown, and `nodes`) and the answer of `nodes add/remove --json`
+/// (`log_index` of the membership change and `nodes`).
 #[derive(Debug, Serialize, PartialEq)]
 pub struct NodesJson {
-    pub leader: Option<u64>,
+    /// Present for a listing only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader: Option<Option<u64>>,
+    /// Present for a membership change only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_index: Option<u64>,
     pub nodes: Vec<NodeInfoJson>,
@@ -194,7 +198,17 @@ pub struct NodeInfoJson {
 }
 
 impl NodesJson {
-    pub fn new(nodes: &[pb::NodeInfo], leader: Option<u64>, log_index: Option<u64>) -> Self {
+    /// The membership as listed by a node, with the leader it knows.
+    pub fn listing(nodes: &[pb::NodeInfo], leader: Option<u64>) -> Self {
+        Self::new(nodes, Some(leader), None)
+    }
+
+    /// The membership after a change committed at `log_index`.
+    pub fn changed(nodes: &[pb::NodeInfo], log_index: u64) -> Self {
+        Self::new(nodes, None, Some(log_index))
+    }
+
+    fn new(nodes: &[pb::NodeInfo], leader: Option<Option<u64>>, log_index: Option<u64>) -> Self {
         let mut nodes: Vec<NodeInfoJson> = nodes
             .iter()
             .map(|n| NodeInfoJson {
@@ -215,7 +229,7 @@ pub fn nodes_text(n: &NodesJson) -> String {
         .iter()
         .map(|m| {
             let mut role = if m.voter { "voter" } else { "learner" }.to_string();
-            if n.leader == Some(m.id) {
+            if n.leader == Some(Some(m.id)) {
                 role.push_str(", leader");
             }
             vec![m.id.to_string(), m.addr.clone(), dash_if_empty(&m.http_addr), role]
@@ -477,17 +491,24 @@ mod tests {
             pb::NodeInfo { id: 2, addr: "b:7400".into(), http_addr: "".into(), voter: false },
             pb::NodeInfo { id: 1, addr: "a:7400".into(), http_addr: "a:7401".into(), voter: true },
         ];
-        let n = NodesJson::new(&nodes, Some(1), Some(9));
+        let n = NodesJson::listing(&nodes, Some(1));
         assert_eq!(
             nodes_text(&n),
-            "ID  ADDR    HTTP_ADDR  MEMBERSHIP\n1   a:7400  a:7401     voter, leader\n2   b:7400  -          learner\n\
-             membership committed at log index 9\n"
+            "ID  ADDR    HTTP_ADDR  MEMBERSHIP\n1   a:7400  a:7401     voter, leader\n2   b:7400  -          learner\n"
         );
         let v: serde_json::Value =
-            serde_json::from_str(&to_json_line(&NodesJson::new(&nodes, None, None))).unwrap();
+            serde_json::from_str(&to_json_line(&NodesJson::listing(&nodes, None))).unwrap();
         assert!(v.get("log_index").is_none());
-        assert!(v["leader"].is_null());
+        assert!(v["leader"].is_null() && v.get("leader").is_some(), "an unknown leader is null, not absent");
         assert_eq!(v["nodes"][0]["id"], 1);
+
+        let c = NodesJson::changed(&nodes, 9);
+        assert!(
+            nodes_text(&c).ends_with("2   b:7400  -          learner\nmembership committed at log index 9\n")
+        );
+        let v: serde_json::Value = serde_json::from_str(&to_json_line(&c)).unwrap();
+        assert!(v.get("leader").is_none(), "a membership change does not claim to know the leader");
+        assert_eq!(v["log_index"], 9);
     }
 
     #[test]
