@@ -394,6 +394,7 @@ mod tests {
             voter: true,
             config_version: 1,
             error: if reachable { String::new() } else { "connection refused".to_string() },
+            ..Default::default()
         }
     }
 
