@@ -10,6 +10,8 @@
 //!   ([`admin::http`]) and its Prometheus metrics ([`admin::metrics`]).
 //! - [`dataplane`]: the Maglev table, the selection policies, per-pool selectors, the routing snapshot
 //!   (whose digest each node publishes), the listener manager and the HTTP, TCP and UDP proxies.
+//! - [`health`]: active health checks from this node, health votes, passive outlier detection and the
+//!   node-local usability of backends the proxies consult.
 //! - [`channels`]: one cached gRPC channel per peer address.
 //!
 //! Where data enters and leaves:
@@ -27,5 +29,6 @@ pub mod channels;
 pub mod cluster;
 pub mod config;
 pub mod dataplane;
+pub mod health;
 pub mod node;
 pub mod raft;

@@ -1,6 +1,6 @@
 //! Start and stop everything one lbnode runs: the store, Raft, the gRPC server (Raft + Admin on one
-//! port), the admin HTTP server, the data plane (routing snapshot and listeners) and the one-time
-//! bootstrap.
+//! port), the admin HTTP server, the data plane (routing snapshot and listeners), the health task
+//! (active checks and votes) and the one-time bootstrap.
 //!
 //! Start order: bind both listeners (a port in use is reported before the store is touched), open
 //! the store, create Raft, serve, then bootstrap. Stop order ([`Node::shutdown`]): stop accepting and
@@ -37,6 +37,8 @@ pub struct Node {
     http: Option<JoinHandle<()>>,
     /// The listener manager (routing snapshot updates and proxies).
     dataplane: Option<JoinHandle<()>>,
+    /// Active health checks and health votes of this node.
+    health: Option<JoinHandle<()>>,
     bootstrap: JoinHandle<()>,
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
@@ -78,6 +80,8 @@ impl Node {
             shutdown_rx.clone(),
             Arc::clone(&cluster.listeners),
         ));
+
+        let health = tokio::spawn(crate::health::run(cluster.clone()));
 
         let grpc = {
             let mut stop = shutdown_rx.clone();
@@ -126,6 +130,7 @@ impl Node {
             grpc: Some(grpc),
             http: Some(http),
             dataplane: Some(dataplane),
+            health: Some(health),
             bootstrap,
             grpc_addr,
             http_addr,
@@ -192,6 +197,13 @@ impl Node {
         tracing::info!(id = self.cluster.id, "shutting down");
         let _ = self.shutdown_tx.send(true);
         self.bootstrap.abort();
+        if let Some(health) = self.health.take() {
+            // It ends on the shutdown signal; its checkers and vote calls are not worth waiting for.
+            let abort = health.abort_handle();
+            if tokio::time::timeout(DRAIN_TIMEOUT, health).await.is_err() {
+                abort.abort();
+            }
+        }
         if let Some(grpc) = self.grpc.take() {
             let abort = grpc.abort_handle();
             match tokio::time::timeout(DRAIN_TIMEOUT, grpc).await {

@@ -671,9 +671,56 @@ impl Admin for AdminService {
 
     async fn submit_health_vote(
         &self,
-        _request: Request<pb::HealthVoteRequest>,
+        request: Request<pb::HealthVoteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        // TODO: health voting lands with the health checker.
-        Err(Status::unimplemented("health votes are not accepted by this node yet"))
+        let hops = hops(&request);
+        let req = request.into_inner();
+        if req.node == 0 {
+            return Err(invalid("node: the voting node's id must be at least 1"));
+        }
+        if req.pool.trim().is_empty() {
+            return Err(invalid("pool: empty pool name"));
+        }
+        if req.backend.trim().is_empty() {
+            return Err(invalid("backend: empty backend address"));
+        }
+        {
+            let applied = self.cluster.applied();
+            let state = &applied.state;
+            if !state.backends.contains_key(&req.pool) {
+                return Err(Status::not_found(format!("no pool named \"{}\"", req.pool)));
+            }
+            if state.backend(&req.pool, &req.backend).is_none() {
+                return Err(Status::not_found(format!(
+                    "pool \"{}\" has no backend \"{}\"",
+                    req.pool, req.backend
+                )));
+            }
+        }
+        let req = &req;
+        let resp = self
+            .on_leader(
+                hops,
+                || async move {
+                    let cmd = Command::HealthVote {
+                        node: req.node,
+                        pool: req.pool.clone(),
+                        backend: req.backend.clone(),
+                        healthy: req.healthy,
+                        observed_at_ms: req.observed_at_ms,
+                    };
+                    match self.write_local(cmd).await? {
+                        (CommandResult::Rejected { errors }, _) => {
+                            Err(Status::failed_precondition(errors.join("; ")).into())
+                        }
+                        (_, log_index) => Ok(pb::WriteResponse { log_index }),
+                    }
+                },
+                |mut client, fwd| async move {
+                    client.submit_health_vote(fwd.map(|()| req.clone())).await.map(Response::into_inner)
+                },
+            )
+            .await?;
+        Ok(Response::new(resp))
     }
 }

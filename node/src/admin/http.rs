@@ -3,7 +3,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `GET /healthz` | `200 ok <role>` while the node serves |
-//! | `GET /api/v1/state` | JSON: node id, role, leader, term, applied index, config version, config, backends, nodes, ring digest |
+//! | `GET /api/v1/state` | JSON: node id, role, leader, term, applied index, config version, config, backends, nodes, ring digest, this node's `local_health` |
 //! | `GET /metrics` | Prometheus / OpenMetrics text (see [`super::metrics`]) |
 //! | `GET /` | a self-contained HTML dashboard that polls `/api/v1/state` |
 //!
@@ -91,6 +91,7 @@ fn handle(cluster: &Cluster, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             let routing = cluster.dataplane.routing.load();
             let mut body = state_json(&view, &cluster.applied(), &members(&metrics.membership_config));
             add_dataplane(&mut body, &routing, &cluster.listener_statuses());
+            body["local_health"] = json!(cluster.dataplane.outlier.snapshot());
             text(StatusCode::OK, "application/json", format!("{body:#}\n"))
         }
         "/metrics" => {

@@ -54,6 +54,9 @@ pub struct ProxyContext {
     pub bind_ip: std::net::IpAddr,
     /// The current routing snapshot, swapped on every applied change.
     pub routing: SharedRouting,
+    /// Node-local usability of backends (passive ejection, this node's active-check view): proxies pick
+    /// with `pick_usable(key, |b| outlier.is_usable(pool, b.addr()))` and report each attempt's outcome.
+    pub outlier: std::sync::Arc<crate::health::OutlierTracker>,
 }
 
 impl ProxyContext {
@@ -62,6 +65,7 @@ impl ProxyContext {
             node_id,
             bind_ip,
             routing: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(Routing::empty())),
+            outlier: std::sync::Arc::new(crate::health::OutlierTracker::new()),
         }
     }
 }

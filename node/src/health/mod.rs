@@ -1,0 +1,125 @@
+//! Health of the backends: active checks from every node, fleet-wide votes, passive outlier detection.
+//!
+//! Layout:
+//! - [`state`]: the rise/fall state machine of one check (pure).
+//! - [`checker`]: the probes (TCP connect, HTTP GET) and one task per (pool, backend, settings).
+//! - [`vote`]: which votes to send and when (pure), and the call that sends one.
+//! - [`outlier`]: passive ejection from live traffic (pure book + the shared [`OutlierTracker`] the
+//!   proxies consult through `ProxyContext::outlier`).
+//! - this file: [`run`], the node's health task: it follows the applied state (starting, stopping and
+//!   retuning checkers, updating the tracker), collects the checkers' transitions and sends votes.
+//!
+//! Data enters as the committed config (what to check, how) and probe results; it leaves as health
+//! votes (Raft log entries through the admin service and the leader) and as the node-local usability
+//! the proxies read on every pick.
+//!
+//! # How local and fleet-wide health interact
+//!
+//! Every node probes every backend itself, from its own IP. Its *local view* of a backend (unknown,
+//! up, down; see [`state`]) changes after `rise` successes or `fall` failures in a row.
+//!
+//! - **Fleet-wide health** is what the Raft log says: each node votes on changes of its local view,
+//!   and `apply` marks a backend down when the down votes of live voting nodes reach the pool's
+//!   `health.quorum` (default: a majority). It decides the *eligible set* of a pool, which is the same
+//!   on every node, so every node builds the same Maglev table and a key maps to the same backend
+//!   everywhere. One node's partial view (a broken link between that node and a backend) cannot eject
+//!   a backend for the fleet.
+//! - **Local usability** is decided on each node alone and applied at pick time
+//!   (`PoolSelector::pick_usable` with `OutlierTracker::is_usable`): a backend is skipped on this node
+//!   when its own active check sees it down (at once, before the fleet-wide vote commits, and even if
+//!   the fleet never agrees), or when passive outlier detection ejected it here after consecutive
+//!   connect failures or 5xx responses. Skipping moves only the keys of that backend, and only on this
+//!   node, to their next fallback in the table; every other key keeps its backend.
+//! - So a backend that is really down is skipped by each node as soon as that node sees it, then leaves
+//!   every table once a quorum of nodes has voted; a backend that only one node cannot reach stays in
+//!   every table, and only that node routes around it.
+//! - When every backend of a pool is unusable locally, a proxy may fall back to the fleet-wide
+//!   eligible set (`PoolSelector::pick`) rather than fail.
+//! - With no quorum, votes are retried with backoff; the data plane keeps routing on the last
+//!   committed state plus the current local view.
+
+pub mod checker;
+pub mod outlier;
+pub mod state;
+pub mod vote;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lbfleet_raft_store::AppliedState;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
+
+pub use outlier::OutlierTracker;
+pub use state::LocalState;
+
+use crate::cluster::{stopped, Cluster};
+use checker::{CheckEnv, Checkers, Transition, MAX_CONCURRENT_PROBES};
+use vote::{BackendKey, VotePlan};
+
+/// How often the vote loop looks again when nothing else wakes it (a safety net for the reconcile).
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+
+/// The node's health task: runs until the node shuts down.
+pub async fn run(cluster: Cluster) {
+    let mut applied: watch::Receiver<Arc<AppliedState>> = cluster.store.subscribe();
+    let mut stop = cluster.shutdown.clone();
+    let tracker = Arc::clone(&cluster.dataplane.outlier);
+    let (events_tx, mut events) = mpsc::unbounded_channel::<Transition>();
+    let (done_tx, mut done) = mpsc::unbounded_channel::<(BackendKey, Result<u64, String>)>();
+    let mut checkers = Checkers::new(CheckEnv {
+        bind_ip: cluster.dataplane.bind_ip,
+        permits: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
+        tracker: Arc::clone(&tracker),
+        events: events_tx,
+    });
+    let mut views: BTreeMap<BackendKey, LocalState> = BTreeMap::new();
+    let mut plan = VotePlan::default();
+    let mut config_version = None;
+    let grpc_addr = cluster.me.addr.clone();
+
+    loop {
+        let current = applied.borrow_and_update().clone();
+        if config_version != Some(current.state.config_version) {
+            config_version = Some(current.state.config_version);
+            let config = current.state.config.as_ref();
+            tracker.update(config);
+            for (pool, addr) in checkers.reconcile(config) {
+                views.remove(&(pool, addr.to_string()));
+            }
+            // Views of backends that left the config go too.
+            views.retain(|(pool, backend), _| current.state.backend(pool, backend).is_some());
+            plan.retain(|k| views.contains_key(k));
+        }
+
+        let wanted = vote::wanted_votes(cluster.id, &views, &current.state);
+        for (key, healthy) in plan.due(wanted, Instant::now()) {
+            let (channels, addr, id, tx) =
+                (cluster.admin_channels.clone(), grpc_addr.clone(), cluster.id, done_tx.clone());
+            tracing::info!(pool = %key.0, backend = %key.1, healthy, "sending health vote");
+            tokio::spawn(async move {
+                let r = vote::submit(&channels, &addr, id, &key, healthy).await;
+                let _ = tx.send((key, r));
+            });
+        }
+        let wake = plan.next_wakeup().unwrap_or_else(|| Instant::now() + RECONCILE_EVERY);
+
+        tokio::select! {
+            changed = applied.changed() => if changed.is_err() { break },
+            Some(t) = events.recv() => {
+                views.insert((t.pool, t.addr.to_string()), t.state);
+            }
+            Some((key, result)) = done.recv() => {
+                match &result {
+                    Ok(index) => tracing::debug!(pool = %key.0, backend = %key.1, index, "health vote committed"),
+                    Err(e) => tracing::warn!(pool = %key.0, backend = %key.1, "health vote not accepted (will retry): {e}"),
+                }
+                plan.finished(&key, result.is_ok(), Instant::now());
+            }
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = stopped(&mut stop) => break,
+        }
+    }
+    checkers.shutdown();
+}

@@ -1,0 +1,503 @@
+//! Passive outlier detection on this node, from live traffic, and the node-local usability of each
+//! backend that the proxies consult at pick time.
+//!
+//! Two parts:
+//! - pure: [`EjectionBook`] (who is ejected until when, how many times, under the pool's
+//!   `max_ejection_percent` cap) and [`threshold_reached`]; they take the time as an argument;
+//! - shared: [`OutlierTracker`], held by every proxy through `ProxyContext::outlier`. Its hot-path
+//!   methods ([`OutlierTracker::is_usable`], [`OutlierTracker::record_success`]) take no lock: one
+//!   `ArcSwap` load, two hash lookups and a few atomics. A lock (per pool) is taken only when a failure
+//!   count reaches its threshold and an ejection is decided.
+//!
+//! Rules (the pool's `outlier` section; a threshold of 0 disables that detector):
+//! - `consecutive_connect_failures` failed connects in a row, or `consecutive_5xx` responses with a
+//!   5xx status in a row, eject the backend *on this node* at once;
+//! - the n-th ejection lasts `base_ejection × n`, capped at `max_ejection`; the count starts over when
+//!   the backend has stayed in service for `max_ejection` since its last ejection ended;
+//! - at most `max_ejection_percent` of the pool's configured backends are ejected at a time (rounded
+//!   down, but at least one when the percentage is above 0), and never all of them: at least one backend
+//!   always stays usable;
+//! - an ejected backend returns by itself when its time is up, with its failure counts at zero.
+//!
+//! The active checks' local view ([`super::state::LocalState`]) is kept here as well: a backend this
+//! node's checker sees down is not usable on this node, whatever the fleet-wide vote says (see
+//! [`crate::health`] for how the two interact).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use lbfleet_api::config::{ClusterConfig, OutlierDetection};
+use serde::Serialize;
+
+use super::state::LocalState;
+
+/// Whether a consecutive count `after` has reached `threshold` (0 disables).
+pub fn threshold_reached(after: u32, threshold: u32) -> bool {
+    threshold > 0 && after >= threshold
+}
+
+/// How long the `n`-th ejection (n ≥ 1) lasts: `base × n`, at most `max`.
+pub fn ejection_time(cfg: &OutlierDetection, n: u32) -> Duration {
+    cfg.base_ejection.saturating_mul(n.max(1)).min(cfg.max_ejection)
+}
+
+/// How many of `pool_size` backends may be ejected at once.
+pub fn max_ejected(pool_size: usize, max_percent: u32) -> usize {
+    if pool_size <= 1 || max_percent == 0 {
+        return 0;
+    }
+    let by_percent = (pool_size * max_percent.min(100) as usize / 100).max(1);
+    by_percent.min(pool_size - 1)
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Ejections {
+    /// Ejections so far (the multiplier of the next one, minus one).
+    count: u32,
+    /// End of the current (or last) ejection.
+    until: Option<Instant>,
+}
+
+/// Pure ejection bookkeeping of one pool on one node.
+#[derive(Debug, Clone, Default)]
+pub struct EjectionBook {
+    entries: BTreeMap<SocketAddr, Ejections>,
+}
+
+impl EjectionBook {
+    /// Whether `addr` is ejected at `now`.
+    pub fn is_ejected(&self, addr: SocketAddr, now: Instant) -> bool {
+        self.entries.get(&addr).and_then(|e| e.until).is_some_and(|u| u > now)
+    }
+
+    /// How many backends are ejected at `now`.
+    pub fn ejected_count(&self, now: Instant) -> usize {
+        self.entries.values().filter(|e| e.until.is_some_and(|u| u > now)).count()
+    }
+
+    /// Ejections of `addr` so far.
+    pub fn ejections(&self, addr: SocketAddr) -> u32 {
+        self.entries.get(&addr).map_or(0, |e| e.count)
+    }
+
+    /// Eject `addr` at `now` if the pool's cap allows; returns the ejection's end. `None`: already
+    /// ejected, or ejecting it would exceed `max_ejection_percent` (or leave no backend usable).
+    pub fn try_eject(
+        &mut self,
+        addr: SocketAddr,
+        now: Instant,
+        cfg: &OutlierDetection,
+        pool_size: usize,
+    ) -> Option<Instant> {
+        if self.is_ejected(addr, now) {
+            return None;
+        }
+        if self.ejected_count(now) >= max_ejected(pool_size, cfg.max_ejection_percent) {
+            return None;
+        }
+        let e = self.entries.entry(addr).or_default();
+        // A backend that stayed in service for `max_ejection` since its last ejection starts over.
+        if e.until.is_some_and(|u| now.saturating_duration_since(u) >= cfg.max_ejection) {
+            e.count = 0;
+        }
+        e.count = e.count.saturating_add(1);
+        let until = now + ejection_time(cfg, e.count);
+        e.until = Some(until);
+        Some(until)
+    }
+
+    /// Forget backends no longer in the pool.
+    pub fn retain(&mut self, keep: impl Fn(&SocketAddr) -> bool) {
+        self.entries.retain(|a, _| keep(a));
+    }
+}
+
+/// Hot-path state of one backend on this node.
+#[derive(Debug, Default)]
+struct BackendEntry {
+    consecutive_5xx: AtomicU32,
+    consecutive_connect_failures: AtomicU32,
+    /// End of the current ejection in ms since the tracker's epoch, plus one; 0 when never ejected.
+    ejected_until_ms: AtomicU64,
+    /// The active check's view ([`LocalState`] as 0 unknown, 1 up, 2 down).
+    active: AtomicU8,
+}
+
+fn encode(s: LocalState) -> u8 {
+    match s {
+        LocalState::Unknown => 0,
+        LocalState::Up => 1,
+        LocalState::Down => 2,
+    }
+}
+
+fn decode(v: u8) -> LocalState {
+    match v {
+        1 => LocalState::Up,
+        2 => LocalState::Down,
+        _ => LocalState::Unknown,
+    }
+}
+
+#[derive(Debug)]
+struct PoolEntry {
+    cfg: OutlierDetection,
+    size: usize,
+    backends: HashMap<SocketAddr, Arc<BackendEntry>>,
+    book: Arc<Mutex<EjectionBook>>,
+}
+
+/// What this node knows locally about one backend (for `/api/v1/state` under `local_health`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LocalBackendHealth {
+    pub pool: String,
+    pub addr: String,
+    /// The active check's view on this node.
+    pub active: &'static str,
+    /// Passively ejected on this node for this many more milliseconds.
+    pub ejected_ms: Option<u64>,
+    pub ejections: u32,
+    pub consecutive_5xx: u32,
+    pub consecutive_connect_failures: u32,
+    /// Whether this node's proxies pick it (given that it is eligible fleet-wide).
+    pub usable: bool,
+}
+
+/// Node-local usability of every backend: passive ejections and the active checks' local view.
+#[derive(Debug)]
+pub struct OutlierTracker {
+    pools: ArcSwap<HashMap<String, Arc<PoolEntry>>>,
+    epoch: Instant,
+}
+
+impl Default for OutlierTracker {
+    fn default() -> Self {
+        OutlierTracker::new()
+    }
+}
+
+impl OutlierTracker {
+    pub fn new() -> OutlierTracker {
+        OutlierTracker { pools: ArcSwap::from_pointee(HashMap::new()), epoch: Instant::now() }
+    }
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// Follow a committed config: pools and backends appear and disappear; a backend that stays keeps
+    /// its counts, its ejection and its active view.
+    pub fn update(&self, config: Option<&ClusterConfig>) {
+        let old = self.pools.load();
+        let mut next = HashMap::new();
+        for pool in config.map(|c| c.pool.as_slice()).unwrap_or_default() {
+            let prev = old.get(&pool.name);
+            let backends: HashMap<SocketAddr, Arc<BackendEntry>> = pool
+                .backend
+                .iter()
+                .map(|b| {
+                    let e = prev.and_then(|p| p.backends.get(&b.addr)).cloned().unwrap_or_default();
+                    (b.addr, e)
+                })
+                .collect();
+            let book = prev.map(|p| Arc::clone(&p.book)).unwrap_or_default();
+            if let Ok(mut b) = book.lock() {
+                b.retain(|a| backends.contains_key(a));
+            }
+            let entry = PoolEntry { cfg: pool.outlier.clone(), size: pool.backend.len(), backends, book };
+            next.insert(pool.name.clone(), Arc::new(entry));
+        }
+        self.pools.store(Arc::new(next));
+    }
+
+    fn entry(&self, pool: &str, addr: SocketAddr) -> Option<(Arc<PoolEntry>, Arc<BackendEntry>)> {
+        let pools = self.pools.load();
+        let p = pools.get(pool)?;
+        let b = p.backends.get(&addr)?;
+        Some((Arc::clone(p), Arc::clone(b)))
+    }
+
+    /// Whether this node's proxies may pick `addr` of `pool` now: not passively ejected and not seen
+    /// down by this node's active check. Unknown pools and backends are usable.
+    #[inline]
+    pub fn is_usable(&self, pool: &str, addr: SocketAddr) -> bool {
+        let pools = self.pools.load();
+        let Some(b) = pools.get(pool).and_then(|p| p.backends.get(&addr)) else {
+            return true;
+        };
+        if b.active.load(Ordering::Relaxed) == encode(LocalState::Down) {
+            return false;
+        }
+        let until = b.ejected_until_ms.load(Ordering::Relaxed);
+        until == 0 || self.now_ms(Instant::now()) + 1 >= until
+    }
+
+    /// A connection to the backend could not be established.
+    pub fn record_connect_failure(&self, pool: &str, addr: SocketAddr) {
+        let Some((p, b)) = self.entry(pool, addr) else { return };
+        let n = b.consecutive_connect_failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        if threshold_reached(n, p.cfg.consecutive_connect_failures) {
+            self.eject(pool, &p, &b, addr, format!("{n} connect failures in a row"));
+        }
+    }
+
+    /// The backend answered with `status`: a 5xx counts toward `consecutive_5xx`, anything else is a
+    /// success. Either way the connect succeeded.
+    pub fn record_response(&self, pool: &str, addr: SocketAddr, status: u16) {
+        if !(500..=599).contains(&status) {
+            return self.record_success(pool, addr);
+        }
+        let Some((p, b)) = self.entry(pool, addr) else { return };
+        reset(&b.consecutive_connect_failures);
+        let n = b.consecutive_5xx.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        if threshold_reached(n, p.cfg.consecutive_5xx) {
+            self.eject(pool, &p, &b, addr, format!("{n} responses with a 5xx status in a row"));
+        }
+    }
+
+    /// A connection (TCP) or an exchange (HTTP) with the backend succeeded.
+    #[inline]
+    pub fn record_success(&self, pool: &str, addr: SocketAddr) {
+        let pools = self.pools.load();
+        if let Some(b) = pools.get(pool).and_then(|p| p.backends.get(&addr)) {
+            reset(&b.consecutive_5xx);
+            reset(&b.consecutive_connect_failures);
+        }
+    }
+
+    fn eject(&self, pool: &str, p: &PoolEntry, b: &BackendEntry, addr: SocketAddr, why: String) {
+        let now = Instant::now();
+        let Ok(mut book) = p.book.lock() else { return };
+        match book.try_eject(addr, now, &p.cfg, p.size) {
+            Some(until) => {
+                b.ejected_until_ms.store(self.now_ms(until) + 1, Ordering::Relaxed);
+                reset(&b.consecutive_5xx);
+                reset(&b.consecutive_connect_failures);
+                tracing::warn!(
+                    pool,
+                    backend = %addr,
+                    ejection = book.ejections(addr),
+                    duration = %humantime::format_duration(until - now),
+                    "backend ejected on this node: {why}"
+                );
+            }
+            None if !book.is_ejected(addr, now) => {
+                tracing::debug!(pool, backend = %addr, "not ejected ({why}): max_ejection_percent reached");
+            }
+            None => {}
+        }
+    }
+
+    /// Record the active check's view of `addr` in `pool` (the checker calls this on every transition,
+    /// and with `Unknown` when it stops).
+    pub fn set_active(&self, pool: &str, addr: SocketAddr, state: LocalState) {
+        if let Some((_, b)) = self.entry(pool, addr) {
+            b.active.store(encode(state), Ordering::Relaxed);
+        }
+    }
+
+    /// The active check's view of `addr` in `pool`.
+    pub fn active(&self, pool: &str, addr: SocketAddr) -> LocalState {
+        self.entry(pool, addr).map_or(LocalState::Unknown, |(_, b)| decode(b.active.load(Ordering::Relaxed)))
+    }
+
+    /// Every backend as this node sees it, by pool then address.
+    pub fn snapshot(&self) -> Vec<LocalBackendHealth> {
+        let now = Instant::now();
+        let now_ms = self.now_ms(now);
+        let pools = self.pools.load();
+        let mut out = Vec::new();
+        for (name, p) in pools.iter() {
+            let book = p.book.lock().map(|b| b.clone()).unwrap_or_default();
+            for (addr, b) in &p.backends {
+                let until = b.ejected_until_ms.load(Ordering::Relaxed);
+                let ejected_ms = (until > now_ms + 1).then(|| until - now_ms - 1);
+                out.push(LocalBackendHealth {
+                    pool: name.clone(),
+                    addr: addr.to_string(),
+                    active: decode(b.active.load(Ordering::Relaxed)).as_str(),
+                    ejected_ms,
+                    ejections: book.ejections(*addr),
+                    consecutive_5xx: b.consecutive_5xx.load(Ordering::Relaxed),
+                    consecutive_connect_failures: b.consecutive_connect_failures.load(Ordering::Relaxed),
+                    usable: self.is_usable(name, *addr),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.pool, &a.addr).cmp(&(&b.pool, &b.addr)));
+        out
+    }
+}
+
+/// Set a counter to zero, writing only when it is not already zero (keeps the cache line shared).
+#[inline]
+fn reset(c: &AtomicU32) {
+    if c.load(Ordering::Relaxed) != 0 {
+        c.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lbfleet_api::config::{parse, Format};
+
+    fn cfg(base: u64, max: u64, percent: u32) -> OutlierDetection {
+        OutlierDetection {
+            consecutive_5xx: 3,
+            consecutive_connect_failures: 2,
+            base_ejection: Duration::from_secs(base),
+            max_ejection: Duration::from_secs(max),
+            max_ejection_percent: percent,
+        }
+    }
+
+    fn addr(i: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9000 + i))
+    }
+
+    #[test]
+    fn thresholds_and_zero_disables() {
+        assert!(!threshold_reached(1, 2));
+        assert!(threshold_reached(2, 2));
+        assert!(threshold_reached(3, 2));
+        assert!(!threshold_reached(1000, 0));
+    }
+
+    #[test]
+    fn ejection_time_grows_linearly_up_to_the_cap() {
+        let c = cfg(30, 100, 50);
+        assert_eq!(ejection_time(&c, 1), Duration::from_secs(30));
+        assert_eq!(ejection_time(&c, 3), Duration::from_secs(90));
+        assert_eq!(ejection_time(&c, 4), Duration::from_secs(100));
+        assert_eq!(ejection_time(&c, u32::MAX), Duration::from_secs(100));
+    }
+
+    #[test]
+    fn cap_never_ejects_the_last_backend() {
+        assert_eq!(max_ejected(1, 100), 0);
+        assert_eq!(max_ejected(2, 100), 1);
+        assert_eq!(max_ejected(3, 10), 1, "at least one when the percentage is above zero");
+        assert_eq!(max_ejected(10, 50), 5);
+        assert_eq!(max_ejected(10, 0), 0);
+        assert_eq!(max_ejected(4, 250), 3);
+    }
+
+    #[test]
+    fn ejection_expires_and_repeats_last_longer() {
+        let c = cfg(10, 25, 50);
+        let mut book = EjectionBook::default();
+        let t0 = Instant::now();
+        let until = book.try_eject(addr(1), t0, &c, 4).unwrap();
+        assert_eq!(until - t0, Duration::from_secs(10));
+        assert!(book.is_ejected(addr(1), t0 + Duration::from_secs(9)));
+        assert_eq!(book.try_eject(addr(1), t0 + Duration::from_secs(1), &c, 4), None, "already ejected");
+        let t1 = t0 + Duration::from_secs(10);
+        assert!(!book.is_ejected(addr(1), t1), "back when its time is up");
+        let until = book.try_eject(addr(1), t1, &c, 4).unwrap();
+        assert_eq!(until - t1, Duration::from_secs(20), "second ejection: base × 2");
+        let t2 = until;
+        let until = book.try_eject(addr(1), t2, &c, 4).unwrap();
+        assert_eq!(until - t2, Duration::from_secs(25), "capped at max_ejection");
+        assert_eq!(book.ejections(addr(1)), 3);
+        // In service for max_ejection since the last one ended: the count starts over.
+        let t3 = until + Duration::from_secs(25);
+        let until = book.try_eject(addr(1), t3, &c, 4).unwrap();
+        assert_eq!(until - t3, Duration::from_secs(10));
+        assert_eq!(book.ejections(addr(1)), 1);
+    }
+
+    #[test]
+    fn max_ejection_percent_limits_concurrent_ejections() {
+        let c = cfg(10, 100, 50);
+        let mut book = EjectionBook::default();
+        let t0 = Instant::now();
+        assert!(book.try_eject(addr(1), t0, &c, 4).is_some());
+        assert!(book.try_eject(addr(2), t0, &c, 4).is_some());
+        assert_eq!(book.try_eject(addr(3), t0, &c, 4), None, "50% of 4 already ejected");
+        assert_eq!(book.ejected_count(t0), 2);
+        // Once one returns, another may go.
+        let later = t0 + Duration::from_secs(11);
+        assert!(book.try_eject(addr(3), later, &c, 4).is_some());
+        // A pool of one never ejects.
+        let mut solo = EjectionBook::default();
+        assert_eq!(solo.try_eject(addr(1), t0, &cfg(10, 100, 100), 1), None);
+    }
+
+    fn tracker(outlier: &str) -> OutlierTracker {
+        let text = format!(
+            "[[pool]]\nname = \"web\"\npolicy = \"round_robin\"\n\
+             [[pool.backend]]\naddr = \"127.0.0.1:9001\"\n[[pool.backend]]\naddr = \"127.0.0.1:9002\"\n\
+             [[pool.backend]]\naddr = \"127.0.0.1:9003\"\n[pool.outlier]\n{outlier}\n"
+        );
+        let config = parse(&text, Format::Toml).unwrap();
+        let t = OutlierTracker::new();
+        t.update(Some(&config));
+        t
+    }
+
+    #[test]
+    fn tracker_ejects_after_consecutive_connect_failures_only() {
+        let t =
+            tracker("consecutive_connect_failures = 3\nbase_ejection = \"30s\"\nmax_ejection_percent = 50");
+        t.record_connect_failure("web", addr(1));
+        t.record_connect_failure("web", addr(1));
+        t.record_success("web", addr(1));
+        t.record_connect_failure("web", addr(1));
+        t.record_connect_failure("web", addr(1));
+        assert!(t.is_usable("web", addr(1)), "a success in between resets the count");
+        t.record_connect_failure("web", addr(1));
+        assert!(!t.is_usable("web", addr(1)));
+        assert!(t.is_usable("web", addr(2)));
+        assert!(t.is_usable("other", addr(1)), "unknown pools are usable");
+        let snap = t.snapshot();
+        let b1 = snap.iter().find(|b| b.addr == "127.0.0.1:9001").unwrap();
+        assert!(!b1.usable && b1.ejections == 1 && b1.ejected_ms.is_some_and(|ms| ms > 20_000));
+    }
+
+    #[test]
+    fn tracker_counts_5xx_and_respects_the_cap() {
+        let t = tracker("consecutive_5xx = 2\nmax_ejection_percent = 34");
+        for a in [addr(1), addr(2)] {
+            t.record_response("web", a, 503);
+            t.record_response("web", a, 200);
+            t.record_response("web", a, 500);
+            assert!(t.is_usable("web", a), "non-consecutive 5xx do not eject");
+            t.record_response("web", a, 502);
+        }
+        assert!(!t.is_usable("web", addr(1)));
+        assert!(t.is_usable("web", addr(2)), "34% of 3 backends is one ejection at a time");
+    }
+
+    #[test]
+    fn disabled_detectors_never_eject_and_config_updates_keep_state() {
+        let t = tracker("consecutive_5xx = 0\nconsecutive_connect_failures = 0");
+        for _ in 0..100 {
+            t.record_response("web", addr(1), 500);
+            t.record_connect_failure("web", addr(1));
+        }
+        assert!(t.is_usable("web", addr(1)));
+
+        let t = tracker("consecutive_connect_failures = 1");
+        t.record_connect_failure("web", addr(2));
+        t.set_active("web", addr(3), LocalState::Down);
+        assert!(!t.is_usable("web", addr(3)), "seen down by this node's active check");
+        let config = parse(
+            "[[pool]]\nname = \"web\"\npolicy = \"round_robin\"\n[[pool.backend]]\naddr = \"127.0.0.1:9002\"\n\
+             [[pool.backend]]\naddr = \"127.0.0.1:9003\"\n[pool.outlier]\nconsecutive_connect_failures = 1\n",
+            Format::Toml,
+        )
+        .unwrap();
+        t.update(Some(&config));
+        assert!(!t.is_usable("web", addr(2)), "ejection survives an unrelated config change");
+        assert_eq!(t.active("web", addr(3)), LocalState::Down);
+        t.set_active("web", addr(3), LocalState::Up);
+        assert!(t.is_usable("web", addr(3)));
+        t.update(None);
+        assert!(t.snapshot().is_empty());
+    }
+}
