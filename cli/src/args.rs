@@ -216,6 +216,9 @@ pub struct DemoBackendArgs {
     /// Address to listen on.
     #[arg(long)]
     pub listen: std::net::SocketAddr,
+    /// Close connections from this source IP at once, unanswered (repeatable; for tests).
+    #[arg(long = "refuse-from", value_name = "IP")]
+    pub refuse_from: Vec<std::net::IpAddr>,
 }
 
 /// `HOST:PORT` with a non-empty host and a port in 1..=65535. Brackets allowed for IPv6.
@@ -368,6 +371,21 @@ mod tests {
         let cli = parse(&["demo-backend", "--name", "backend-1", "--listen", "127.0.0.1:9001"]).unwrap();
         let Command::DemoBackend(d) = cli.command else { panic!("not demo-backend") };
         assert_eq!(d.listen.port(), 9001);
+        assert!(d.refuse_from.is_empty());
+        let cli = parse(&[
+            "demo-backend",
+            "--name",
+            "b",
+            "--listen",
+            "127.0.0.1:9001",
+            "--refuse-from",
+            "127.0.0.12",
+            "--refuse-from",
+            "127.0.0.13",
+        ])
+        .unwrap();
+        let Command::DemoBackend(d) = cli.command else { panic!("not demo-backend") };
+        assert_eq!(d.refuse_from.len(), 2);
         assert!(parse(&["demo-backend", "--name", "b", "--listen", "localhost"]).is_err());
     }
 }

@@ -8,11 +8,15 @@
 //! - `/bytes/<n>`: n bytes streamed in chunks
 //! - anything else: 200 `<name>\n<METHOD> <path>\n`
 //!
+//! `--refuse-from IP` (repeatable): connections from that source IP are closed at once, without an
+//! answer, which simulates "this node cannot reach the backend" for one lbnode (each node probes from
+//! its own IP). A TCP connect still succeeds; an HTTP health check fails.
+//!
 //! SIGTERM or SIGINT: stop accepting, let open connections finish (at most [`DRAIN_DEADLINE`]), exit 0.
 //! [`route`] is the pure part (which answer a path gets); [`serve`] is the server around it.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -142,12 +146,21 @@ async fn handle(name: Arc<str>, req: Request<Incoming>) -> Result<Response<RespB
 
 /// Serve until SIGTERM/SIGINT, then drain open connections.
 pub async fn serve(name: String, listen: SocketAddr) -> anyhow::Result<()> {
+    serve_refusing(name, listen, Vec::new()).await
+}
+
+/// [`serve`], closing every connection from a source IP in `refuse_from` at once, unanswered.
+pub async fn serve_refusing(
+    name: String,
+    listen: SocketAddr,
+    refuse_from: Vec<IpAddr>,
+) -> anyhow::Result<()> {
     if hyper::header::HeaderValue::from_str(&name).is_err() {
         anyhow::bail!("invalid backend name \"{name}\": it must fit in an HTTP header");
     }
     let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let name: Arc<str> = Arc::from(name);
-    tracing::info!(name = %name, addr = %listen, "demo backend listening");
+    tracing::info!(name = %name, addr = %listen, refuse_from = ?refuse_from, "demo backend listening");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;
@@ -168,6 +181,11 @@ pub async fn serve(name: String, listen: SocketAddr) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         };
+        if refuse_from.contains(&peer.ip()) {
+            tracing::debug!(peer = %peer, "connection refused (--refuse-from)");
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let name = name.clone();
         let svc = hyper::service::service_fn(move |req| handle(name.clone(), req));
@@ -227,5 +245,39 @@ mod tests {
         }
         assert_eq!((total, frames), ((CHUNK as u64) * 2 + 7, 3));
         assert!(b.is_end_stream());
+    }
+
+    /// One GET /health from `from`; `None` when the connection is closed without an answer.
+    async fn health_from(from: IpAddr, to: SocketAddr) -> Option<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(from, 0)).unwrap();
+        let mut s = sock.connect(to).await.ok()?;
+        let _ = s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.ok()?;
+        (!out.is_empty()).then(|| String::from_utf8_lossy(&out).into_owned())
+    }
+
+    #[tokio::test]
+    async fn refuse_from_closes_connections_of_that_ip_only() {
+        let listen: SocketAddr = {
+            let l = std::net::TcpListener::bind("127.0.82.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let refused: IpAddr = "127.0.82.12".parse().unwrap();
+        let server = tokio::spawn(serve_refusing("backend-r".into(), listen, vec![refused]));
+        let other: IpAddr = "127.0.82.13".parse().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let answer = loop {
+            if let Some(a) = health_from(other, listen).await {
+                break a;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "demo backend never answered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert_eq!(health_from(refused, listen).await, None, "closed without an answer");
+        server.abort();
     }
 }

@@ -45,7 +45,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             LocalAction::Down(d) => local::down(d, cli.json).await,
         },
         Command::DemoBackend(d) => {
-            demo_backend::serve(d.name.clone(), d.listen).await.map_err(CliError::Local)
+            demo_backend::serve_refusing(d.name.clone(), d.listen, d.refuse_from.clone())
+                .await
+                .map_err(CliError::Local)
         }
     }
 }
