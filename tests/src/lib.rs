@@ -330,8 +330,14 @@ pub struct BackendProc {
 impl BackendProc {
     /// Start `lbctl demo-backend --name NAME --listen ADDR` and wait until it answers `/health`.
     pub async fn start(name: &str, addr: &str) -> Result<BackendProc> {
+        Self::start_with(name, addr, &[]).await
+    }
+
+    /// [`BackendProc::start`] with extra flags (e.g. `--refuse-from IP`).
+    pub async fn start_with(name: &str, addr: &str, extra: &[&str]) -> Result<BackendProc> {
         let child = Command::new(bin("lbctl"))
             .args(["demo-backend", "--name", name, "--listen", addr])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -3,7 +3,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `GET /healthz` | `200 ok <role>` while the node serves |
-//! | `GET /api/v1/state` | JSON: node id, role, leader, term, applied index, config version, config, backends, nodes, ring digest, this node's `local_health` |
+//! | `GET /api/v1/state` | JSON: node id, role, leader, term, applied index, config version, config, backends, nodes, ring digest, this node's `local_health`, committed `health_votes` |
 //! | `GET /metrics` | Prometheus / OpenMetrics text (see [`super::metrics`]) |
 //! | `GET /` | a self-contained HTML dashboard that polls `/api/v1/state` |
 //!
@@ -92,6 +92,7 @@ fn handle(cluster: &Cluster, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             let mut body = state_json(&view, &cluster.applied(), &members(&metrics.membership_config));
             add_dataplane(&mut body, &routing, &cluster.listener_statuses());
             body["local_health"] = json!(cluster.dataplane.outlier.snapshot());
+            body["health_votes"] = crate::health::committed_votes_json(&cluster.applied().state);
             text(StatusCode::OK, "application/json", format!("{body:#}\n"))
         }
         "/metrics" => {

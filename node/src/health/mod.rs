@@ -61,6 +61,26 @@ use vote::{BackendKey, VotePlan};
 /// How often the vote loop looks again when nothing else wakes it (a safety net for the reconcile).
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 
+/// The committed health votes of every backend, for `/api/v1/state` (`health_votes`): pool, backend,
+/// fleet-wide health and each node's recorded vote (`true` = up).
+pub fn committed_votes_json(state: &lbfleet_raft_store::state::ClusterState) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = state
+        .backends
+        .iter()
+        .flat_map(|(pool, backends)| {
+            backends.iter().map(move |(backend, st)| {
+                let votes: serde_json::Map<String, serde_json::Value> = st
+                    .votes
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), serde_json::Value::Bool(v.healthy)))
+                    .collect();
+                serde_json::json!({ "pool": pool, "backend": backend, "healthy": st.healthy, "votes": votes })
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rows)
+}
+
 /// The node's health task: runs until the node shuts down.
 pub async fn run(cluster: Cluster) {
     let mut applied: watch::Receiver<Arc<AppliedState>> = cluster.store.subscribe();

@@ -1,0 +1,207 @@
+//! Health checking, end to end: real lbnode processes probing real demo backends, votes through Raft.
+//!
+//! Every test uses its own 127.0.<net>.0/24 (81..=89) so tests may run at the same time. Nodes are
+//! 127.0.<net>.1N; backends listen on 127.0.<net>.1 and .2.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, ensure, Context, Result};
+use lbfleet_tests::{admin, http_get, wait_until, BackendProc, Cluster};
+use serde_json::Value;
+
+const ELECTION: Duration = Duration::from_secs(20);
+const INTERVAL_MS: u64 = 500;
+const RISE: u64 = 2;
+const FALL: u64 = 2;
+
+fn config(backends: &[&str]) -> String {
+    let mut t = String::from("[[pool]]\nname = \"web\"\npolicy = \"maglev\"\n");
+    for b in backends {
+        t += &format!("[[pool.backend]]\naddr = \"{b}\"\n");
+    }
+    t += &format!(
+        "[pool.health]\nkind = \"http\"\npath = \"/health\"\ninterval = \"{INTERVAL_MS}ms\"\n\
+         timeout = \"400ms\"\nrise = {RISE}\nfall = {FALL}\n"
+    );
+    t
+}
+
+async fn state(http_addr: &str) -> Result<Value> {
+    let (status, _, body) = http_get(http_addr, "/api/v1/state", &[]).await?;
+    ensure!(status == 200, "GET /api/v1/state on {http_addr}: status {status}");
+    serde_json::from_slice(&body).context("state JSON")
+}
+
+/// The committed fleet-wide health of `backend`, as one node's applied state has it.
+fn committed_healthy(st: &Value, backend: &str) -> Result<bool> {
+    st["backends"]
+        .as_array()
+        .and_then(|bs| bs.iter().find(|b| b["addr"] == backend))
+        .and_then(|b| b["healthy"].as_bool())
+        .ok_or_else(|| anyhow!("no backend {backend} in the state"))
+}
+
+/// The committed vote of `node` for `backend` (`None` when it has none on record).
+fn committed_vote(st: &Value, backend: &str, node: u64) -> Option<bool> {
+    st["health_votes"].as_array()?.iter().find(|v| v["backend"] == backend)?["votes"][node.to_string()]
+        .as_bool()
+}
+
+/// This node's local view of `backend`: (active check view, usable here).
+fn local(st: &Value, backend: &str) -> Result<(String, bool)> {
+    let b = st["local_health"]
+        .as_array()
+        .and_then(|bs| bs.iter().find(|b| b["addr"] == backend))
+        .ok_or_else(|| anyhow!("no local_health entry for {backend}: {}", st["local_health"]))?;
+    Ok((b["active"].as_str().unwrap_or("").to_string(), b["usable"].as_bool().unwrap_or(false)))
+}
+
+/// Wait until every node's local view and committed vote say `healthy` for `backend`, and every node's
+/// committed state agrees on the fleet-wide health.
+async fn wait_fleet(c: &Cluster, backend: &str, healthy: bool, timeout: Duration) -> Result<()> {
+    let addrs: Vec<(u64, String)> = c.nodes.iter().map(|n| (n.id, n.http_addr())).collect();
+    wait_until(&format!("{backend} {} on every node", if healthy { "up" } else { "down" }), timeout, || {
+        let addrs = addrs.clone();
+        async move {
+            for (id, a) in &addrs {
+                let st = state(a).await?;
+                ensure!(
+                    committed_healthy(&st, backend)? == healthy,
+                    "node {id} has fleet-wide health {}",
+                    !healthy
+                );
+            }
+            Ok(())
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_backend_goes_down_fleet_wide_and_comes_back_after_rise_checks() -> Result<()> {
+    let net = 81;
+    let (b1, b2) = ("127.0.81.1:19001", "127.0.81.2:19002");
+    let mut backend1 = BackendProc::start("backend-1", b1).await?;
+    let _backend2 = BackendProc::start("backend-2", b2).await?;
+    let mut c = Cluster::start(net, 3, &[])?;
+    c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    admin::apply_toml(&c.nodes[0].grpc_addr(), &config(&[b1, b2])).await?;
+
+    // Every node sees both up and its up vote is committed.
+    let nodes: Vec<(u64, String)> = c.nodes.iter().map(|n| (n.id, n.http_addr())).collect();
+    wait_until("every node's up votes committed", ELECTION, || {
+        let nodes = nodes.clone();
+        async move {
+            for (id, a) in &nodes {
+                let st = state(a).await?;
+                for b in [b1, b2] {
+                    ensure!(local(&st, b)? == ("up".to_string(), true), "node {id} local view of {b}");
+                    for (voter, _) in &nodes {
+                        ensure!(committed_vote(&st, b, *voter) == Some(true), "node {voter}'s vote on {b}");
+                    }
+                }
+            }
+            Ok(())
+        }
+    })
+    .await
+    .map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+
+    backend1.kill9();
+    let killed = Instant::now();
+    // Detection: up to one interval (+10% jitter) to the first failing probe, `fall` failures spaced
+    // by one interval, then the vote's commit. The bound is generous for a loaded 2-core machine.
+    let bound = Duration::from_millis(INTERVAL_MS * (FALL + 1) * 11 / 10) + Duration::from_secs(5);
+    wait_fleet(&c, b1, false, bound).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    let detected = killed.elapsed();
+    eprintln!(
+        "backend killed -> down fleet-wide on every node in {detected:?} (interval {INTERVAL_MS} ms, fall {FALL})"
+    );
+    // The fleet-wide decision needs only a quorum of down votes; every node's own checker follows
+    // within the same bound.
+    wait_until("every node's local view of the dead backend down", bound, || {
+        let nodes = nodes.clone();
+        async move {
+            for (id, a) in &nodes {
+                let st = state(a).await?;
+                ensure!(local(&st, b1)? == ("down".to_string(), false), "node {id} local view of {b1}");
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    eprintln!("every node's local view down after {:?}", killed.elapsed());
+    for n in &c.nodes {
+        let st = state(&n.http_addr()).await?;
+        assert!(committed_healthy(&st, b2)?, "the other backend stays up");
+        let eligible: Vec<&str> = st["pools"]["web"]["eligible"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(eligible, [b2], "node {}: the dead backend left the eligible set", n.id);
+    }
+
+    let _backend1 = BackendProc::start("backend-1", b1).await?;
+    let restarted = Instant::now();
+    let bound = Duration::from_millis(INTERVAL_MS * (RISE + 1) * 11 / 10) + Duration::from_secs(5);
+    wait_fleet(&c, b1, true, bound).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    eprintln!("backend restarted -> up fleet-wide in {:?} (rise {RISE})", restarted.elapsed());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_that_cannot_reach_a_backend_does_not_eject_it_for_the_fleet() -> Result<()> {
+    let net = 82;
+    let (b1, b2) = ("127.0.82.1:19001", "127.0.82.2:19002");
+    let blind = 3u64;
+    let blind_ip = Cluster::ip(net, blind).to_string();
+    let _backend1 = BackendProc::start_with("backend-1", b1, &["--refuse-from", &blind_ip]).await?;
+    let _backend2 = BackendProc::start("backend-2", b2).await?;
+    let mut c = Cluster::start(net, 3, &[])?;
+    c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    admin::apply_toml(&c.nodes[0].grpc_addr(), &config(&[b1, b2])).await?;
+
+    // Node 3's down vote reaches the committed state of every node; the others voted up.
+    let nodes: Vec<(u64, String)> = c.nodes.iter().map(|n| (n.id, n.http_addr())).collect();
+    wait_until("node 3's down vote and the others' up votes committed everywhere", ELECTION, || {
+        let nodes = nodes.clone();
+        async move {
+            for (id, a) in &nodes {
+                let st = state(a).await?;
+                for (voter, _) in &nodes {
+                    let want = *voter != blind;
+                    ensure!(
+                        committed_vote(&st, b1, *voter) == Some(want),
+                        "node {id}: vote of node {voter} on {b1} is {:?}",
+                        committed_vote(&st, b1, *voter)
+                    );
+                    ensure!(
+                        committed_vote(&st, b2, *voter) == Some(true),
+                        "node {id}: vote of {voter} on {b2}"
+                    );
+                }
+            }
+            Ok(())
+        }
+    })
+    .await
+    .map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+
+    for (id, a) in &nodes {
+        let st = state(a).await?;
+        assert!(committed_healthy(&st, b1)?, "node {id}: one node's view must not eject {b1} for the fleet");
+        let eligible: Vec<&str> = st["pools"]["web"]["eligible"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(eligible.contains(&b1), "node {id}: {b1} stays eligible: {eligible:?}");
+        let want = if *id == blind { ("down".to_string(), false) } else { ("up".to_string(), true) };
+        assert_eq!(local(&st, b1)?, want, "node {id}: local view of {b1}");
+        assert_eq!(local(&st, b2)?, ("up".to_string(), true), "node {id}: local view of {b2}");
+    }
+    Ok(())
+}
