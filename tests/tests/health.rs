@@ -205,3 +205,120 @@ async fn one_node_that_cannot_reach_a_backend_does_not_eject_it_for_the_fleet() 
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_health_vote_validates_and_forwards_to_the_leader() -> Result<()> {
+    let net = 84;
+    let b1 = "127.0.84.1:19001";
+    let mut c = Cluster::start(net, 3, &[])?;
+    let leader = c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    // No backend process: the checkers will vote it down, which this test does not wait for.
+    admin::apply_toml(&c.nodes[0].grpc_addr(), &config(&[b1])).await?;
+    let follower = c.nodes.iter().find(|n| n.id != leader).expect("a follower").grpc_addr();
+    let mut client = admin::connect(&follower).await?;
+    let vote = |node: u64, pool: &str, backend: &str| lbfleet_tests::pb::HealthVoteRequest {
+        node,
+        pool: pool.into(),
+        backend: backend.into(),
+        healthy: true,
+        observed_at_ms: 1,
+    };
+    let code = |r: std::result::Result<tonic::Response<lbfleet_tests::pb::WriteResponse>, tonic::Status>| {
+        r.err().map(|s| (s.code(), s.message().to_string()))
+    };
+    let (c1, m1) = code(client.submit_health_vote(vote(1, "nope", b1)).await).expect("refused");
+    assert_eq!(c1, tonic::Code::NotFound, "{m1}");
+    assert!(m1.contains("nope"), "{m1}");
+    let (c2, m2) = code(client.submit_health_vote(vote(1, "web", "127.0.0.1:1")).await).expect("refused");
+    assert_eq!(c2, tonic::Code::NotFound, "{m2}");
+    let (c3, _) = code(client.submit_health_vote(vote(0, "web", b1)).await).expect("refused");
+    assert_eq!(c3, tonic::Code::InvalidArgument);
+    let (c4, m4) = code(client.submit_health_vote(vote(42, "web", b1)).await).expect("refused");
+    assert_eq!(c4, tonic::Code::FailedPrecondition, "{m4}");
+    assert!(m4.contains("node 42"), "{m4}");
+    // A valid vote sent to a follower is committed through the leader.
+    let r = client.submit_health_vote(vote(2, "web", b1)).await?.into_inner();
+    assert!(r.log_index > 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vote_made_without_quorum_is_retried_until_it_commits() -> Result<()> {
+    let net = 83;
+    let (b1, b2) = ("127.0.83.1:19001", "127.0.83.2:19002");
+    let mut backend1 = BackendProc::start("backend-1", b1).await?;
+    let _backend2 = BackendProc::start("backend-2", b2).await?;
+    let mut c = Cluster::start(net, 3, &[])?;
+    let leader = c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    admin::apply_toml(&c.nodes[0].grpc_addr(), &config(&[b1, b2])).await?;
+    // A follower, so that without the others it knows no leader and its vote never reaches a log.
+    let lone = c.nodes.iter().find(|n| n.id != leader).expect("a follower").id;
+    let others: Vec<u64> = c.nodes.iter().map(|n| n.id).filter(|id| *id != lone).collect();
+    let lone_http = c.node(lone).http_addr();
+    wait_until("the lone node's up vote on backend-1 committed", ELECTION, || {
+        let a = lone_http.clone();
+        async move {
+            let st = state(&a).await?;
+            ensure!(committed_vote(&st, b1, lone) == Some(true), "no up vote yet");
+            Ok(())
+        }
+    })
+    .await?;
+
+    // The other two nodes go away; then the lone node alone loses backend-1.
+    for id in &others {
+        c.node(*id).kill9();
+    }
+    backend1.kill9();
+    let lone_ip = Cluster::ip(net, lone).to_string();
+    let _backend1 = BackendProc::start_with("backend-1", b1, &["--refuse-from", &lone_ip]).await?;
+    let a = lone_http.clone();
+    wait_until("the lone node sees backend-1 down locally", ELECTION, || {
+        let a = a.clone();
+        async move {
+            let st = state(&a).await?;
+            ensure!(local(&st, b1)? == ("down".to_string(), false), "local view {:?}", local(&st, b1)?);
+            Ok(())
+        }
+    })
+    .await?;
+    // Its first attempt fails for want of a leader (within the admin service's leader wait).
+    let log = c.node(lone).log.clone();
+    wait_until("a failed vote in the lone node's log", ELECTION, || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log)?;
+            ensure!(text.contains("health vote not accepted (will retry)"), "not yet");
+            Ok(())
+        }
+    })
+    .await?;
+    let st = state(&lone_http).await?;
+    assert_eq!(committed_vote(&st, b1, lone), Some(true), "no quorum: the down vote cannot have committed");
+
+    for id in &others {
+        c.node(*id).start()?;
+    }
+    let back = Instant::now();
+    let nodes: Vec<(u64, String)> = c.nodes.iter().map(|n| (n.id, n.http_addr())).collect();
+    wait_until(
+        "the lone node's down vote committed on every node after the quorum came back",
+        ELECTION * 2,
+        || {
+            let nodes = nodes.clone();
+            async move {
+                for (id, a) in &nodes {
+                    let st = state(a).await?;
+                    let v = committed_vote(&st, b1, lone);
+                    ensure!(v == Some(false), "node {id} still has {v:?}");
+                    ensure!(committed_healthy(&st, b1)?, "node {id}: one down vote of three must not eject");
+                }
+                Ok(())
+            }
+        },
+    )
+    .await
+    .map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    eprintln!("retried vote committed {:?} after the other nodes restarted", back.elapsed());
+    Ok(())
+}
