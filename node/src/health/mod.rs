@@ -110,7 +110,7 @@ pub async fn run(cluster: Cluster) {
             }
             // Views of backends that left the config go too.
             views.retain(|(pool, backend), _| current.state.backend(pool, backend).is_some());
-            plan.retain(|k| views.contains_key(k));
+            plan.retain(|(pool, backend)| current.state.backend(pool, backend).is_some());
         }
 
         let wanted = vote::wanted_votes(cluster.id, &views, &current.state);

@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use lbfleet_api::config::HealthKind;
 use lbfleet_api::pb;
 use lbfleet_api::NodeId;
 use lbfleet_raft_store::state::ClusterState;
@@ -34,7 +35,8 @@ pub const VOTE_TIMEOUT: Duration = Duration::from_secs(10);
 pub type BackendKey = (String, String);
 
 /// Votes this node should send: local views that are Up or Down and that the committed state does
-/// not record as this node's current vote. Nothing when this node is not a member or is marked down
+/// not record as this node's current vote, and an up vote replacing a down vote of this node for a
+/// backend whose pool no longer checks health (`kind = "none"`). Nothing when this node is not a member or is marked down
 /// (such votes are refused by `apply`; they are sent again once the node is back).
 pub fn wanted_votes(
     node: NodeId,
@@ -45,7 +47,7 @@ pub fn wanted_votes(
     if !member || state.down_nodes.contains(&node) {
         return Vec::new();
     }
-    views
+    let mut out: Vec<(BackendKey, bool)> = views
         .iter()
         .filter_map(|(key, view)| {
             let healthy = view.healthy()?;
@@ -53,7 +55,21 @@ pub fn wanted_votes(
             let recorded = committed.votes.get(&node).map(|v| v.healthy);
             (recorded != Some(healthy)).then(|| (key.clone(), healthy))
         })
-        .collect()
+        .collect();
+    // `kind = "none"`: always healthy. A down vote left from before the checks were turned off is
+    // withdrawn (otherwise it would keep counting); no vote is sent where none is on record.
+    let unchecked = state.config.iter().flat_map(|c| &c.pool).filter(|p| p.health.kind == HealthKind::None);
+    for pool in unchecked {
+        for b in &pool.backend {
+            let key = (pool.name.clone(), b.key());
+            let recorded =
+                state.backend(&key.0, &key.1).and_then(|st| st.votes.get(&node)).map(|v| v.healthy);
+            if recorded == Some(false) && !views.contains_key(&key) {
+                out.push((key, true));
+            }
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, Default)]
@@ -245,5 +261,19 @@ mod tests {
         plan.due(flipped.clone(), t);
         plan.finished(&key("a"), false, t);
         assert_eq!(plan.next_wakeup(), Some(t + MAX_BACKOFF), "capped");
+    }
+
+    #[test]
+    fn turning_checks_off_withdraws_a_down_vote() {
+        let mut s = state();
+        s.apply(&vote(1, "127.0.0.1:9001", false), 2);
+        s.apply(&vote(2, "127.0.0.1:9001", false), 3);
+        assert!(!s.backend("web", "127.0.0.1:9001").unwrap().healthy);
+        let mut config = s.config.clone().unwrap();
+        config.pool[0].health.kind = HealthKind::None;
+        s.apply(&Command::ApplyConfig { config }, 4);
+        let none = BTreeMap::new();
+        assert_eq!(wanted_votes(1, &none, &s), vec![(key("127.0.0.1:9001"), true)]);
+        assert!(wanted_votes(3, &none, &s).is_empty(), "no vote on record: nothing to withdraw");
     }
 }
