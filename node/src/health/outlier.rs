@@ -22,6 +22,13 @@
 //! The active checks' local view ([`super::state::LocalState`]) is kept here as well: a backend this
 //! node's checker sees down is not usable on this node, whatever the fleet-wide vote says (see
 //! [`crate::health`] for how the two interact).
+//!
+//! How a proxy uses it (`pool` is the pool's name, `ctx` the `ProxyContext`):
+//! - pick: `selector.pick_usable(key, ctx.outlier.usable_in(pool))` (one snapshot load per request);
+//!   when that yields nothing, fall back to `selector.pick(key)` rather than refuse;
+//! - a connect attempt failed (refused, timed out): `ctx.outlier.record_connect_failure(pool, addr)`;
+//! - HTTP: a response head arrived: `ctx.outlier.record_response(pool, addr, status)`;
+//! - TCP: the connection to the backend was established: `ctx.outlier.record_success(pool, addr)`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -34,6 +41,7 @@ use lbfleet_api::config::{ClusterConfig, OutlierDetection};
 use serde::Serialize;
 
 use super::state::LocalState;
+use crate::dataplane::BackendHandle;
 
 /// Whether a consecutive count `after` has reached `threshold` (0 disables).
 pub fn threshold_reached(after: u32, threshold: u32) -> bool {
@@ -234,6 +242,29 @@ impl OutlierTracker {
         }
         let until = b.ejected_until_ms.load(Ordering::Relaxed);
         until == 0 || self.now_ms(Instant::now()) + 1 >= until
+    }
+
+    /// A predicate for `PoolSelector::pick_usable` over the backends of `pool`: the pool's entry is
+    /// looked up once, each backend then costs one hash lookup and two atomic loads.
+    pub fn usable_in(&self, pool: &str) -> impl FnMut(&BackendHandle) -> bool {
+        let entry = self.pools.load().get(pool).cloned();
+        let epoch = self.epoch;
+        let mut now_ms = None;
+        move |b: &BackendHandle| {
+            let Some(e) = entry.as_ref().and_then(|p| p.backends.get(&b.addr())) else {
+                return true;
+            };
+            if e.active.load(Ordering::Relaxed) == encode(LocalState::Down) {
+                return false;
+            }
+            let until = e.ejected_until_ms.load(Ordering::Relaxed);
+            if until == 0 {
+                return true;
+            }
+            let now = *now_ms
+                .get_or_insert_with(|| Instant::now().saturating_duration_since(epoch).as_millis() as u64);
+            now + 1 >= until
+        }
     }
 
     /// A connection to the backend could not be established.
@@ -454,6 +485,10 @@ mod tests {
         assert!(!t.is_usable("web", addr(1)));
         assert!(t.is_usable("web", addr(2)));
         assert!(t.is_usable("other", addr(1)), "unknown pools are usable");
+        let mut usable = t.usable_in("web");
+        assert!(!usable(&BackendHandle::new(addr(1), 1)));
+        assert!(usable(&BackendHandle::new(addr(2), 1)));
+        assert!(t.usable_in("other")(&BackendHandle::new(addr(1), 1)));
         let snap = t.snapshot();
         let b1 = snap.iter().find(|b| b.addr == "127.0.0.1:9001").unwrap();
         assert!(!b1.usable && b1.ejections == 1 && b1.ejected_ms.is_some_and(|ms| ms > 20_000));
