@@ -535,4 +535,29 @@ mod tests {
         t.update(None);
         assert!(t.snapshot().is_empty());
     }
+
+    #[test]
+    fn an_ejected_backend_moves_only_its_own_keys_on_this_node() {
+        use crate::dataplane::PoolSelector;
+        let text = "[[pool]]\nname = \"web\"\npolicy = \"maglev\"\ntable_size = 1009\n\
+             [[pool.backend]]\naddr = \"127.0.0.1:9001\"\n[[pool.backend]]\naddr = \"127.0.0.1:9002\"\n\
+             [[pool.backend]]\naddr = \"127.0.0.1:9003\"\n[pool.outlier]\nconsecutive_connect_failures = 1\n";
+        let config = parse(text, Format::Toml).unwrap();
+        let sel = PoolSelector::build(&config.pool[0], None, None).unwrap();
+        let t = OutlierTracker::new();
+        t.update(Some(&config));
+        let before: Vec<SocketAddr> = (0..2000u64).map(|k| sel.pick(k).next().unwrap().addr()).collect();
+        t.record_connect_failure("web", addr(2));
+        let mut moved = 0;
+        for (k, was) in before.iter().enumerate() {
+            let now = sel.pick_usable(k as u64, t.usable_in("web")).next().unwrap().addr();
+            if *was == addr(2) {
+                assert_ne!(now, addr(2));
+                moved += 1;
+            } else {
+                assert_eq!(now, *was, "key {k} kept its backend");
+            }
+        }
+        assert!(moved > 400, "about a third of the keys were on the ejected backend: {moved}");
+    }
 }
