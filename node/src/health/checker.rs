@@ -229,6 +229,14 @@ mod tests {
     use tokio::net::TcpListener;
 
     #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..1000 {
+            let d = jittered(Duration::from_secs(1));
+            assert!(d >= Duration::from_millis(900) && d <= Duration::from_millis(1100), "{d:?}");
+        }
+    }
+
+    #[test]
     fn status_lines() {
         assert_eq!(parse_status_line(b"HTTP/1.1 200 OK\r\n"), Some(200));
         assert_eq!(parse_status_line(b"HTTP/1.0 503 Service Unavailable\r\nx: y\r\n"), Some(503));
@@ -379,6 +387,22 @@ mod tests {
         let t = next_transition(&mut rx).await;
         assert_eq!(t.state, LocalState::Up);
         assert!(tracker.is_usable("web", addr));
+
+        // New settings restart the checker (its view starts over).
+        let retuned = parse(
+            &format!(
+                "[[pool]]\nname = \"web\"\npolicy = \"round_robin\"\n[[pool.backend]]\naddr = \"{addr}\"\n\
+                 [pool.health]\nkind = \"http\"\ninterval = \"300ms\"\ntimeout = \"200ms\"\nrise = 1\nfall = 3\n"
+            ),
+            Format::Toml,
+        )
+        .unwrap();
+        tracker.update(Some(&retuned));
+        assert_eq!(checkers.reconcile(Some(&retuned)), vec![("web".to_string(), addr)]);
+        assert_eq!(checkers.len(), 1);
+        assert_eq!(tracker.active("web", addr), LocalState::Unknown);
+        assert_eq!(next_transition(&mut rx).await.state, LocalState::Up, "rise 1");
+        assert!(checkers.reconcile(Some(&retuned)).is_empty(), "same settings: left running");
 
         // kind = none stops the checker and forgets the view.
         let none = parse(
