@@ -476,11 +476,14 @@ async fn large_transfer_is_exact_and_backpressured() {
     eprintln!("client stalled after {} KiB with the backend not reading", stalled / 1024);
     assert!(stalled < TOTAL / 2, "the proxy took {stalled} of {TOTAL} bytes with a stalled backend");
 
+    let started = std::time::Instant::now();
     go_tx.send(()).unwrap();
     let mut answer = String::new();
     tokio::time::timeout(Duration::from_secs(120), cr.read_to_string(&mut answer)).await.unwrap().unwrap();
     writer.await.unwrap();
     assert_eq!(answer, format!("{TOTAL} true"));
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("100 MiB through the proxy in {secs:.2} s ({:.0} MiB/s)", 100.0 / secs);
     if let (Some(before), Some(after)) = (rss_before, peak_rss_kib()) {
         eprintln!(
             "peak RSS of the test process: {before} KiB before, {after} KiB after 100 MiB through the proxy"
