@@ -668,4 +668,12 @@ impl Admin for AdminService {
         // TODO: the leader's load collector comes with autoscaling.
         Err(Status::unimplemented("load reports are not collected by this node yet"))
     }
+
+    async fn submit_health_vote(
+        &self,
+        _request: Request<pb::HealthVoteRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        // TODO: health voting lands with the health checker.
+        Err(Status::unimplemented("health votes are not accepted by this node yet"))
+    }
 }
