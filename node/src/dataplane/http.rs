@@ -129,7 +129,8 @@ pub async fn serve_with(
         force: force_rx,
     });
     let reaper = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(REAP_EVERY.min(opts.pool.idle_timeout));
+        let every = REAP_EVERY.min(opts.pool.idle_timeout).max(Duration::from_millis(100));
+        let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
             upstreams.reap();

@@ -851,11 +851,11 @@ async fn no_reachable_or_healthy_backend_or_no_listener_gives_503_with_the_reaso
 async fn a_slow_backend_gives_504() {
     let b = Backend::start("b1", "127.0.62.22").await;
     let cfg =
-        web_config("round_robin", "", &[b.addr], "[listener.timeouts]\nupstream_response = \"300ms\"\n");
+        web_config("round_robin", "", &[b.addr], "[listener.timeouts]\nupstream_response = \"1s\"\n");
     let p = Proxy::start("127.0.62.21", 1, &state_with(&cfg)).await;
     let got = get(p.addr, "/hold", &[]).await;
     assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(got.text(), format!("backend {} did not answer within 300ms\n", b.addr));
+    assert_eq!(got.text(), format!("backend {} did not answer within 1s\n", b.addr));
     // The timeout counts from the end of the request body: a body that takes a while is not cut short.
     b.release();
     let body = vec![7u8; 4 << 20];
@@ -1280,4 +1280,40 @@ async fn the_upstream_pool_keeps_at_most_its_limit_and_drops_expired_connections
 
     let err = pool.acquire("127.0.69.5:9".parse().unwrap(), Duration::from_secs(2), false).await.unwrap_err();
     assert!(err.to_string().starts_with("connect failed"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_does_not_accept_in_time_is_skipped_after_the_connect_timeout() {
+    // A listener that never accepts, with its accept queue full: further SYNs go unanswered.
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.63.52:0".parse().unwrap()).unwrap();
+    let stuck = sock.listen(0).unwrap();
+    let stuck_addr = stuck.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    while let Ok(Ok(s)) =
+        tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(stuck_addr)).await
+    {
+        fillers.push(s);
+        assert!(fillers.len() < 64, "the accept queue never filled");
+    }
+    let live = Backend::start("live", "127.0.63.53").await;
+    let timeouts = "[listener.timeouts]\nconnect = \"200ms\"\n";
+    let cfg = web_config("maglev", "hash_key = \"header:x-user\"", &[stuck_addr, live.addr], timeouts);
+    let p = Proxy::start("127.0.63.51", 1, &state_with(&cfg)).await;
+    let user = (0..10_000)
+        .map(|i| format!("u{i}"))
+        .find(|u| p.first_pick("web", hash_key_bytes(u.as_bytes())) == stuck_addr)
+        .unwrap();
+    let got = get(p.addr, "/ct", &[("x-user", &user)]).await;
+    assert_eq!((got.status, got.backend()), (StatusCode::OK, "live"), "{}", got.text());
+
+    let cfg = web_config("round_robin", "", &[stuck_addr], timeouts);
+    let p = Proxy::start("127.0.63.54", 1, &state_with(&cfg)).await;
+    let got = get(p.addr, "/ct", &[]).await;
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        got.text(),
+        format!("no backend of pool \"web\" could be reached: {stuck_addr}: connect timed out after 200ms\n")
+    );
+    drop((fillers, stuck));
 }
