@@ -31,6 +31,21 @@ pub enum Command {
     NodeJoined { id: NodeId, addr: String, http_addr: String },
     /// An lbnode left the membership; its health votes stop counting.
     NodeLeft { id: NodeId },
+    /// A decision of the leader (autoscaling, node liveness, hook results). `apply` refuses it when a
+    /// leader of a later term has already decided something, so a deposed leader cannot act twice.
+    /// Every accepted decision is recorded in the replicated event log with `why`.
+    Leader { term: u64, leader: NodeId, at_ms: u64, action: LeaderAction, why: String },
+}
+
+/// What a leader decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaderAction {
+    /// Activate or deactivate a standby backend.
+    SetStandby { pool: String, backend: String, active: bool },
+    /// Mark an lbnode down (it stopped answering) or up again. A down node's health votes are dropped.
+    SetNodeDown { id: NodeId, down: bool },
+    /// Outcome of a `scale_out_cmd` / `scale_in_cmd` hook run by the leader.
+    HookResult { pool: String, backend: String, command: String, exit_code: Option<i32>, output: String },
 }
 
 impl Command {
@@ -43,6 +58,7 @@ impl Command {
             Command::SetStandby { .. } => "set_standby",
             Command::NodeJoined { .. } => "node_joined",
             Command::NodeLeft { .. } => "node_left",
+            Command::Leader { .. } => "leader",
         }
     }
 }

@@ -52,7 +52,57 @@ pub struct Pool {
     /// When set, the HTTP proxy pins a client to a backend with a cookie of this name.
     pub sticky_cookie: Option<String>,
     pub health: HealthCheck,
+    /// Passive outlier detection from live traffic (node-local ejection).
+    pub outlier: OutlierDetection,
+    /// Leader-driven activation of standby backends; `None` leaves standbys as configured.
+    pub scale: Option<Autoscale>,
     pub backend: Vec<Backend>,
+}
+
+/// Passive outlier detection, per node, from live traffic (Envoy's defaults).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutlierDetection {
+    /// Eject after this many 5xx responses in a row (0 disables).
+    pub consecutive_5xx: u32,
+    /// Eject after this many failed connects in a row (0 disables).
+    pub consecutive_connect_failures: u32,
+    /// First ejection lasts this long; each repeat adds as much again, up to `max_ejection`.
+    #[serde(with = "humantime_serde")]
+    pub base_ejection: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_ejection: Duration,
+    /// Never eject more than this share of a pool's backends (percent).
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_5xx: 5,
+            consecutive_connect_failures: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejection_percent: 50,
+        }
+    }
+}
+
+/// Autoscaling of a pool by the leader: standby backends are activated when the average load per
+/// active backend stays above `high_watermark` for `window`, and drained when it stays below
+/// `low_watermark`. Load is in-flight requests plus open connections, summed over every node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Autoscale {
+    pub min_active: u32,
+    pub max_active: u32,
+    pub high_watermark: u32,
+    pub low_watermark: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Run by the leader (through `sh -c`) after activating a standby; `LBFLEET_POOL` and
+    /// `LBFLEET_BACKEND` are set. Its exit status goes to the event log.
+    pub scale_out_cmd: Option<String>,
+    /// Run by the leader after deactivating a standby.
+    pub scale_in_cmd: Option<String>,
 }
 
 /// One backend server of a pool.
@@ -223,6 +273,8 @@ pub struct HealthCheck {
     pub fall: u32,
     /// Accepted HTTP status codes, inclusive.
     pub expect_status: [u16; 2],
+    /// Down votes needed to mark a backend down fleet-wide; `None`: a majority of the live voters.
+    pub quorum: Option<u32>,
 }
 
 impl Default for HealthCheck {
@@ -235,6 +287,7 @@ impl Default for HealthCheck {
             rise: 2,
             fall: 2,
             expect_status: [200, 399],
+            quorum: None,
         }
     }
 }
@@ -392,8 +445,32 @@ pub struct RawPool {
     pub table_size: Option<u64>,
     pub sticky_cookie: Option<String>,
     pub health: Option<RawHealth>,
+    pub outlier: Option<RawOutlier>,
+    pub scale: Option<RawScale>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    pub consecutive_5xx: Option<i64>,
+    pub consecutive_connect_failures: Option<i64>,
+    pub base_ejection: Option<String>,
+    pub max_ejection: Option<String>,
+    pub max_ejection_percent: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScale {
+    pub min_active: Option<i64>,
+    pub max_active: Option<i64>,
+    pub high_watermark: Option<i64>,
+    pub low_watermark: Option<i64>,
+    pub window: Option<String>,
+    pub scale_out_cmd: Option<String>,
+    pub scale_in_cmd: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -417,6 +494,7 @@ pub struct RawHealth {
     pub rise: Option<i64>,
     pub fall: Option<i64>,
     pub expect_status: Option<[i64; 2]>,
+    pub quorum: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -759,6 +837,8 @@ fn validate_pool(p: &mut Problems, place: &str, rp: &RawPool) -> Option<Pool> {
             });
         }
     }
+    let outlier = validate_outlier(p, place, rp.outlier.as_ref());
+    let scale = rp.scale.as_ref().map(|rs| validate_scale(p, place, rs, &backends));
     Some(Pool {
         name,
         policy,
@@ -766,8 +846,109 @@ fn validate_pool(p: &mut Problems, place: &str, rp: &RawPool) -> Option<Pool> {
         table_size,
         sticky_cookie: rp.sticky_cookie.clone(),
         health,
+        outlier,
+        scale,
         backend: backends,
     })
+}
+
+fn validate_outlier(p: &mut Problems, pool_place: &str, ro: Option<&RawOutlier>) -> OutlierDetection {
+    let d = OutlierDetection::default();
+    let Some(ro) = ro else { return d };
+    let place = format!("{pool_place} outlier");
+    let mut int = |field: &str, v: Option<i64>, default: u32, range: std::ops::RangeInclusive<i64>| -> u32 {
+        let v = v.unwrap_or(default as i64);
+        if range.contains(&v) {
+            v as u32
+        } else {
+            p.push(&place, format!("{field} {v} out of range {}..={}", range.start(), range.end()));
+            default
+        }
+    };
+    let consecutive_5xx = int("consecutive_5xx", ro.consecutive_5xx, d.consecutive_5xx, 0..=1000);
+    let consecutive_connect_failures = int(
+        "consecutive_connect_failures",
+        ro.consecutive_connect_failures,
+        d.consecutive_connect_failures,
+        0..=1000,
+    );
+    let max_ejection_percent =
+        int("max_ejection_percent", ro.max_ejection_percent, d.max_ejection_percent, 0..=100);
+    let before = p.0.len();
+    let base_ejection = duration(p, &place, "base_ejection", &ro.base_ejection, d.base_ejection);
+    let max_ejection = duration(p, &place, "max_ejection", &ro.max_ejection, d.max_ejection);
+    if p.0.len() == before && (base_ejection.is_zero() || max_ejection < base_ejection) {
+        p.push(&place, "base_ejection must be above zero and at most max_ejection");
+    }
+    OutlierDetection {
+        consecutive_5xx,
+        consecutive_connect_failures,
+        base_ejection,
+        max_ejection,
+        max_ejection_percent,
+    }
+}
+
+fn validate_scale(p: &mut Problems, pool_place: &str, rs: &RawScale, backends: &[Backend]) -> Autoscale {
+    let place = format!("{pool_place} scale");
+    let primaries = backends.iter().filter(|b| !b.backup && !b.standby).count() as i64;
+    let standbys = backends.iter().filter(|b| b.standby).count() as i64;
+    let mut need = |field: &str, v: Option<i64>| -> u32 {
+        match v {
+            None => {
+                p.push(&place, format!("missing {field}"));
+                0
+            }
+            Some(v) if !(0..=1_000_000).contains(&v) => {
+                p.push(&place, format!("{field} {v} out of range 0..=1000000"));
+                0
+            }
+            Some(v) => v as u32,
+        }
+    };
+    let min_active = need("min_active", rs.min_active);
+    let max_active = need("max_active", rs.max_active);
+    let high_watermark = need("high_watermark", rs.high_watermark);
+    let low_watermark = need("low_watermark", rs.low_watermark);
+    if standbys == 0 {
+        p.push(&place, "the pool has no standby backend to scale with");
+    }
+    if min_active > max_active {
+        p.push(&place, format!("min_active {min_active} is above max_active {max_active}"));
+    }
+    if i64::from(max_active) > primaries + standbys {
+        p.push(
+            &place,
+            format!(
+                "max_active {max_active} is above the {} primary and standby backends",
+                primaries + standbys
+            ),
+        );
+    }
+    if low_watermark >= high_watermark {
+        p.push(
+            &place,
+            format!("low_watermark {low_watermark} must be below high_watermark {high_watermark}"),
+        );
+    }
+    let window = duration(p, &place, "window", &rs.window, Duration::from_secs(30));
+    if window < Duration::from_secs(1) {
+        p.push(&place, "window must be at least 1s");
+    }
+    for (field, cmd) in [("scale_out_cmd", &rs.scale_out_cmd), ("scale_in_cmd", &rs.scale_in_cmd)] {
+        if cmd.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            p.push(&place, format!("{field} is empty"));
+        }
+    }
+    Autoscale {
+        min_active,
+        max_active,
+        high_watermark,
+        low_watermark,
+        window,
+        scale_out_cmd: rs.scale_out_cmd.clone(),
+        scale_in_cmd: rs.scale_in_cmd.clone(),
+    }
 }
 
 fn validate_health(p: &mut Problems, pool_place: &str, rh: Option<&RawHealth>) -> HealthCheck {
@@ -825,7 +1006,15 @@ fn validate_health(p: &mut Problems, pool_place: &str, rh: Option<&RawHealth>) -
             d.expect_status
         }
     };
-    HealthCheck { kind, path, interval, timeout, rise, fall, expect_status }
+    let quorum = match rh.quorum {
+        None => None,
+        Some(q) if (1..=100).contains(&q) => Some(q as u32),
+        Some(q) => {
+            p.push(&place, format!("quorum {q} out of range 1..=100"));
+            None
+        }
+    };
+    HealthCheck { kind, path, interval, timeout, rise, fall, expect_status, quorum }
 }
 
 fn validate_listener(p: &mut Problems, place: &str, rl: &RawListener) -> Option<Listener> {
@@ -986,6 +1175,23 @@ impl From<&ClusterConfig> for RawConfig {
                             p.health.expect_status[0] as i64,
                             p.health.expect_status[1] as i64,
                         ]),
+                        quorum: p.health.quorum.map(i64::from),
+                    }),
+                    outlier: Some(RawOutlier {
+                        consecutive_5xx: Some(p.outlier.consecutive_5xx as i64),
+                        consecutive_connect_failures: Some(p.outlier.consecutive_connect_failures as i64),
+                        base_ejection: fmt_d(p.outlier.base_ejection),
+                        max_ejection: fmt_d(p.outlier.max_ejection),
+                        max_ejection_percent: Some(p.outlier.max_ejection_percent as i64),
+                    }),
+                    scale: p.scale.as_ref().map(|a| RawScale {
+                        min_active: Some(a.min_active as i64),
+                        max_active: Some(a.max_active as i64),
+                        high_watermark: Some(a.high_watermark as i64),
+                        low_watermark: Some(a.low_watermark as i64),
+                        window: fmt_d(a.window),
+                        scale_out_cmd: a.scale_out_cmd.clone(),
+                        scale_in_cmd: a.scale_in_cmd.clone(),
                     }),
                     backend: p
                         .backend
@@ -1209,6 +1415,62 @@ name = "p"
         let errs = errors(text);
         assert_eq!(errs.len(), 5, "{errs:#?}");
         assert!(errs.iter().all(|e| e.starts_with("pool \"p\" health: ")));
+    }
+
+    #[test]
+    fn outlier_and_scale_sections() {
+        let good = r#"
+[[pool]]
+name = "p"
+  [[pool.backend]]
+  addr = "127.0.0.1:9001"
+  [[pool.backend]]
+  addr = "127.0.0.1:9002"
+  standby = true
+  [pool.outlier]
+  consecutive_5xx = 3
+  base_ejection = "10s"
+  [pool.scale]
+  min_active = 1
+  max_active = 2
+  high_watermark = 20
+  low_watermark = 5
+  window = "5s"
+  scale_out_cmd = "echo out"
+"#;
+        let c = parse(good, Format::Toml).unwrap();
+        let p = &c.pool[0];
+        assert_eq!(p.outlier.consecutive_5xx, 3);
+        assert_eq!(p.outlier.consecutive_connect_failures, 5, "default");
+        assert_eq!(p.scale.as_ref().unwrap().window, Duration::from_secs(5));
+        assert_eq!(parse(&c.to_toml(), Format::Toml).unwrap(), c);
+        let bytes = postcard::to_allocvec(&c).unwrap();
+        assert_eq!(postcard::from_bytes::<ClusterConfig>(&bytes).unwrap(), c);
+
+        let bad = r#"
+[[pool]]
+name = "p"
+  [[pool.backend]]
+  addr = "127.0.0.1:9001"
+  [pool.outlier]
+  max_ejection_percent = 150
+  [pool.scale]
+  min_active = 3
+  max_active = 2
+  high_watermark = 5
+  low_watermark = 5
+"#;
+        let errs = errors(bad);
+        for want in [
+            "pool \"p\" outlier: max_ejection_percent 150 out of range 0..=100",
+            "pool \"p\" scale: the pool has no standby backend to scale with",
+            "pool \"p\" scale: min_active 3 is above max_active 2",
+            "pool \"p\" scale: max_active 2 is above the 1 primary and standby backends",
+            "pool \"p\" scale: low_watermark 5 must be below high_watermark 5",
+        ] {
+            assert!(errs.iter().any(|e| e == want), "missing {want:?} in {errs:#?}");
+        }
+        assert_eq!(errs.len(), 5, "{errs:#?}");
     }
 
     #[test]

@@ -19,7 +19,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::channels::ChannelCache;
-use crate::routing::ring_digest;
+use crate::dataplane::listeners::{ListenerStatus, ListenerStatuses};
+use crate::dataplane::ProxyContext;
 
 /// Everything the servers of one node share.
 #[derive(Clone)]
@@ -35,6 +36,10 @@ pub struct Cluster {
     pub admin_channels: ChannelCache,
     /// Becomes `true` when the node shuts down; long-lived streams end on it.
     pub shutdown: watch::Receiver<bool>,
+    /// The data plane's shared context (routing snapshot).
+    pub dataplane: Arc<ProxyContext>,
+    /// What the listener manager last reported about each listener.
+    pub listeners: ListenerStatuses,
 }
 
 impl Cluster {
@@ -50,7 +55,13 @@ impl Cluster {
 
     /// This node's view right now.
     pub fn local_view(&self) -> LocalView {
-        local_view(&self.metrics(), &self.applied(), &self.me)
+        let digest = self.dataplane.routing.load().ring_digest().to_string();
+        local_view(&self.metrics(), &self.applied(), &self.me, digest)
+    }
+
+    /// The listeners as the listener manager last saw them.
+    pub fn listener_statuses(&self) -> Vec<ListenerStatus> {
+        self.listeners.lock().map(|l| l.clone()).unwrap_or_default()
     }
 }
 
@@ -77,6 +88,8 @@ pub struct LocalView {
     pub voter: bool,
     pub config_version: u64,
     pub ring_digest: String,
+    /// Marked down by the leader (its health votes do not count).
+    pub down: bool,
 }
 
 /// A member of the Raft group.
@@ -158,8 +171,13 @@ pub fn members_of(m: &Membership) -> Vec<Member> {
 }
 
 /// The view of a node from its metrics and applied state. `me` supplies the addresses when the
-/// node is not (yet) in the membership.
-pub fn local_view(metrics: &RaftMetrics, applied: &AppliedState, me: &LbNode) -> LocalView {
+/// node is not (yet) in the membership; `ring_digest` is the data plane's routing digest.
+pub fn local_view(
+    metrics: &RaftMetrics,
+    applied: &AppliedState,
+    me: &LbNode,
+    ring_digest: String,
+) -> LocalView {
     let membership = metrics.membership_config.membership();
     let voter = membership.voter_ids().any(|v| v == metrics.id);
     let node = membership.get_node(&metrics.id).unwrap_or(me);
@@ -176,7 +194,8 @@ pub fn local_view(metrics: &RaftMetrics, applied: &AppliedState, me: &LbNode) ->
         purged_index: metrics.purged.map(|l| l.index).unwrap_or(0),
         voter,
         config_version: applied.state.config_version,
-        ring_digest: ring_digest(&applied.state),
+        ring_digest,
+        down: applied.state.down_nodes.contains(&metrics.id),
     }
 }
 
@@ -228,19 +247,19 @@ mod tests {
         applied.state.config_version = 3;
         applied.last_applied = Some(openraft::LogId::new(openraft::CommittedLeaderId::new(4, 1), 17));
         let me = LbNode { addr: "ignored:1".into(), http_addr: "ignored:2".into() };
-        let v = local_view(&metrics, &applied, &me);
+        let v = local_view(&metrics, &applied, &me, "d1".into());
         assert_eq!((v.id, v.role, v.term, v.leader, v.applied_index), (2, "follower", 4, Some(1), 17));
         assert!(v.voter);
         assert_eq!(v.addr, "127.0.0.2:7400");
         assert_eq!(v.config_version, 3);
-        assert_eq!(v.ring_digest, ring_digest(&applied.state));
+        assert_eq!(v.ring_digest, "d1");
     }
 
     #[test]
     fn a_node_outside_the_membership_reports_its_own_addresses() {
         let metrics = RaftMetrics::new_initial(9);
         let me = LbNode { addr: "127.0.0.9:7400".into(), http_addr: "127.0.0.9:7401".into() };
-        let v = local_view(&metrics, &AppliedState::default(), &me);
+        let v = local_view(&metrics, &AppliedState::default(), &me, String::new());
         assert_eq!((v.role, v.voter, v.addr.as_str()), ("learner", false, "127.0.0.9:7400"));
     }
 }

@@ -8,8 +8,8 @@
 //!   service ([`raft::service`]).
 //! - [`admin`]: the `Admin` gRPC service ([`admin::grpc`]), the admin HTTP server
 //!   ([`admin::http`]) and its Prometheus metrics ([`admin::metrics`]).
-//! - [`routing`]: the ring digest each node publishes.
-//! - [`dataplane`]: the Maglev table, the selection policies and per-pool selectors.
+//! - [`dataplane`]: the Maglev table, the selection policies, per-pool selectors, the routing snapshot
+//!   (whose digest each node publishes), the listener manager and the HTTP, TCP and UDP proxies.
 //! - [`channels`]: one cached gRPC channel per peer address.
 //!
 //! Where data enters and leaves:
@@ -29,4 +29,3 @@ pub mod config;
 pub mod dataplane;
 pub mod node;
 pub mod raft;
-pub mod routing;

@@ -1,5 +1,6 @@
 //! Start and stop everything one lbnode runs: the store, Raft, the gRPC server (Raft + Admin on one
-//! port), the admin HTTP server and the one-time bootstrap.
+//! port), the admin HTTP server, the data plane (routing snapshot and listeners) and the one-time
+//! bootstrap.
 //!
 //! Start order: bind both listeners (a port in use is reported before the store is touched), open
 //! the store, create Raft, serve, then bootstrap. Stop order ([`Node::shutdown`]): stop accepting and
@@ -20,6 +21,8 @@ use crate::admin::grpc::AdminService;
 use crate::channels::ChannelCache;
 use crate::cluster::{stopped, Cluster};
 use crate::config::NodeConfig;
+use crate::dataplane::listeners::ListenerStatuses;
+use crate::dataplane::ProxyContext;
 use crate::raft::service::RaftService;
 use crate::raft::{bootstrap, new_raft, Bootstrap};
 
@@ -32,6 +35,8 @@ pub struct Node {
     shutdown_tx: watch::Sender<bool>,
     grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     http: Option<JoinHandle<()>>,
+    /// The listener manager (routing snapshot updates and proxies).
+    dataplane: Option<JoinHandle<()>>,
     bootstrap: JoinHandle<()>,
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
@@ -64,7 +69,15 @@ impl Node {
             write_timeout: config.write_timeout,
             admin_channels: ChannelCache::new(),
             shutdown: shutdown_rx.clone(),
+            dataplane: Arc::new(ProxyContext::new(config.id, config.bind)),
+            listeners: ListenerStatuses::default(),
         };
+        let dataplane = tokio::spawn(crate::dataplane::listeners::run(
+            Arc::clone(&cluster.dataplane),
+            sm_store.subscribe(),
+            shutdown_rx.clone(),
+            Arc::clone(&cluster.listeners),
+        ));
 
         let grpc = {
             let mut stop = shutdown_rx.clone();
@@ -107,7 +120,16 @@ impl Node {
             })
         };
 
-        Ok(Node { cluster, shutdown_tx, grpc: Some(grpc), http: Some(http), bootstrap, grpc_addr, http_addr })
+        Ok(Node {
+            cluster,
+            shutdown_tx,
+            grpc: Some(grpc),
+            http: Some(http),
+            dataplane: Some(dataplane),
+            bootstrap,
+            grpc_addr,
+            http_addr,
+        })
     }
 
     /// Shared handles (Raft, applied state, identity).
@@ -179,6 +201,16 @@ impl Node {
                     abort.abort();
                 }
                 _ => {}
+            }
+        }
+        if let Some(dp) = self.dataplane.take() {
+            // The listener manager bounds its own grace for open connections.
+            let abort = dp.abort_handle();
+            if tokio::time::timeout(crate::dataplane::listeners::SHUTDOWN_GRACE + DRAIN_TIMEOUT, dp)
+                .await
+                .is_err()
+            {
+                abort.abort();
             }
         }
         if let Some(http) = self.http.take() {

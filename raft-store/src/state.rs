@@ -7,11 +7,17 @@
 //! Fleet-wide health: each member node votes on *changes* of its own view of a backend. A backend is
 //! down fleet-wide when at least a majority of the current voting members have a "down" vote on record;
 //! votes of nodes that left the membership are dropped. No single node's partial view can eject a backend
-//! for everyone.
+//! for everyone. The quorum counts only *live* voters: a node the leader marked down (it stopped
+//! answering) has its votes dropped until it is marked up again and votes anew. A pool may set its own
+//! quorum (`health.quorum`, a number of down votes).
+//!
+//! Leader decisions (`Command::Leader`) are fenced by term: once a decision of term T is applied, any
+//! decision of an earlier term is refused, so a deposed leader cannot repeat or contradict its
+//! successor. Accepted decisions and fleet-wide health changes go to a bounded event log.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use lbfleet_api::command::{Command, CommandResult};
+use lbfleet_api::command::{Command, CommandResult, LeaderAction};
 use lbfleet_api::config::{Backend, ClusterConfig};
 use lbfleet_api::NodeId;
 use serde::{Deserialize, Serialize};
@@ -29,6 +35,29 @@ pub struct ClusterState {
     pub voters: BTreeSet<NodeId>,
     /// Every member (voter or learner) with its addresses.
     pub nodes: BTreeMap<NodeId, NodeRecord>,
+    /// Members the leader marked down (stopped answering); their health votes do not count.
+    pub down_nodes: BTreeSet<NodeId>,
+    /// Highest term of an applied leader decision (fencing for `Command::Leader`).
+    pub leader_term: u64,
+    /// The most recent events, oldest first, at most [`MAX_EVENTS`].
+    pub events: VecDeque<Event>,
+}
+
+/// How many events the replicated log keeps.
+pub const MAX_EVENTS: usize = 1000;
+
+/// One entry of the replicated event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Log index of the entry that produced it.
+    pub index: u64,
+    /// Milliseconds since the Unix epoch, as stamped by the proposer (0 when unknown).
+    pub at_ms: u64,
+    /// Leader that decided, if the event is a leader decision.
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub what: String,
+    pub why: String,
 }
 
 /// Runtime state of one backend, kept across config changes while the backend stays in its pool.
@@ -72,18 +101,33 @@ impl ClusterState {
                 if !self.voters.contains(node) && !self.nodes.contains_key(node) {
                     return rejected(format!("node {node} is not a member; its health vote is ignored"));
                 }
-                let voters = self.voters.clone();
-                match self.backend_mut(pool, backend) {
-                    Err(e) => e,
+                if self.down_nodes.contains(node) {
+                    return rejected(format!("node {node} is marked down; its health vote is ignored"));
+                }
+                let live = self.live_voters();
+                let quorum = self.health_quorum(pool);
+                let changed = match self.backend_mut(pool, backend) {
+                    Err(e) => return e,
                     Ok(st) => {
                         st.votes.insert(
                             *node,
                             HealthVote { healthy: *healthy, observed_at_ms: *observed_at_ms, index },
                         );
-                        st.healthy = fleet_healthy(&st.votes, &voters);
-                        CommandResult::Ok
+                        let was = st.healthy;
+                        st.healthy = fleet_healthy(&st.votes, &live, quorum);
+                        (was != st.healthy).then_some(st.healthy)
                     }
+                };
+                if let Some(now) = changed {
+                    let what = format!(
+                        "backend {backend} of pool \"{pool}\" is {}",
+                        if now { "up" } else { "down" }
+                    );
+                    let why =
+                        format!("health vote of node {node} ({})", if *healthy { "up" } else { "down" });
+                    self.record(index, *observed_at_ms, None, 0, what, why);
                 }
+                CommandResult::Ok
             }
             Command::SetDrain { pool, backend, draining } => match self.backend_mut(pool, backend) {
                 Err(e) => e,
@@ -122,7 +166,78 @@ impl ClusterState {
                 self.drop_votes_of_non_members();
                 CommandResult::Ok
             }
+            Command::Leader { term, leader, at_ms, action, why } => {
+                if *term < self.leader_term {
+                    return rejected(format!(
+                        "decision of leader {leader} in term {term} refused: a leader of term {} has decided since",
+                        self.leader_term
+                    ));
+                }
+                let what = match self.apply_leader_action(action) {
+                    Ok(what) => what,
+                    Err(e) => return e,
+                };
+                self.leader_term = *term;
+                self.record(index, *at_ms, Some(*leader), *term, what, why.clone());
+                CommandResult::Ok
+            }
         }
+    }
+
+    fn apply_leader_action(&mut self, action: &LeaderAction) -> Result<String, CommandResult> {
+        match action {
+            LeaderAction::SetStandby { pool, backend, active } => {
+                let cmd =
+                    Command::SetStandby { pool: pool.clone(), backend: backend.clone(), active: *active };
+                match self.apply(&cmd, 0) {
+                    CommandResult::Ok => Ok(format!(
+                        "{} standby backend {backend} of pool \"{pool}\"",
+                        if *active { "activated" } else { "deactivated" }
+                    )),
+                    other => Err(other),
+                }
+            }
+            LeaderAction::SetNodeDown { id, down } => {
+                if !self.nodes.contains_key(id) && !self.voters.contains(id) {
+                    return Err(rejected(format!("node {id} is not a member")));
+                }
+                if *down {
+                    self.down_nodes.insert(*id);
+                } else {
+                    self.down_nodes.remove(id);
+                }
+                self.drop_votes_of_non_members();
+                Ok(format!("node {id} marked {}", if *down { "down" } else { "up" }))
+            }
+            LeaderAction::HookResult { pool, backend, command, exit_code, .. } => Ok(format!(
+                "hook `{command}` for backend {backend} of pool \"{pool}\" exited with {}",
+                exit_code.map_or("a signal".to_string(), |c| c.to_string())
+            )),
+        }
+    }
+
+    fn record(
+        &mut self,
+        index: u64,
+        at_ms: u64,
+        leader: Option<NodeId>,
+        term: u64,
+        what: String,
+        why: String,
+    ) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(Event { index, at_ms, leader, term, what, why });
+    }
+
+    /// Voters not marked down: the electorate of health votes.
+    pub fn live_voters(&self) -> BTreeSet<NodeId> {
+        self.voters.difference(&self.down_nodes).copied().collect()
+    }
+
+    fn health_quorum(&self, pool: &str) -> Option<u32> {
+        self.config.as_ref().and_then(|c| c.pool(pool)).and_then(|p| p.health.quorum)
     }
 
     /// Record a membership entry: `voters` vote on health, `nodes` are all members with addresses.
@@ -132,12 +247,16 @@ impl ClusterState {
         self.drop_votes_of_non_members();
     }
 
+    /// Drop the votes of nodes that are no longer live voters (left, or marked down) and recompute.
     fn drop_votes_of_non_members(&mut self) {
-        let voters = self.voters.clone();
-        for pool in self.backends.values_mut() {
-            for st in pool.values_mut() {
-                st.votes.retain(|n, _| voters.contains(n));
-                st.healthy = fleet_healthy(&st.votes, &voters);
+        let live = self.live_voters();
+        let quorums: BTreeMap<String, Option<u32>> =
+            self.backends.keys().map(|p| (p.clone(), self.health_quorum(p))).collect();
+        for (pool, states) in self.backends.iter_mut() {
+            let quorum = quorums.get(pool).copied().flatten();
+            for st in states.values_mut() {
+                st.votes.retain(|n, _| live.contains(n));
+                st.healthy = fleet_healthy(&st.votes, &live, quorum);
             }
         }
     }
@@ -169,6 +288,8 @@ impl ClusterState {
         self.backends = backends;
         self.config = Some(config.clone());
         self.config_version += 1;
+        // A pool's quorum may have changed.
+        self.drop_votes_of_non_members();
         CommandResult::ConfigApplied { version: self.config_version }
     }
 
@@ -185,13 +306,19 @@ impl ClusterState {
     }
 }
 
-/// Down when at least a majority of the voters have a "down" vote on record.
-pub fn fleet_healthy(votes: &BTreeMap<NodeId, HealthVote>, voters: &BTreeSet<NodeId>) -> bool {
-    if voters.is_empty() {
+/// Down when the "down" votes of live voters reach the quorum: `quorum` if the pool sets one, else a
+/// majority of the live voters. With no live voter, nothing can be voted down.
+pub fn fleet_healthy(
+    votes: &BTreeMap<NodeId, HealthVote>,
+    live: &BTreeSet<NodeId>,
+    quorum: Option<u32>,
+) -> bool {
+    if live.is_empty() {
         return true;
     }
-    let down = votes.iter().filter(|(n, v)| voters.contains(n) && !v.healthy).count();
-    down < voters.len() / 2 + 1
+    let down = votes.iter().filter(|(n, v)| live.contains(n) && !v.healthy).count();
+    let need = quorum.map_or(live.len() / 2 + 1, |q| q.max(1) as usize);
+    down < need
 }
 
 fn rejected(msg: String) -> CommandResult {
@@ -304,6 +431,75 @@ mod tests {
         let mut s = three_voters();
         let r = s.apply(&Command::SetDrain { pool: "api".into(), backend: "x".into(), draining: true }, 1);
         assert_eq!(r, CommandResult::Rejected { errors: vec!["no pool named \"api\"".into()] });
+    }
+
+    fn leader(term: u64, action: LeaderAction) -> Command {
+        Command::Leader { term, leader: 1, at_ms: 1000, action, why: "test".into() }
+    }
+
+    #[test]
+    fn votes_of_a_node_marked_down_expire_and_count_again_after_it_returns() {
+        let mut s = three_voters();
+        s.apply(&Command::ApplyConfig { config: config(&["127.0.0.1:9001"]) }, 1);
+        s.apply(&vote(1, false), 2);
+        s.apply(&vote(2, false), 3);
+        assert!(!s.backend("web", "127.0.0.1:9001").unwrap().healthy);
+        // Node 2 stops answering: its vote is dropped; 1 of 2 live voters is not a majority.
+        assert_eq!(
+            s.apply(&leader(2, LeaderAction::SetNodeDown { id: 2, down: true }), 4),
+            CommandResult::Ok
+        );
+        assert!(s.backend("web", "127.0.0.1:9001").unwrap().healthy);
+        assert!(matches!(s.apply(&vote(2, false), 5), CommandResult::Rejected { .. }));
+        s.apply(&leader(2, LeaderAction::SetNodeDown { id: 2, down: false }), 6);
+        s.apply(&vote(2, false), 7);
+        assert!(!s.backend("web", "127.0.0.1:9001").unwrap().healthy);
+        let whats: Vec<&str> = s.events.iter().map(|e| e.what.as_str()).collect();
+        assert!(whats.contains(&"node 2 marked down"), "{whats:?}");
+        assert!(whats.contains(&"backend 127.0.0.1:9001 of pool \"web\" is down"), "{whats:?}");
+    }
+
+    #[test]
+    fn a_pool_quorum_overrides_the_majority() {
+        let mut s = three_voters();
+        let mut c = config(&["127.0.0.1:9001"]);
+        c.pool[0].health.quorum = Some(3);
+        s.apply(&Command::ApplyConfig { config: c }, 1);
+        s.apply(&vote(1, false), 2);
+        s.apply(&vote(2, false), 3);
+        assert!(s.backend("web", "127.0.0.1:9001").unwrap().healthy, "2 of 3 is below a quorum of 3");
+        s.apply(&vote(3, false), 4);
+        assert!(!s.backend("web", "127.0.0.1:9001").unwrap().healthy);
+    }
+
+    #[test]
+    fn a_deposed_leader_cannot_decide_after_its_successor() {
+        let mut s = three_voters();
+        s.apply(&Command::ApplyConfig { config: config(&["127.0.0.1:9001"]) }, 1);
+        let on = |term| {
+            leader(
+                term,
+                LeaderAction::SetStandby {
+                    pool: "web".into(),
+                    backend: "127.0.0.1:9100".into(),
+                    active: true,
+                },
+            )
+        };
+        assert_eq!(s.apply(&on(5), 2), CommandResult::Ok);
+        assert!(matches!(s.apply(&on(4), 3), CommandResult::Rejected { .. }));
+        assert_eq!(s.apply(&on(5), 4), CommandResult::Ok, "the same term may decide again");
+        assert_eq!(s.events.iter().filter(|e| e.leader == Some(1)).count(), 2);
+    }
+
+    #[test]
+    fn the_event_log_is_bounded() {
+        let mut s = three_voters();
+        for i in 0..(MAX_EVENTS as u64 + 10) {
+            s.apply(&leader(1, LeaderAction::SetNodeDown { id: 3, down: i % 2 == 0 }), i + 1);
+        }
+        assert_eq!(s.events.len(), MAX_EVENTS);
+        assert_eq!(s.events.back().unwrap().index, MAX_EVENTS as u64 + 10);
     }
 
     #[test]

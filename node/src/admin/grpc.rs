@@ -221,6 +221,28 @@ impl AdminService {
         }
     }
 
+    fn events_response(&self, req: &pb::EventsRequest) -> pb::EventsResponse {
+        let applied = self.cluster.applied();
+        let mut events: Vec<pb::EventRecord> = applied
+            .state
+            .events
+            .iter()
+            .filter(|e| e.index > req.since_index)
+            .map(|e| pb::EventRecord {
+                index: e.index,
+                at_ms: e.at_ms,
+                leader: e.leader,
+                term: e.term,
+                what: e.what.clone(),
+                why: e.why.clone(),
+            })
+            .collect();
+        if req.limit > 0 && events.len() > req.limit as usize {
+            events.drain(..events.len() - req.limit as usize);
+        }
+        pb::EventsResponse { events }
+    }
+
     fn backends_response(&self) -> pb::ListBackendsResponse {
         let applied = self.cluster.applied();
         pb::ListBackendsResponse {
@@ -605,5 +627,53 @@ impl Admin for AdminService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn events(
+        &self,
+        request: Request<pb::EventsRequest>,
+    ) -> Result<Response<pb::EventsResponse>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        if req.stale {
+            return Ok(Response::new(self.events_response(&req)));
+        }
+        let resp = self
+            .on_leader(
+                hops,
+                || async {
+                    self.linearizable_local().await?;
+                    Ok(self.events_response(&req))
+                },
+                |mut client, fwd| async move {
+                    client.events(fwd.map(|()| req)).await.map(Response::into_inner)
+                },
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn local_load(
+        &self,
+        _request: Request<pb::LocalLoadRequest>,
+    ) -> Result<Response<pb::LoadReport>, Status> {
+        // TODO: per-backend connection and in-flight counts come with load reporting.
+        Err(Status::unimplemented("load reports are not collected by this node yet"))
+    }
+
+    async fn report_load(
+        &self,
+        _request: Request<pb::LoadReport>,
+    ) -> Result<Response<pb::ReportLoadResponse>, Status> {
+        // TODO: the leader's load collector comes with autoscaling.
+        Err(Status::unimplemented("load reports are not collected by this node yet"))
+    }
+
+    async fn submit_health_vote(
+        &self,
+        _request: Request<pb::HealthVoteRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        // TODO: health voting lands with the health checker.
+        Err(Status::unimplemented("health votes are not accepted by this node yet"))
     }
 }

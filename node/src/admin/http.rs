@@ -27,6 +27,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::cluster::{backend_views, members, stopped, Cluster, LocalView, Member};
+use crate::dataplane::listeners::ListenerStatus;
+use crate::dataplane::Routing;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
@@ -86,7 +88,9 @@ fn handle(cluster: &Cluster, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", format!("ok {}\n", view.role)),
         "/api/v1/state" => {
             let metrics = cluster.metrics();
-            let body = state_json(&view, &cluster.applied(), &members(&metrics.membership_config));
+            let routing = cluster.dataplane.routing.load();
+            let mut body = state_json(&view, &cluster.applied(), &members(&metrics.membership_config));
+            add_dataplane(&mut body, &routing, &cluster.listener_statuses());
             text(StatusCode::OK, "application/json", format!("{body:#}\n"))
         }
         "/metrics" => {
@@ -134,6 +138,24 @@ pub fn state_json(view: &LocalView, applied: &AppliedState, nodes: &[Member]) ->
     })
 }
 
+/// The data plane's part of `/api/v1/state`: per-pool digests and eligible backends, listeners.
+pub fn add_dataplane(doc: &mut serde_json::Value, routing: &Routing, listeners: &[ListenerStatus]) {
+    let pools: serde_json::Map<String, serde_json::Value> = routing
+        .pool_digests()
+        .into_iter()
+        .map(|(name, digest)| {
+            let sel = routing.pool(name);
+            let eligible: Vec<String> =
+                sel.map(|p| p.backends().iter().map(|b| b.key().to_string()).collect()).unwrap_or_default();
+            let policy = sel.map(|p| p.policy().as_str()).unwrap_or("unknown");
+            (name.to_string(), json!({ "digest": digest, "policy": policy, "eligible": eligible }))
+        })
+        .collect();
+    doc["routing_index"] = json!(routing.applied_index());
+    doc["pools"] = serde_json::Value::Object(pools);
+    doc["listeners"] = json!(listeners);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +185,7 @@ mod tests {
             voter: true,
             config_version: 1,
             ring_digest: "abc".into(),
+            down: false,
         };
         let nodes =
             vec![Member { id: 1, addr: view.addr.clone(), http_addr: view.http_addr.clone(), voter: true }];

@@ -94,6 +94,7 @@ mod tests {
             voter: true,
             config_version: 3,
             ring_digest: "x".into(),
+            down: false,
         };
         let text = render(&v, 3, 4, 3);
         for line in [

@@ -148,6 +148,7 @@ pub fn node_status(v: &LocalView) -> pb::NodeStatus {
         voter: v.voter,
         config_version: v.config_version,
         error: String::new(),
+        down: v.down,
         snapshot_index: Some(v.snapshot_index),
         purged_index: Some(v.purged_index),
     }

@@ -5,6 +5,10 @@
 //! - [`ring`]: the Maglev lookup table and the Ketama-style hash ring.
 //! - [`policy`]: the [`Selection`] trait, the eight policies, [`BackendHandle`] with its in-flight count
 //!   and the [`InFlight`] guard.
+//! - [`routing`]: the immutable routing snapshot (pools, selectors, listeners) built after every applied
+//!   change and swapped atomically ([`SharedRouting`]); its digest is what each node publishes.
+//! - [`listeners`]: follows the applied state, swaps the snapshot and binds/stops listeners.
+//! - [`http`], [`tcp`], [`udp`]: the proxies, one task per listener, reading the snapshot per connection.
 //! - this file: which backends of a pool are eligible, computed from the committed state alike on every
 //!   node ([`EligibleSet`]), and [`PoolSelector`], the immutable per-pool snapshot the proxies hold in an
 //!   `Arc` and swap atomically when the eligible set changes.
@@ -24,8 +28,13 @@
 //! keys of the skipped backend, and only on this node, while every other key keeps its backend.
 
 pub mod hash;
+pub mod http;
+pub mod listeners;
 pub mod policy;
 pub mod ring;
+pub mod routing;
+pub mod tcp;
+pub mod udp;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,6 +43,28 @@ use std::sync::Arc;
 
 use lbfleet_api::config::{Backend, Policy, Pool};
 use lbfleet_raft_store::state::{BackendState, ClusterState};
+
+pub use routing::{Routing, SharedRouting};
+
+/// What every proxy task of this node shares.
+#[derive(Debug)]
+pub struct ProxyContext {
+    pub node_id: u64,
+    /// This node's IP: listeners bind `bind_ip:port`.
+    pub bind_ip: std::net::IpAddr,
+    /// The current routing snapshot, swapped on every applied change.
+    pub routing: SharedRouting,
+}
+
+impl ProxyContext {
+    pub fn new(node_id: u64, bind_ip: std::net::IpAddr) -> ProxyContext {
+        ProxyContext {
+            node_id,
+            bind_ip,
+            routing: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(Routing::empty())),
+        }
+    }
+}
 
 pub use hash::{hash_flow, hash_ip, hash_key_bytes, hash_socket_addr};
 pub use policy::{BackendHandle, BuildError, BuildParams, InFlight, PolicyPick, PolicySelector, Selection};

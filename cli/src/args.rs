@@ -1,0 +1,373 @@
+//! Command-line grammar of `lbctl` (clap derive). Pure: parsing only, no I/O.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Default admin endpoint: node 1 of a local cluster.
+pub const DEFAULT_ENDPOINT: &str = "127.0.0.11:7400";
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0   success
+  1   the request was refused (invalid argument, config rejected, unknown node or backend) or failed
+  2   cannot reach the lbnode at --endpoint (connection refused, timed out, connection lost)
+  3   the cluster cannot serve the request now (no leader, no quorum, request timed out); retry later
+  64  invalid command line";
+
+/// Operator CLI for an lbfleet cluster (admin gRPC API of any lbnode).
+#[derive(Debug, Parser)]
+#[command(name = "lbctl", version, about, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Admin gRPC endpoint of any lbnode (HOST:PORT).
+    #[arg(long, global = true, env = "LBCTL_ENDPOINT", default_value = DEFAULT_ENDPOINT, value_parser = parse_endpoint)]
+    pub endpoint: String,
+
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Deadline of each request, e.g. 10s, 500ms, 1m.
+    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Cluster status: every node's role, reachability, applied index and ring digest.
+    Status,
+    /// Apply a cluster config file (replaces the whole config).
+    Apply(ApplyArgs),
+    /// Read something from the cluster.
+    Get(GetArgs),
+    /// Backends of every pool with their fleet-wide state.
+    Backends(StaleArg),
+    /// List, add or remove cluster members.
+    Nodes(NodesArgs),
+    /// Stop sending new flows to a backend (on every node).
+    Drain(DrainArgs),
+    /// Resume sending new flows to a drained backend.
+    Undrain(DrainArgs),
+    /// Stream one line per applied change of the replicated state until Ctrl-C.
+    Watch,
+    /// Run a development cluster on this machine (127.0.0.11, 127.0.0.12, ...).
+    Local(LocalArgs),
+    /// Run one demo HTTP backend (used by `local up` and the docker demo).
+    #[command(hide = true)]
+    DemoBackend(DemoBackendArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Config file; `-` reads standard input.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Format of the file; by default from its extension (.json is JSON, anything else TOML).
+    #[arg(long, value_enum)]
+    pub format: Option<ConfigFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConfigFormat {
+    Toml,
+    Json,
+}
+
+impl ConfigFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfigFormat::Toml => "toml",
+            ConfigFormat::Json => "json",
+        }
+    }
+
+    /// The format an explicit `--format` or the file's extension names.
+    pub fn resolve(explicit: Option<ConfigFormat>, file: &std::path::Path) -> ConfigFormat {
+        explicit.unwrap_or_else(|| match file.extension().and_then(|e| e.to_str()) {
+            Some(ext) if ext.eq_ignore_ascii_case("json") => ConfigFormat::Json,
+            _ => ConfigFormat::Toml,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    #[command(subcommand)]
+    pub what: GetWhat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GetWhat {
+    /// The cluster config (TOML, or JSON with --json).
+    Config(StaleArg),
+}
+
+#[derive(Debug, Args)]
+pub struct StaleArg {
+    /// Answer from the asked node's applied state instead of a linearizable read through the leader.
+    #[arg(long)]
+    pub stale: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NodesArgs {
+    #[command(subcommand)]
+    pub action: Option<NodesAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodesAction {
+    /// List members (the default).
+    List,
+    /// Add a node: first as a learner, then promoted to voter unless --learner.
+    Add(AddNodeArgs),
+    /// Remove a node from the membership.
+    Remove(RemoveNodeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AddNodeArgs {
+    #[arg(long)]
+    pub id: u64,
+    /// gRPC address of the new node (HOST:PORT).
+    #[arg(long, value_parser = parse_host_port)]
+    pub addr: String,
+    /// Admin HTTP address (HOST:PORT); default: the gRPC host with the cluster's admin HTTP port (7401).
+    #[arg(long, value_parser = parse_host_port)]
+    pub http_addr: Option<String>,
+    /// Keep the node a non-voting learner.
+    #[arg(long)]
+    pub learner: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveNodeArgs {
+    #[arg(long)]
+    pub id: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// Pool name.
+    pub pool: String,
+    /// Backend address as in the config (IP:PORT).
+    pub backend: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    #[command(subcommand)]
+    pub action: LocalAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LocalAction {
+    /// Start N lbnodes and K demo backends, form the cluster, apply a demo config, print the endpoints.
+    Up(LocalUpArgs),
+    /// Stop every process recorded in DIR/*.pid.
+    Down(LocalDownArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LocalUpArgs {
+    /// Number of lbnodes (node i binds 127.0.0.1i).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=99))]
+    pub nodes: u8,
+    /// Number of demo HTTP backends (backend k listens on 127.0.0.1:BASE_PORT+k).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub backends: u16,
+    /// Directory for data, logs and pid files.
+    #[arg(long)]
+    pub dir: PathBuf,
+    #[arg(long, default_value_t = 9000)]
+    pub base_port: u16,
+    /// The lbnode binary; default: next to lbctl, then PATH.
+    #[arg(long)]
+    pub lbnode: Option<PathBuf>,
+    /// --log-level passed to every lbnode.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// How long to wait for the cluster to form and take the demo config.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub wait: Duration,
+    /// On failure, leave the started processes running (for debugging) instead of stopping them.
+    #[arg(long)]
+    pub keep_on_failure: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LocalDownArgs {
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// How long to wait after SIGTERM before SIGKILL.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoBackendArgs {
+    /// Name this backend answers with (body and `x-backend` header).
+    #[arg(long)]
+    pub name: String,
+    /// Address to listen on.
+    #[arg(long)]
+    pub listen: std::net::SocketAddr,
+}
+
+/// `HOST:PORT` with a non-empty host and a port in 1..=65535. Brackets allowed for IPv6.
+pub fn parse_host_port(s: &str) -> Result<String, String> {
+    let (host, port) =
+        s.rsplit_once(':').ok_or_else(|| format!("\"{s}\" is not HOST:PORT (missing port)"))?;
+    if host.is_empty() {
+        return Err(format!("\"{s}\" is not HOST:PORT (empty host)"));
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err(format!("\"{s}\" is not HOST:PORT (write IPv6 hosts in brackets)"));
+    }
+    if host.chars().any(|c| c.is_whitespace() || c == '/') {
+        return Err(format!("\"{s}\" is not HOST:PORT (invalid host \"{host}\")"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(s.to_string()),
+        _ => Err(format!("\"{s}\" is not HOST:PORT (port must be 1..=65535)")),
+    }
+}
+
+/// An endpoint as `HOST:PORT`; an `http://` prefix and a trailing `/` are accepted and dropped.
+pub fn parse_endpoint(s: &str) -> Result<String, String> {
+    let trimmed = s.strip_prefix("http://").unwrap_or(s).trim_end_matches('/');
+    if trimmed.starts_with("https://") {
+        return Err(format!("\"{s}\": TLS endpoints are not supported"));
+    }
+    parse_host_port(trimmed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("lbctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn grammar_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_after_the_command() {
+        let cli =
+            parse(&["status", "--json", "--endpoint", "127.0.0.12:7400", "--timeout", "1500ms"]).unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.endpoint, "127.0.0.12:7400");
+        assert_eq!(cli.timeout, Duration::from_millis(1500));
+        assert!(matches!(cli.command, Command::Status));
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = parse(&["status"]).unwrap();
+        assert_eq!(cli.timeout, Duration::from_secs(10));
+        assert!(!cli.json);
+        // The endpoint default applies unless the environment running the tests sets LBCTL_ENDPOINT.
+        let expected = std::env::var("LBCTL_ENDPOINT").unwrap_or_else(|_| DEFAULT_ENDPOINT.to_string());
+        assert_eq!(cli.endpoint, expected);
+    }
+
+    #[test]
+    fn endpoint_forms() {
+        assert_eq!(parse_endpoint("http://127.0.0.1:7400/").unwrap(), "127.0.0.1:7400");
+        assert_eq!(parse_endpoint("lbnode-1:7400").unwrap(), "lbnode-1:7400");
+        assert_eq!(parse_endpoint("[::1]:7400").unwrap(), "[::1]:7400");
+        assert!(parse_endpoint("127.0.0.1").unwrap_err().contains("missing port"));
+        assert!(parse_endpoint("127.0.0.1:0").unwrap_err().contains("1..=65535"));
+        assert!(parse_endpoint("127.0.0.1:70000").is_err());
+        assert!(parse_endpoint(":7400").unwrap_err().contains("empty host"));
+        assert!(parse_endpoint("::1:7400").unwrap_err().contains("brackets"));
+        assert!(parse_endpoint("https://x:1").unwrap_err().contains("TLS"));
+        assert!(parse(&["--endpoint", "nope", "status"]).is_err());
+    }
+
+    #[test]
+    fn apply_format_from_flag_or_extension() {
+        let cli = parse(&["apply", "-f", "c.JSON"]).unwrap();
+        let Command::Apply(a) = cli.command else { panic!("not apply") };
+        assert_eq!(ConfigFormat::resolve(a.format, &a.file), ConfigFormat::Json);
+        let cli = parse(&["apply", "-f", "c.json", "--format", "toml"]).unwrap();
+        let Command::Apply(a) = cli.command else { panic!("not apply") };
+        assert_eq!(ConfigFormat::resolve(a.format, &a.file), ConfigFormat::Toml);
+        let cli = parse(&["apply", "--file", "cluster.conf"]).unwrap();
+        let Command::Apply(a) = cli.command else { panic!("not apply") };
+        assert_eq!(ConfigFormat::resolve(a.format, &a.file), ConfigFormat::Toml);
+        assert!(parse(&["apply"]).is_err(), "apply needs -f");
+        assert!(parse(&["apply", "-f", "x", "--format", "yaml"]).is_err());
+    }
+
+    #[test]
+    fn get_config_backends_and_stale() {
+        let cli = parse(&["get", "config", "--stale"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Get(GetArgs { what: GetWhat::Config(StaleArg { stale: true }) })
+        ));
+        let cli = parse(&["backends"]).unwrap();
+        assert!(matches!(cli.command, Command::Backends(StaleArg { stale: false })));
+        assert!(parse(&["get"]).is_err());
+    }
+
+    #[test]
+    fn nodes_subcommands() {
+        let cli = parse(&["nodes"]).unwrap();
+        assert!(matches!(cli.command, Command::Nodes(NodesArgs { action: None })));
+        let cli = parse(&["nodes", "add", "--id", "4", "--addr", "127.0.0.14:7400", "--learner"]).unwrap();
+        let Command::Nodes(NodesArgs { action: Some(NodesAction::Add(a)) }) = cli.command else {
+            panic!("not nodes add")
+        };
+        assert_eq!((a.id, a.addr.as_str(), a.http_addr, a.learner), (4, "127.0.0.14:7400", None, true));
+        let cli = parse(&["nodes", "remove", "--id", "2"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Nodes(NodesArgs { action: Some(NodesAction::Remove(RemoveNodeArgs { id: 2 })) })
+        ));
+        assert!(parse(&["nodes", "add", "--id", "4"]).is_err(), "addr is required");
+        assert!(parse(&["nodes", "add", "--id", "x", "--addr", "a:1"]).is_err());
+        assert!(parse(&["nodes", "add", "--id", "4", "--addr", "a"]).is_err());
+    }
+
+    #[test]
+    fn drain_takes_pool_and_backend() {
+        let cli = parse(&["drain", "web", "127.0.0.1:9001"]).unwrap();
+        let Command::Drain(d) = cli.command else { panic!("not drain") };
+        assert_eq!((d.pool.as_str(), d.backend.as_str()), ("web", "127.0.0.1:9001"));
+        assert!(parse(&["undrain", "web"]).is_err());
+    }
+
+    #[test]
+    fn local_up_and_down() {
+        let cli = parse(&["local", "up", "--nodes", "3", "--backends", "2", "--dir", "/tmp/x"]).unwrap();
+        let Command::Local(LocalArgs { action: LocalAction::Up(u) }) = cli.command else { panic!("not up") };
+        assert_eq!((u.nodes, u.backends, u.base_port), (3, 2, 9000));
+        assert_eq!(u.wait, Duration::from_secs(30));
+        assert!(parse(&["local", "up", "--nodes", "0", "--dir", "/tmp/x"]).is_err());
+        assert!(parse(&["local", "up", "--nodes", "100", "--dir", "/tmp/x"]).is_err());
+        assert!(parse(&["local", "up"]).is_err(), "dir is required");
+        let cli = parse(&["local", "down", "--dir", "/tmp/x"]).unwrap();
+        assert!(matches!(cli.command, Command::Local(LocalArgs { action: LocalAction::Down(_) })));
+    }
+
+    #[test]
+    fn demo_backend_is_hidden_but_parses() {
+        let help = Cli::command().render_help().to_string();
+        assert!(!help.contains("demo-backend"));
+        let cli = parse(&["demo-backend", "--name", "backend-1", "--listen", "127.0.0.1:9001"]).unwrap();
+        let Command::DemoBackend(d) = cli.command else { panic!("not demo-backend") };
+        assert_eq!(d.listen.port(), 9001);
+        assert!(parse(&["demo-backend", "--name", "b", "--listen", "localhost"]).is_err());
+    }
+}

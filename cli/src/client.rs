@@ -1,0 +1,150 @@
+//! A connection to one lbnode's Admin gRPC service with a per-call deadline.
+//!
+//! Every call is bounded by the `--timeout` on the client side (and sent as `grpc-timeout` so the node
+//! can give up too); every failure comes back as a classified [`CliError`] naming the endpoint.
+
+use std::future::Future;
+use std::time::Duration;
+
+use lbfleet_api::pb;
+use lbfleet_api::pb::admin_client::AdminClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::CliError;
+
+/// Interval of HTTP/2 pings on an admin connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Admin client bound to one endpoint.
+#[derive(Clone)]
+pub struct Admin {
+    endpoint: String,
+    timeout: Duration,
+    client: AdminClient<Channel>,
+}
+
+impl Admin {
+    /// Connect to `endpoint` (`HOST:PORT`), waiting at most `timeout`.
+    pub async fn connect(endpoint: &str, timeout: Duration) -> Result<Admin, CliError> {
+        let uri = format!("http://{endpoint}");
+        let ep = Endpoint::from_shared(uri).map_err(|e| {
+            CliError::Local(anyhow::anyhow!(
+                "invalid endpoint \"{endpoint}\": {}",
+                crate::error::transport_reason(&e)
+            ))
+        })?;
+        // HTTP/2 keep-alive notices a peer that stopped answering (SIGSTOP, partition) during a long `watch`.
+        let ep = ep
+            .connect_timeout(timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(timeout);
+        let channel = match tokio::time::timeout(timeout, ep.connect()).await {
+            Ok(Ok(ch)) => ch,
+            Ok(Err(e)) => return Err(with_duration(CliError::unreachable(endpoint, &e), timeout)),
+            Err(_) => {
+                return Err(CliError::Unreachable {
+                    endpoint: endpoint.to_string(),
+                    reason: format!("timed out after {}", humantime::format_duration(timeout)),
+                })
+            }
+        };
+        Ok(Admin { endpoint: endpoint.to_string(), timeout, client: AdminClient::new(channel) })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, CliError>
+    where
+        F: FnOnce(AdminClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        match tokio::time::timeout(self.timeout, f(self.client.clone())).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) => {
+                Err(with_duration(CliError::from_status(&self.endpoint, &status), self.timeout))
+            }
+            Err(_) => Err(CliError::Timeout { endpoint: self.endpoint.clone(), timeout: self.timeout }),
+        }
+    }
+
+    fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.set_timeout(self.timeout);
+        r
+    }
+
+    pub async fn status(&self) -> Result<pb::StatusResponse, CliError> {
+        let req = self.req(pb::StatusRequest {});
+        self.call(|mut c| async move { c.status(req).await }).await
+    }
+
+    pub async fn local_status(&self) -> Result<pb::NodeStatus, CliError> {
+        let req = self.req(pb::LocalStatusRequest {});
+        self.call(|mut c| async move { c.local_status(req).await }).await
+    }
+
+    pub async fn apply_config(
+        &self,
+        format: &str,
+        body: String,
+    ) -> Result<pb::ApplyConfigResponse, CliError> {
+        let req = self.req(pb::ApplyConfigRequest { format: format.to_string(), body });
+        self.call(|mut c| async move { c.apply_config(req).await }).await
+    }
+
+    pub async fn get_config(&self, stale: bool) -> Result<pb::GetConfigResponse, CliError> {
+        let req = self.req(pb::GetConfigRequest { stale });
+        self.call(|mut c| async move { c.get_config(req).await }).await
+    }
+
+    pub async fn list_nodes(&self) -> Result<pb::ListNodesResponse, CliError> {
+        let req = self.req(pb::ListNodesRequest {});
+        self.call(|mut c| async move { c.list_nodes(req).await }).await
+    }
+
+    pub async fn add_node(&self, req: pb::AddNodeRequest) -> Result<pb::MembershipResponse, CliError> {
+        let req = self.req(req);
+        self.call(|mut c| async move { c.add_node(req).await }).await
+    }
+
+    pub async fn remove_node(&self, id: u64) -> Result<pb::MembershipResponse, CliError> {
+        let req = self.req(pb::RemoveNodeRequest { id });
+        self.call(|mut c| async move { c.remove_node(req).await }).await
+    }
+
+    pub async fn list_backends(&self, stale: bool) -> Result<pb::ListBackendsResponse, CliError> {
+        let req = self.req(pb::ListBackendsRequest { stale });
+        self.call(|mut c| async move { c.list_backends(req).await }).await
+    }
+
+    pub async fn set_drain(
+        &self,
+        pool: &str,
+        backend: &str,
+        draining: bool,
+    ) -> Result<pb::WriteResponse, CliError> {
+        let req =
+            self.req(pb::SetDrainRequest { pool: pool.to_string(), backend: backend.to_string(), draining });
+        self.call(|mut c| async move { c.set_drain(req).await }).await
+    }
+
+    /// Open the watch stream. Only opening it is bounded by the timeout; the stream itself lasts.
+    pub async fn watch(&self) -> Result<tonic::Streaming<pb::WatchEvent>, CliError> {
+        let req = tonic::Request::new(pb::WatchRequest {});
+        self.call(|mut c| async move { c.watch(req).await }).await
+    }
+}
+
+/// "timed out" from the transport says which deadline it was.
+fn with_duration(e: CliError, timeout: Duration) -> CliError {
+    match e {
+        CliError::Unreachable { endpoint, reason } if reason == "timed out" => CliError::Unreachable {
+            endpoint,
+            reason: format!("timed out after {}", humantime::format_duration(timeout)),
+        },
+        other => other,
+    }
+}

@@ -1,0 +1,51 @@
+//! lbfleet-cli: `lbctl`, the operator CLI of an lbfleet cluster, its local-cluster launcher and the demo
+//! HTTP backend.
+//!
+//! Layout:
+//! - [`args`]: the command-line grammar (clap), pure.
+//! - [`client`]: one connection to an lbnode's Admin gRPC service, every call bounded by `--timeout`.
+//! - [`error`]: classification of failures into messages and exit codes (unreachable 2, unavailable 3, ...).
+//! - [`output`]: tables for people and the stable JSON shapes for scripts, pure.
+//! - [`commands`]: the admin commands (`status`, `apply`, `get config`, `backends`, `nodes`, `drain`, `watch`).
+//! - [`local`]: `local up` / `local down`, processes on 127.0.0.1N with pid files and logs in a directory.
+//! - [`demo_backend`]: the HTTP/1.1 + h2c demo backend (`lbctl demo-backend`).
+//! - [`probe`]: small HTTP/TCP readiness probes.
+//!
+//! Data enters from the command line and config files, leaves as Admin gRPC requests to one endpoint;
+//! answers leave on standard output, errors on standard error (and as JSON on standard output with `--json`).
+
+pub mod args;
+pub mod client;
+pub mod commands;
+pub mod demo_backend;
+pub mod error;
+pub mod local;
+pub mod output;
+pub mod probe;
+
+use args::{Cli, Command, GetWhat, LocalAction};
+use error::CliError;
+
+/// Run one parsed command line to completion.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let g = commands::Global { endpoint: cli.endpoint.clone(), json: cli.json, timeout: cli.timeout };
+    match &cli.command {
+        Command::Status => commands::status(&g).await,
+        Command::Apply(a) => commands::apply(&g, a).await,
+        Command::Get(get) => match &get.what {
+            GetWhat::Config(s) => commands::get_config(&g, s.stale).await,
+        },
+        Command::Backends(s) => commands::backends(&g, s.stale).await,
+        Command::Nodes(n) => commands::nodes(&g, n.action.as_ref()).await,
+        Command::Drain(d) => commands::drain(&g, d, true).await,
+        Command::Undrain(d) => commands::drain(&g, d, false).await,
+        Command::Watch => commands::watch(&g).await,
+        Command::Local(l) => match &l.action {
+            LocalAction::Up(u) => local::up(u, cli.json).await,
+            LocalAction::Down(d) => local::down(d, cli.json).await,
+        },
+        Command::DemoBackend(d) => {
+            demo_backend::serve(d.name.clone(), d.listen).await.map_err(CliError::Local)
+        }
+    }
+}

@@ -1,0 +1,584 @@
+//! How answers are shown: aligned tables for people, stable JSON shapes for scripts. Pure.
+//!
+//! The JSON shapes are part of the external contract (tests parse them): `status --json` is
+//! [`StatusJson`], `backends --json` is [`BackendsJson`], `nodes --json` is [`NodesJson`], each `watch --json`
+//! line is a [`WatchJson`].
+
+use lbfleet_api::config::ClusterConfig;
+use lbfleet_api::pb;
+use serde::Serialize;
+
+/// `status --json`.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct StatusJson {
+    /// Leader id as seen by the node asked; `null` while unknown.
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub answered_by: u64,
+    pub config_version: u64,
+    pub nodes: Vec<NodeStatusJson>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct NodeStatusJson {
+    pub id: u64,
+    pub addr: String,
+    pub http_addr: String,
+    pub role: String,
+    pub reachable: bool,
+    pub voter: bool,
+    pub applied_index: u64,
+    pub ring_digest: String,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub config_version: u64,
+    /// Why the node could not be asked; `null` when it answered.
+    pub error: Option<String>,
+}
+
+impl From<&pb::NodeStatus> for NodeStatusJson {
+    fn from(n: &pb::NodeStatus) -> Self {
+        NodeStatusJson {
+            id: n.id,
+            addr: n.addr.clone(),
+            http_addr: n.http_addr.clone(),
+            role: if n.role.is_empty() { "unknown".to_string() } else { n.role.clone() },
+            reachable: n.reachable,
+            voter: n.voter,
+            applied_index: n.applied_index,
+            ring_digest: n.ring_digest.clone(),
+            term: n.term,
+            leader: n.leader,
+            config_version: n.config_version,
+            error: non_empty(&n.error),
+        }
+    }
+}
+
+impl From<&pb::StatusResponse> for StatusJson {
+    fn from(r: &pb::StatusResponse) -> Self {
+        let mut nodes: Vec<NodeStatusJson> = r.nodes.iter().map(NodeStatusJson::from).collect();
+        nodes.sort_by_key(|n| n.id);
+        StatusJson {
+            leader: r.leader,
+            term: r.term,
+            answered_by: r.answered_by,
+            config_version: r.config_version,
+            nodes,
+        }
+    }
+}
+
+pub fn status_text(r: &pb::StatusResponse) -> String {
+    let s = StatusJson::from(r);
+    let mut out = format!(
+        "leader: {}   term: {}   config version: {}   (answered by node {})\n",
+        opt_id(s.leader),
+        s.term,
+        s.config_version,
+        s.answered_by
+    );
+    let rows: Vec<Vec<String>> = s
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.id.to_string(),
+                n.addr.clone(),
+                if n.voter { n.role.clone() } else { format!("{} (learner)", n.role) },
+                yes_no(n.reachable).to_string(),
+                n.applied_index.to_string(),
+                dash_if_empty(&n.ring_digest),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["ID", "ADDR", "ROLE", "REACHABLE", "APPLIED_INDEX", "RING_DIGEST"], &rows));
+    for n in &s.nodes {
+        if let Some(e) = &n.error {
+            out.push_str(&format!("node {}: {e}\n", n.id));
+        }
+    }
+    let digests: std::collections::BTreeSet<&str> = s
+        .nodes
+        .iter()
+        .filter(|n| n.reachable && !n.ring_digest.is_empty())
+        .map(|n| n.ring_digest.as_str())
+        .collect();
+    if digests.len() > 1 {
+        out.push_str(
+            "warning: reachable nodes report different ring digests (not converged yet, or diverged)\n",
+        );
+    }
+    out
+}
+
+/// `backends --json`.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct BackendsJson {
+    pub applied_index: u64,
+    pub backends: Vec<BackendJson>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct BackendJson {
+    pub pool: String,
+    pub addr: String,
+    pub weight: u32,
+    pub healthy: bool,
+    pub draining: bool,
+    pub active: bool,
+    pub backup: bool,
+    pub standby: bool,
+}
+
+impl From<&pb::ListBackendsResponse> for BackendsJson {
+    fn from(r: &pb::ListBackendsResponse) -> Self {
+        BackendsJson {
+            applied_index: r.applied_index,
+            backends: r
+                .backends
+                .iter()
+                .map(|b| BackendJson {
+                    pool: b.pool.clone(),
+                    addr: b.addr.clone(),
+                    weight: b.weight,
+                    healthy: b.healthy,
+                    draining: b.draining,
+                    active: b.active,
+                    backup: b.backup,
+                    standby: b.standby,
+                })
+                .collect(),
+        }
+    }
+}
+
+pub fn backends_text(r: &pb::ListBackendsResponse) -> String {
+    if r.backends.is_empty() {
+        return "no backends (no config applied, or every pool is empty)\n".to_string();
+    }
+    let rows: Vec<Vec<String>> = r
+        .backends
+        .iter()
+        .map(|b| {
+            vec![
+                b.pool.clone(),
+                b.addr.clone(),
+                b.weight.to_string(),
+                yes_no(b.healthy).to_string(),
+                yes_no(b.draining).to_string(),
+                yes_no(b.active).to_string(),
+                yes_no(b.backup).to_string(),
+                yes_no(b.standby).to_string(),
+            ]
+        })
+        .collect();
+    table(&["POOL", "ADDR", "WEIGHT", "HEALTHY", "DRAINING", "ACTIVE", "BACKUP", "STANDBY"], &rows)
+}
+
+/// `nodes --json` (`leader`, `null` while unknown, and `nodes`) and the answer of `nodes add/remove --json`
+/// (`log_index` of the membership change and `nodes`).
+#[derive(Debug, Serialize, PartialEq)]
+pub struct NodesJson {
+    /// Present for a listing only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader: Option<Option<u64>>,
+    /// Present for a membership change only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_index: Option<u64>,
+    pub nodes: Vec<NodeInfoJson>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct NodeInfoJson {
+    pub id: u64,
+    pub addr: String,
+    pub http_addr: String,
+    pub voter: bool,
+}
+
+impl NodesJson {
+    /// The membership as listed by a node, with the leader it knows.
+    pub fn listing(nodes: &[pb::NodeInfo], leader: Option<u64>) -> Self {
+        Self::new(nodes, Some(leader), None)
+    }
+
+    /// The membership after a change committed at `log_index`.
+    pub fn changed(nodes: &[pb::NodeInfo], log_index: u64) -> Self {
+        Self::new(nodes, None, Some(log_index))
+    }
+
+    fn new(nodes: &[pb::NodeInfo], leader: Option<Option<u64>>, log_index: Option<u64>) -> Self {
+        let mut nodes: Vec<NodeInfoJson> = nodes
+            .iter()
+            .map(|n| NodeInfoJson {
+                id: n.id,
+                addr: n.addr.clone(),
+                http_addr: n.http_addr.clone(),
+                voter: n.voter,
+            })
+            .collect();
+        nodes.sort_by_key(|n| n.id);
+        NodesJson { leader, log_index, nodes }
+    }
+}
+
+pub fn nodes_text(n: &NodesJson) -> String {
+    let rows: Vec<Vec<String>> = n
+        .nodes
+        .iter()
+        .map(|m| {
+            let mut role = if m.voter { "voter" } else { "learner" }.to_string();
+            if n.leader == Some(Some(m.id)) {
+                role.push_str(", leader");
+            }
+            vec![m.id.to_string(), m.addr.clone(), dash_if_empty(&m.http_addr), role]
+        })
+        .collect();
+    let mut out = table(&["ID", "ADDR", "HTTP_ADDR", "MEMBERSHIP"], &rows);
+    if let Some(i) = n.log_index {
+        out.push_str(&format!("membership committed at log index {i}\n"));
+    }
+    out
+}
+
+/// One `watch --json` line.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct WatchJson {
+    pub applied_index: u64,
+    pub config_version: u64,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub summary: String,
+}
+
+impl From<&pb::WatchEvent> for WatchJson {
+    fn from(e: &pb::WatchEvent) -> Self {
+        WatchJson {
+            applied_index: e.applied_index,
+            config_version: e.config_version,
+            leader: e.leader,
+            term: e.term,
+            summary: e.summary.clone(),
+        }
+    }
+}
+
+pub fn watch_line(e: &pb::WatchEvent) -> String {
+    format!(
+        "index {}  term {}  leader {}  config v{}  {}",
+        e.applied_index,
+        e.term,
+        opt_id(e.leader),
+        e.config_version,
+        e.summary
+    )
+}
+
+/// The config the server returned (JSON of [`ClusterConfig`]), decoded. `None` when none was ever applied.
+pub fn decode_config(config_json: &str) -> Result<Option<ClusterConfig>, String> {
+    if config_json.trim().is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(config_json)
+        .map(Some)
+        .map_err(|e| format!("the server sent a config lbctl cannot read: {e}"))
+}
+
+/// `get config` as TOML: a comment header with the version (so the output can be applied again), then the config.
+pub fn config_toml(r: &pb::GetConfigResponse, config: Option<&ClusterConfig>) -> String {
+    match config {
+        None => format!(
+            "# no config has been applied yet (applied index {}, answered by node {})\n",
+            r.applied_index, r.answered_by
+        ),
+        Some(c) => format!(
+            "# config version {} (applied index {}, answered by node {})\n{}",
+            r.version,
+            r.applied_index,
+            r.answered_by,
+            c.to_toml()
+        ),
+    }
+}
+
+/// `get config --json`: the config itself (same schema as `apply`), or `null` when none was applied.
+pub fn config_json(config: Option<&ClusterConfig>) -> String {
+    match config {
+        None => "null\n".to_string(),
+        Some(c) => format!("{}\n", c.to_json()),
+    }
+}
+
+/// Left-aligned columns separated by two spaces; every line ends with a newline.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(c);
+                s.push_str(&" ".repeat(widths[i] - c.chars().count() + 2));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(headers.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+pub fn to_json_line<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|e| format!("{{\"error\":\"cannot encode JSON: {e}\"}}"))
+}
+
+pub fn to_json_pretty<T: Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\":\"cannot encode JSON: {e}\"}}"))
+        + "\n"
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn opt_id(id: Option<u64>) -> String {
+    id.map_or_else(|| "none".to_string(), |i| i.to_string())
+}
+
+fn dash_if_empty(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    if s.is_empty() {
+        None
+    } else {
+        Some(s.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u64, role: &str, reachable: bool, digest: &str) -> pb::NodeStatus {
+        pb::NodeStatus {
+            id,
+            addr: format!("127.0.0.1{id}:7400"),
+            http_addr: format!("127.0.0.1{id}:7401"),
+            role: role.to_string(),
+            reachable,
+            applied_index: 10 + id,
+            ring_digest: digest.to_string(),
+            term: 2,
+            leader: Some(1),
+            voter: true,
+            config_version: 1,
+            error: if reachable { String::new() } else { "connection refused".to_string() },
+            ..Default::default()
+        }
+    }
+
+    fn status() -> pb::StatusResponse {
+        pb::StatusResponse {
+            leader: Some(1),
+            term: 2,
+            answered_by: 2,
+            nodes: vec![
+                node(3, "", false, ""),
+                node(1, "leader", true, "ab12"),
+                node(2, "follower", true, "ab12"),
+            ],
+            config_version: 1,
+        }
+    }
+
+    #[test]
+    fn status_json_has_the_contract_fields() {
+        let v: serde_json::Value =
+            serde_json::from_str(&to_json_pretty(&StatusJson::from(&status()))).unwrap();
+        assert_eq!(v["leader"], 1);
+        assert_eq!(v["term"], 2);
+        let nodes = v["nodes"].as_array().unwrap();
+        assert_eq!(nodes.len(), 3);
+        for n in nodes {
+            for k in ["id", "addr", "role", "reachable", "applied_index", "ring_digest"] {
+                assert!(n.get(k).is_some(), "node lacks {k}: {n}");
+            }
+        }
+        assert_eq!(nodes[0]["id"], 1, "sorted by id");
+        assert_eq!(nodes[0]["error"], serde_json::Value::Null);
+        assert_eq!(nodes[2]["role"], "unknown");
+        assert_eq!(nodes[2]["reachable"], false);
+        assert_eq!(nodes[2]["error"], "connection refused");
+    }
+
+    #[test]
+    fn status_json_leader_is_null_while_unknown() {
+        let mut s = status();
+        s.leader = None;
+        let v: serde_json::Value = serde_json::from_str(&to_json_line(&StatusJson::from(&s))).unwrap();
+        assert!(v["leader"].is_null());
+    }
+
+    #[test]
+    fn status_table() {
+        let text = status_text(&status());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "leader: 1   term: 2   config version: 1   (answered by node 2)");
+        assert_eq!(lines[1], "ID  ADDR             ROLE      REACHABLE  APPLIED_INDEX  RING_DIGEST");
+        assert_eq!(lines[2], "1   127.0.0.11:7400  leader    yes        11             ab12");
+        assert_eq!(lines[4], "3   127.0.0.13:7400  unknown   no         13             -");
+        assert_eq!(lines[5], "node 3: connection refused");
+        assert!(!text.contains("warning"));
+    }
+
+    #[test]
+    fn status_table_warns_on_digest_disagreement() {
+        let mut s = status();
+        s.nodes[2].ring_digest = "ffff".into();
+        assert!(status_text(&s).contains("different ring digests"));
+    }
+
+    #[test]
+    fn backends_table_and_json() {
+        let r = pb::ListBackendsResponse {
+            backends: vec![pb::BackendStatus {
+                pool: "web".into(),
+                addr: "127.0.0.1:9001".into(),
+                weight: 2,
+                healthy: true,
+                draining: false,
+                active: true,
+                backup: false,
+                standby: false,
+            }],
+            applied_index: 7,
+        };
+        assert_eq!(
+            backends_text(&r),
+            "POOL  ADDR            WEIGHT  HEALTHY  DRAINING  ACTIVE  BACKUP  STANDBY\n\
+             web   127.0.0.1:9001  2       yes      no        yes     no      no\n"
+        );
+        let v: serde_json::Value = serde_json::from_str(&to_json_line(&BackendsJson::from(&r))).unwrap();
+        assert_eq!(v["backends"][0]["addr"], "127.0.0.1:9001");
+        assert_eq!(v["backends"][0]["healthy"], true);
+        assert_eq!(v["applied_index"], 7);
+        assert!(backends_text(&pb::ListBackendsResponse::default()).starts_with("no backends"));
+    }
+
+    #[test]
+    fn nodes_table_marks_leader_and_learners() {
+        let nodes = vec![
+            pb::NodeInfo { id: 2, addr: "b:7400".into(), http_addr: "".into(), voter: false },
+            pb::NodeInfo { id: 1, addr: "a:7400".into(), http_addr: "a:7401".into(), voter: true },
+        ];
+        let n = NodesJson::listing(&nodes, Some(1));
+        assert_eq!(
+            nodes_text(&n),
+            "ID  ADDR    HTTP_ADDR  MEMBERSHIP\n1   a:7400  a:7401     voter, leader\n2   b:7400  -          learner\n"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&to_json_line(&NodesJson::listing(&nodes, None))).unwrap();
+        assert!(v.get("log_index").is_none());
+        assert!(v["leader"].is_null() && v.get("leader").is_some(), "an unknown leader is null, not absent");
+        assert_eq!(v["nodes"][0]["id"], 1);
+
+        let c = NodesJson::changed(&nodes, 9);
+        assert!(
+            nodes_text(&c).ends_with("2   b:7400  -          learner\nmembership committed at log index 9\n")
+        );
+        let v: serde_json::Value = serde_json::from_str(&to_json_line(&c)).unwrap();
+        assert!(v.get("leader").is_none(), "a membership change does not claim to know the leader");
+        assert_eq!(v["log_index"], 9);
+    }
+
+    #[test]
+    fn watch_lines() {
+        let e = pb::WatchEvent {
+            applied_index: 12,
+            config_version: 3,
+            leader: None,
+            term: 4,
+            summary: "apply_config v3".into(),
+        };
+        assert_eq!(watch_line(&e), "index 12  term 4  leader none  config v3  apply_config v3");
+        let v: serde_json::Value = serde_json::from_str(&to_json_line(&WatchJson::from(&e))).unwrap();
+        assert_eq!(v["applied_index"], 12);
+        assert!(v["leader"].is_null());
+        assert!(!to_json_line(&WatchJson::from(&e)).contains('\n'));
+    }
+
+    const DEMO: &str = r#"
+[[pool]]
+name = "web"
+policy = "maglev"
+hash_key = "source_ip"
+  [[pool.backend]]
+  addr = "127.0.0.1:9001"
+  [pool.health]
+  kind = "http"
+[[listener]]
+name = "web"
+protocol = "http"
+port = 8080
+pool = "web"
+"#;
+
+    #[test]
+    fn config_round_trips_from_server_json_to_toml_that_parses_again() {
+        use lbfleet_api::config::{parse, Format};
+        let cfg = parse(DEMO, Format::Toml).unwrap();
+        let r = pb::GetConfigResponse {
+            config_json: cfg.to_json(),
+            version: 3,
+            applied_index: 9,
+            answered_by: 1,
+        };
+        let decoded = decode_config(&r.config_json).unwrap().unwrap();
+        assert_eq!(decoded, cfg);
+        let toml_text = config_toml(&r, Some(&decoded));
+        assert!(toml_text.starts_with("# config version 3 (applied index 9, answered by node 1)\n"));
+        assert_eq!(parse(&toml_text, Format::Toml).unwrap(), cfg);
+        assert_eq!(parse(&config_json(Some(&decoded)), Format::Json).unwrap(), cfg);
+    }
+
+    #[test]
+    fn config_absent_or_garbled() {
+        let r = pb::GetConfigResponse {
+            config_json: String::new(),
+            version: 0,
+            applied_index: 3,
+            answered_by: 2,
+        };
+        assert_eq!(decode_config(&r.config_json).unwrap(), None);
+        assert!(config_toml(&r, None).starts_with("# no config has been applied yet"));
+        assert_eq!(config_json(None), "null\n");
+        assert!(decode_config("{\"pool\": 1}").unwrap_err().contains("cannot read"));
+    }
+
+    #[test]
+    fn table_aligns_unicode_by_chars() {
+        let t = table(&["A", "B"], &[vec!["é".into(), "x".into()], vec!["long".into(), "y".into()]]);
+        assert_eq!(t, "A     B\né     x\nlong  y\n");
+    }
+}

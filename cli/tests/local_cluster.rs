@@ -1,0 +1,192 @@
+//! A real local cluster: `lbctl local up` with real lbnode processes, every admin command against it,
+//! then `lbctl local down`.
+//!
+//! Builds the lbnode binary next to lbctl first (`common::ensure_lbnode`). Needs 127.0.0.11..13 ports
+//! 7400, 7401, 8080 and 8081 free (no other test uses those addresses).
+
+mod common;
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{lbctl, wait_for, LBCTL};
+
+use serde_json::Value;
+
+fn ok_json(args: &[&str]) -> Value {
+    let out = lbctl(args, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "lbctl {args:?} failed: {stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("lbctl {args:?}: stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    })
+}
+
+fn free_base_port() -> u16 {
+    let offset = (std::process::id() as u16 + 20) % 90;
+    (0..90u16)
+        .map(|i| 9900 + (offset + i) % 90)
+        .find(|b| (1..=3).all(|k| std::net::TcpListener::bind(("127.0.0.1", b + k)).is_ok()))
+        .expect("three free ports in 9901..=9992")
+}
+
+fn alive(pid: u64) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty() && stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()) != Some("Z")
+}
+
+/// Stops the cluster even when an assertion fails half-way.
+struct Down<'a>(&'a Path);
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(LBCTL).args(["local", "down", "--dir", self.0.to_str().unwrap()]).output();
+    }
+}
+
+#[test]
+fn local_up_serves_every_admin_command_then_local_down_stops_everything() {
+    common::ensure_lbnode();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().canonicalize().unwrap();
+    let ds = d.to_str().unwrap();
+    let base = free_base_port().to_string();
+    let _down = Down(&d);
+
+    let up = ok_json(&[
+        "local",
+        "up",
+        "--nodes",
+        "3",
+        "--backends",
+        "3",
+        "--base-port",
+        &base,
+        "--dir",
+        ds,
+        "--json",
+    ]);
+    let leader = up["leader"].as_u64().expect("leader id");
+    assert_eq!(up["nodes"].as_array().unwrap().len(), 3);
+    assert_eq!(up["backends"].as_array().unwrap().len(), 3);
+    for name in ["node-1", "node-2", "node-3", "backend-1", "backend-2", "backend-3"] {
+        assert!(d.join(format!("{name}.pid")).exists(), "{name}.pid");
+        assert!(d.join(format!("{name}.log")).exists(), "{name}.log");
+    }
+    assert!(d.join("demo.toml").exists());
+    let pids: Vec<u64> = up["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(up["backends"].as_array().unwrap())
+        .map(|p| p["pid"].as_u64().unwrap())
+        .collect();
+    assert!(pids.iter().all(|p| alive(*p)), "children outlive lbctl local up");
+
+    // Any node's endpoint answers status with the same leader.
+    for ep in ["127.0.0.11:7400", "127.0.0.12:7400", "127.0.0.13:7400"] {
+        let s = ok_json(&["--endpoint", ep, "status", "--json"]);
+        assert_eq!(s["leader"].as_u64(), Some(leader), "{ep}: {s}");
+        assert!(s["term"].as_u64().unwrap() >= 1);
+        let nodes = s["nodes"].as_array().unwrap();
+        assert_eq!(nodes.len(), 3, "{s}");
+        for n in nodes {
+            assert_eq!(n["reachable"], true, "{s}");
+            for k in ["id", "addr", "role", "applied_index", "ring_digest"] {
+                assert!(n.get(k).is_some(), "missing {k}: {n}");
+            }
+        }
+        assert_eq!(nodes.iter().filter(|n| n["role"] == "leader").count(), 1, "{s}");
+    }
+
+    // The config in force is the demo config.
+    let cfg = ok_json(&["--endpoint", "127.0.0.12:7400", "get", "config", "--json"]);
+    assert_eq!(cfg["pool"][0]["name"], "web");
+    assert_eq!(cfg["pool"][0]["policy"], "maglev");
+    assert_eq!(cfg["pool"][0]["backend"].as_array().unwrap().len(), 3);
+    let names: Vec<&str> =
+        cfg["listener"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["web", "web-tcp"]);
+    let toml = lbctl(&["--endpoint", "127.0.0.13:7400", "get", "config", "--stale"], Duration::from_secs(30));
+    assert_eq!(toml.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&toml.stdout);
+    assert!(text.starts_with("# config version "), "{text}");
+    lbfleet_api::config::parse(&text, lbfleet_api::config::Format::Toml)
+        .expect("get config prints valid TOML");
+
+    // Backends, drain and undrain.
+    let b = ok_json(&["backends", "--json"]);
+    let backends = b["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 3);
+    let first = backends[0]["addr"].as_str().unwrap().to_string();
+    ok_json(&["drain", "web", &first, "--json"]);
+    let b = ok_json(&["--endpoint", "127.0.0.13:7400", "backends", "--json"]);
+    let draining = |b: &Value| {
+        b["backends"].as_array().unwrap().iter().find(|x| x["addr"] == first.as_str()).unwrap()["draining"]
+            .clone()
+    };
+    assert_eq!(draining(&b), true);
+    ok_json(&["undrain", "web", &first, "--json"]);
+    assert_eq!(draining(&ok_json(&["backends", "--json"])), false);
+    let out = lbctl(&["drain", "nopool", &first], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A bad config: every problem is printed, exit 1, the config in force is unchanged.
+    let bad = d.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[pool]]\nname = \"web\"\npolicy = \"magic\"\n[[listener]]\nname = \"x\"\nprotocol = \"http\"\nport = 7400\npool = \"nope\"\n",
+    )
+    .unwrap();
+    let out = lbctl(&["apply", "-f", bad.to_str().unwrap()], Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for needle in ["unknown policy \"magic\"", "reserved", "\"nope\" does not exist"] {
+        assert!(stderr.contains(needle), "missing {needle:?} in {stderr}");
+    }
+    let version = cfg_version();
+    // A good one applies and bumps the version.
+    let out =
+        lbctl(&["apply", "-f", d.join("demo.toml").to_str().unwrap(), "--json"], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let applied: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(applied["version"].as_u64().unwrap() > version);
+
+    // Membership.
+    let n = ok_json(&["nodes", "--json"]);
+    assert_eq!(n["nodes"].as_array().unwrap().iter().filter(|m| m["voter"] == true).count(), 3);
+
+    // Watch prints a JSON line per change.
+    let mut watch = Command::new(LBCTL)
+        .args(["--endpoint", "127.0.0.12:7400", "watch", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(watch.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let ev: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("watch line {line:?}: {e}"));
+    assert!(ev["applied_index"].as_u64().unwrap() > 0);
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+
+    // Down stops every process and removes the pid files.
+    let out = lbctl(&["local", "down", "--dir", ds], Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().filter(|l| l.starts_with("stopped ")).count(), 6, "{text}");
+    wait_for("every process to be gone", Duration::from_secs(10), || pids.iter().all(|p| !alive(*p)));
+    assert!(!d.join("node-1.pid").exists());
+    let out = lbctl(&["--endpoint", "127.0.0.11:7400", "status"], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(2));
+}
+
+fn cfg_version() -> u64 {
+    let out = lbctl(&["get", "config"], Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.strip_prefix("# config version ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no version in {text}"))
+}

@@ -1,0 +1,217 @@
+//! Keeps the node's data-plane listeners in step with the committed config.
+//!
+//! [`run`] follows the applied state: on every change it builds the next [`Routing`] from the previous
+//! one, swaps it in, then reconciles the bound sockets. A listener is identified by
+//! (name, protocol, port): a change of its pool, routes or timeouts needs no rebind (the proxies read
+//! those from the snapshot for every new connection), so established connections are untouched. A
+//! listener whose identity changed or that was removed stops accepting; its established connections
+//! finish on their own (each proxy bounds that grace). A port that cannot be bound (in use on this node)
+//! is reported in [`ListenerStatus`] and retried every [`RETRY_BIND`].
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lbfleet_api::config::{Listener, Protocol};
+use lbfleet_raft_store::AppliedState;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::routing::Routing;
+use super::ProxyContext;
+
+/// How often a listener that failed to bind is tried again.
+pub const RETRY_BIND: Duration = Duration::from_secs(2);
+/// How long [`run`] waits, at shutdown, for every proxy task to finish its connections.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What a node reports about one listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ListenerStatus {
+    pub name: String,
+    pub protocol: &'static str,
+    pub addr: String,
+    pub bound: bool,
+    /// Why the socket is not bound.
+    pub error: Option<String>,
+}
+
+/// Shared view of the listeners for the admin endpoints.
+pub type ListenerStatuses = Arc<Mutex<Vec<ListenerStatus>>>;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Identity {
+    name: String,
+    protocol: &'static str,
+    port: u16,
+}
+
+impl Identity {
+    fn of(l: &Listener) -> Identity {
+        Identity { name: l.name.clone(), protocol: l.protocol.as_str(), port: l.port }
+    }
+}
+
+struct Running {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// The set of bound listeners of this node.
+pub struct ListenerSet {
+    bind_ip: IpAddr,
+    running: BTreeMap<Identity, Running>,
+    failed: BTreeMap<Identity, String>,
+    /// Stopped listeners whose connections may still be finishing.
+    retiring: Vec<JoinHandle<()>>,
+}
+
+impl ListenerSet {
+    pub fn new(bind_ip: IpAddr) -> ListenerSet {
+        ListenerSet { bind_ip, running: BTreeMap::new(), failed: BTreeMap::new(), retiring: Vec::new() }
+    }
+
+    /// Bind what the snapshot has and this set lacks; stop what this set has and the snapshot lacks.
+    pub async fn reconcile(&mut self, ctx: &Arc<ProxyContext>, routing: &Routing) {
+        let wanted: BTreeMap<Identity, Arc<Listener>> =
+            routing.listeners().map(|l| (Identity::of(l), Arc::clone(l))).collect();
+        let gone: Vec<Identity> =
+            self.running.keys().filter(|id| !wanted.contains_key(*id)).cloned().collect();
+        for id in gone {
+            if let Some(r) = self.running.remove(&id) {
+                tracing::info!(listener = %id.name, protocol = id.protocol, port = id.port, "listener stopping");
+                let _ = r.stop.send(true);
+                self.retiring.push(r.task);
+            }
+        }
+        self.failed.retain(|id, _| wanted.contains_key(id));
+        self.retiring.retain(|t| !t.is_finished());
+        for (id, l) in wanted {
+            if self.running.contains_key(&id) {
+                continue;
+            }
+            match self.start(ctx, &l).await {
+                Ok(r) => {
+                    tracing::info!(listener = %id.name, protocol = id.protocol, addr = %self.addr(l.port), "listener bound");
+                    self.failed.remove(&id);
+                    self.running.insert(id, r);
+                }
+                Err(e) => {
+                    if self.failed.get(&id) != Some(&e) {
+                        tracing::error!(listener = %id.name, "{e}");
+                    }
+                    self.failed.insert(id, e);
+                }
+            }
+        }
+    }
+
+    fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.bind_ip, port)
+    }
+
+    async fn start(&self, ctx: &Arc<ProxyContext>, l: &Listener) -> Result<Running, String> {
+        let addr = self.addr(l.port);
+        let (stop, stop_rx) = watch::channel(false);
+        let name = l.name.clone();
+        let ctx = Arc::clone(ctx);
+        let bind_err = |e: std::io::Error| {
+            format!("cannot bind listener \"{}\" ({}) on {addr}: {e}", l.name, l.protocol.as_str())
+        };
+        let task = match l.protocol {
+            Protocol::Http => {
+                let sock = tokio::net::TcpListener::bind(addr).await.map_err(bind_err)?;
+                tokio::spawn(super::http::serve(name, sock, ctx, stop_rx))
+            }
+            Protocol::Tcp => {
+                let sock = tokio::net::TcpListener::bind(addr).await.map_err(bind_err)?;
+                tokio::spawn(super::tcp::serve(name, sock, ctx, stop_rx))
+            }
+            Protocol::Udp => {
+                let sock = tokio::net::UdpSocket::bind(addr).await.map_err(bind_err)?;
+                tokio::spawn(super::udp::serve(name, sock, ctx, stop_rx))
+            }
+        };
+        Ok(Running { stop, task })
+    }
+
+    /// Whether some listener of the snapshot is not bound (so a retry is due).
+    pub fn has_failures(&self) -> bool {
+        !self.failed.is_empty()
+    }
+
+    /// Status of every wanted listener, by name.
+    pub fn statuses(&self) -> Vec<ListenerStatus> {
+        let mut out: Vec<ListenerStatus> = self
+            .running
+            .keys()
+            .map(|id| ListenerStatus {
+                name: id.name.clone(),
+                protocol: id.protocol,
+                addr: self.addr(id.port).to_string(),
+                bound: true,
+                error: None,
+            })
+            .chain(self.failed.iter().map(|(id, e)| ListenerStatus {
+                name: id.name.clone(),
+                protocol: id.protocol,
+                addr: self.addr(id.port).to_string(),
+                bound: false,
+                error: Some(e.clone()),
+            }))
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Stop every listener and wait (bounded) for their connections to finish.
+    pub async fn shutdown(mut self) {
+        for (_, r) in std::mem::take(&mut self.running) {
+            let _ = r.stop.send(true);
+            self.retiring.push(r.task);
+        }
+        let all = futures::future::join_all(self.retiring.drain(..));
+        if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
+            tracing::warn!("data-plane connections still open after {SHUTDOWN_GRACE:?}; closing them");
+        }
+    }
+}
+
+/// Follow the applied state until `stop`: rebuild and swap the routing snapshot, reconcile listeners.
+pub async fn run(
+    ctx: Arc<ProxyContext>,
+    mut applied: watch::Receiver<Arc<AppliedState>>,
+    mut stop: watch::Receiver<bool>,
+    statuses: ListenerStatuses,
+) {
+    let mut set = ListenerSet::new(ctx.bind_ip);
+    let mut retry = tokio::time::interval(RETRY_BIND);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut state_changed = true;
+    loop {
+        if state_changed {
+            let a = applied.borrow_and_update().clone();
+            let index = a.last_applied.map(|l| l.index).unwrap_or(0);
+            let next = Routing::build(&a.state, index, &ctx.routing.load());
+            ctx.routing.store(Arc::new(next));
+        }
+        let routing = ctx.routing.load_full();
+        set.reconcile(&ctx, &routing).await;
+        if let Ok(mut s) = statuses.lock() {
+            *s = set.statuses();
+        }
+        tokio::select! {
+            changed = applied.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                state_changed = true;
+            }
+            _ = retry.tick(), if set.has_failures() => state_changed = false,
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    set.shutdown().await;
+}
