@@ -38,12 +38,14 @@ fn backend_of(headers: &hyper::HeaderMap) -> String {
     headers.get("x-backend").and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
 }
 
-/// Which backend each node sends `user` to (asserting a 200 from each).
+/// Which backend each node sends `user` to (asserting a 200 from each, proxied by that node).
 async fn route_of(nodes: &[String], user: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    for n in nodes {
+    for (i, n) in nodes.iter().enumerate() {
         let (status, headers, body) = http_get(n, "/", &[("x-user", user)]).await?;
         ensure!(status == 200, "{n} answered {status} for {user}: {}", String::from_utf8_lossy(&body));
+        let via = headers.get("x-lbfleet-node").and_then(|v| v.to_str().ok()).unwrap_or("");
+        ensure!(via == (i + 1).to_string(), "{n} answered as node {via:?}");
         out.push(backend_of(&headers));
     }
     Ok(out)

@@ -54,8 +54,9 @@ use self::activity::{Activity, IdleIo, TaskGuard, Tasks};
 use self::upstream::{PoolLimits, Upstreams};
 use super::ProxyContext;
 
-/// Longest wait for open connections to finish after `stop`, before they are closed.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Longest wait for open connections to finish after `stop`, before they are closed: the whole
+/// shutdown (grace, then [`FORCE_WAIT`]) fits in the listener manager's own wait.
+pub const SHUTDOWN_GRACE: Duration = super::listeners::SHUTDOWN_GRACE.saturating_sub(FORCE_WAIT);
 /// HTTP/2: most concurrent streams per client connection.
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 /// HTTP/2 rapid-reset guard (CVE-2023-44487): most streams a client may reset before the proxy has
