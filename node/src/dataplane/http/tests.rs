@@ -850,8 +850,7 @@ async fn no_reachable_or_healthy_backend_or_no_listener_gives_503_with_the_reaso
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_backend_gives_504() {
     let b = Backend::start("b1", "127.0.62.22").await;
-    let cfg =
-        web_config("round_robin", "", &[b.addr], "[listener.timeouts]\nupstream_response = \"1s\"\n");
+    let cfg = web_config("round_robin", "", &[b.addr], "[listener.timeouts]\nupstream_response = \"1s\"\n");
     let p = Proxy::start("127.0.62.21", 1, &state_with(&cfg)).await;
     let got = get(p.addr, "/hold", &[]).await;
     assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT);
