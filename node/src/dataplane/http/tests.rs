@@ -1316,3 +1316,39 @@ async fn a_backend_that_does_not_accept_in_time_is_skipped_after_the_connect_tim
     );
     drop((fillers, stuck));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_all_get_answers_over_a_bounded_set_of_upstream_connections() {
+    let bs = [Backend::start("b1", "127.0.63.62").await, Backend::start("b2", "127.0.63.63").await];
+    let refs: Vec<&Backend> = bs.iter().collect();
+    let p =
+        Proxy::start("127.0.63.61", 1, &state_with(&web_config("round_robin", "", &addrs(&refs), ""))).await;
+    let (clients, each) = (32usize, 40usize);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let addr = p.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut conn = h1(addr, None).await;
+            for i in 0..each {
+                let body = format!("client {c} request {i}");
+                let got =
+                    send(&mut conn, request("POST", &format!("/load/{c}/{i}"), &[], body.as_bytes())).await;
+                assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+                assert_eq!(got.text(), format!("{}\n", got.backend()));
+            }
+        }));
+    }
+    for t in tasks {
+        within("load client", t).await.unwrap();
+    }
+    let seen: Vec<Seen> = bs.iter().flat_map(|b| b.seen()).collect();
+    assert_eq!(seen.len(), clients * each);
+    for s in &seen {
+        let rest = s.uri.trim_start_matches("/load/");
+        let (c, i) = rest.split_once('/').unwrap();
+        assert_eq!(&s.body[..], format!("client {c} request {i}").as_bytes(), "bodies are not mixed up");
+    }
+    let upstream: usize = bs.iter().map(|b| b.conns.load(Ordering::SeqCst)).sum();
+    println!("{} requests over {upstream} upstream connections", clients * each);
+    assert!(upstream <= 2 * clients, "{upstream} upstream connections for {clients} concurrent clients");
+}
