@@ -114,11 +114,21 @@ pub fn l4_key(hash_key: &HashKey, client: SocketAddr, listener_port: u16, protoc
     }
 }
 
-/// Whether this node may use `backend` now. Seam for passive ejection and local health: every backend
-/// the committed state makes eligible is usable for now.
-// TODO: consult this node's ejection state once passive health checking lands.
-pub(crate) fn usable(_backend: &BackendHandle) -> bool {
-    true
+/// The backends of `pool` to try for `key`, in order: those usable on this node (its active check,
+/// passive ejection; see `crate::health`), or, when none is, the fleet-wide eligible ones rather than
+/// refusing.
+pub(crate) fn candidates(
+    ctx: &ProxyContext,
+    pool_name: &str,
+    pool: &crate::dataplane::PoolSelector,
+    key: u64,
+) -> Vec<Arc<BackendHandle>> {
+    let usable: Vec<Arc<BackendHandle>> =
+        pool.pick_usable(key, ctx.outlier.usable_in(pool_name)).take(CONNECT_ATTEMPTS).cloned().collect();
+    if !usable.is_empty() {
+        return usable;
+    }
+    pool.pick(key).take(CONNECT_ATTEMPTS).cloned().collect()
 }
 
 /// Why a connection was closed without being proxied.
@@ -208,8 +218,7 @@ async fn proxy(
             (true, None) => hash_ip(peer.ip()),
             (false, _) => 0,
         };
-        let candidates: Vec<Arc<BackendHandle>> =
-            pool.pick_usable(key, usable).take(CONNECT_ATTEMPTS).cloned().collect();
+        let candidates = candidates(ctx, &listener.pool, pool, key);
         (listener, candidates)
     };
     if candidates.is_empty() {
@@ -223,13 +232,14 @@ async fn proxy(
         let inflight = backend.track();
         match tokio::time::timeout(connect_timeout, TcpStream::connect(backend.addr())).await {
             Ok(Ok(stream)) => {
+                ctx.outlier.record_success(&listener.pool, backend.addr());
                 connected = Some((stream, Arc::clone(backend), inflight));
                 break;
             }
-            // TODO: report the failure to passive ejection once it exists.
             Ok(Err(e)) => last = format!("connect to {}: {e}", backend.addr()),
             Err(_) => last = format!("connect to {}: timed out after {connect_timeout:?}", backend.addr()),
         }
+        ctx.outlier.record_connect_failure(&listener.pool, backend.addr());
         debug!(listener = %name, %peer, backend = %backend.addr(), error = %last, "backend connect failed");
     }
     let Some((mut upstream, backend, _inflight)) = connected else {

@@ -51,7 +51,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::routing::Routing;
-use super::tcp::{l4_key, stopped, usable, CONNECT_ATTEMPTS};
+use super::tcp::{candidates, l4_key, stopped};
 use super::{hash_ip, BackendHandle, InFlight, ProxyContext};
 
 /// Most flows one listener tracks at once.
@@ -325,7 +325,7 @@ impl UdpProxy {
             (false, _) => 0,
         };
         let mut last_error = None;
-        for backend in pool.pick_usable(key, usable).take(CONNECT_ATTEMPTS) {
+        for backend in &candidates(&self.ctx, &listener.pool, pool, key) {
             match connect_upstream(backend.addr()) {
                 Ok(upstream) => return Some(self.spawn_flow(&listener.pool, backend, upstream, client)),
                 Err(e) => last_error = Some(format!("{}: {e}", backend.addr())),

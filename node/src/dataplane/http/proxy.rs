@@ -33,17 +33,10 @@ use super::headers::{
 use super::select::{candidates, request_key, route_pool, sticky_backend};
 use super::upstream::Pooled;
 use super::{ConnInfo, Shared};
-use crate::dataplane::{BackendHandle, InFlight};
+use crate::dataplane::InFlight;
 
 /// Most backend attempts per request (connect failures and retries together).
 pub const MAX_ATTEMPTS: usize = 3;
-
-/// Whether this node may use `backend` right now. The seam for passive ejection (a backend this node
-/// just failed to reach): always true for now.
-// TODO: passive ejection and active health checks (next issue) plug in here.
-fn usable(_backend: &BackendHandle) -> bool {
-    true
-}
 
 /// Answer a request of a client connection.
 pub(crate) async fn handle(
@@ -92,12 +85,18 @@ pub(crate) async fn handle(
         _ => 0,
     };
     let sticky_name = pool_cfg.as_ref().and_then(|p| p.sticky_cookie.as_deref());
-    let sticky = sticky_name
+    // Node-local usability (this node's active check, passive ejection): see `crate::health`.
+    let outlier = &shared.ctx.outlier;
+    let named = sticky_name
         .and_then(|name| cookie(req.headers(), name))
-        .and_then(|value| sticky_backend(&selector, value))
-        .filter(|b| usable(b));
+        .and_then(|value| sticky_backend(&selector, value));
+    let sticky = named.filter(|b| outlier.usable_in(pool_name)(b));
     let had_sticky = sticky.map(|b| b.addr());
-    let cands = candidates(&selector, key, sticky, MAX_ATTEMPTS, usable);
+    let mut cands = candidates(&selector, key, sticky, MAX_ATTEMPTS, outlier.usable_in(pool_name));
+    if cands.is_empty() {
+        // Every eligible backend is unusable on this node: use the fleet-wide set rather than refuse.
+        cands = candidates(&selector, key, named, MAX_ATTEMPTS, |_| true);
+    }
     if cands.is_empty() {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -169,6 +168,7 @@ pub(crate) async fn handle(
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(backend = %backend.addr(), pool = pool_name, "{e}");
+                outlier.record_connect_failure(pool_name, backend.addr());
                 connect_errors.push(format!("{}: {e}", backend.addr()));
                 pending = Some(request);
                 idx += 1;
@@ -181,6 +181,7 @@ pub(crate) async fn handle(
         match send(&mut up.sender, request, &conn.activity, timeouts.upstream_response).await {
             Ok(resp) => {
                 let answered = up.addr;
+                outlier.record_response(pool_name, answered, resp.status().as_u16());
                 let mut resp = match client_upgrade {
                     Some(client_up) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                         tunnel_response(resp, client_up, up, inflight, conn, shared)
@@ -201,6 +202,8 @@ pub(crate) async fn handle(
                 fresh = true;
             }
             Err(SendError::Timeout) => {
+                // Counts as the 504 the client gets.
+                outlier.record_response(pool_name, backend.addr(), 504);
                 return text(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!(
@@ -219,6 +222,8 @@ pub(crate) async fn handle(
                     fresh = true;
                 }
                 None => {
+                    // Counts as the 502 the client gets.
+                    outlier.record_response(pool_name, backend.addr(), 502);
                     return text(
                         StatusCode::BAD_GATEWAY,
                         format!("backend {} failed before answering: {e}", backend.addr()),

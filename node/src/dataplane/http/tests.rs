@@ -308,7 +308,12 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let routing: SharedRouting =
             Arc::new(ArcSwap::from_pointee(Routing::build(state, 1, &Routing::empty())));
-        let ctx = Arc::new(ProxyContext { node_id, bind_ip, routing: Arc::clone(&routing) });
+        let ctx = Arc::new(ProxyContext {
+            node_id,
+            bind_ip,
+            routing: Arc::clone(&routing),
+            outlier: Default::default(),
+        });
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(serve_with("web".into(), listener, ctx, stop_rx, opts));
         Proxy { addr, routing, stop, task: Some(task) }
