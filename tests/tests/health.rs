@@ -322,3 +322,50 @@ async fn a_vote_made_without_quorum_is_retried_until_it_commits() -> Result<()> 
     eprintln!("retried vote committed {:?} after the other nodes restarted", back.elapsed());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_eject_a_backend_only_on_the_node_that_saw_them() -> Result<()> {
+    let net = 85;
+    let (b1, b2) = ("127.0.85.1:19001", "127.0.85.2:19002");
+    // backend-1 is never started: every connect to it is refused.
+    let _backend2 = BackendProc::start("backend-2", b2).await?;
+    let mut c = Cluster::start(net, 3, &[])?;
+    c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    let toml = format!(
+        "[[pool]]\nname = \"web\"\npolicy = \"round_robin\"\n[[pool.backend]]\naddr = \"{b1}\"\n\
+         [[pool.backend]]\naddr = \"{b2}\"\n[pool.health]\nkind = \"none\"\n\
+         [pool.outlier]\nconsecutive_connect_failures = 2\nbase_ejection = \"60s\"\nmax_ejection_percent = 50\n\n\
+         [[listener]]\nname = \"web\"\nprotocol = \"http\"\nport = 18080\npool = \"web\"\n"
+    );
+    admin::apply_toml(&c.nodes[0].grpc_addr(), &toml).await?;
+    let front = format!("{}:18080", Cluster::ip(net, 1));
+    // Round robin sends every other request to backend-1 first; the proxy moves on to backend-2.
+    let answered = std::sync::atomic::AtomicU32::new(0);
+    wait_until("node 1 ejects backend-1 after two connect failures", ELECTION, || {
+        let front = front.clone();
+        let n1 = c.nodes[0].http_addr();
+        let answered = &answered;
+        async move {
+            let (status, headers, _) = http_get(&front, "/", &[]).await?;
+            ensure!(status == 200, "status {status}");
+            ensure!(headers.get("x-backend").is_some_and(|v| v == "backend-2"), "{headers:?}");
+            answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let st = state(&n1).await?;
+            let b = st["local_health"].as_array().and_then(|a| a.iter().find(|b| b["addr"] == b1)).cloned();
+            let b = b.ok_or_else(|| anyhow!("no local_health for {b1}"))?;
+            ensure!(b["ejected_ms"].as_u64().is_some_and(|ms| ms > 30_000), "not ejected: {b}");
+            ensure!(b["usable"] == false && b["ejections"] == 1, "{b}");
+            Ok(())
+        }
+    })
+    .await
+    .map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    let answered = answered.into_inner();
+    eprintln!("ejected on node 1 after {answered} requests, each answered by backend-2");
+    for n in &c.nodes[1..] {
+        let st = state(&n.http_addr()).await?;
+        assert_eq!(local(&st, b1)?, ("unknown".to_string(), true), "node {}: no traffic, no ejection", n.id);
+        assert!(committed_healthy(&st, b1)?, "passive ejection is local: fleet-wide health untouched");
+    }
+    Ok(())
+}
