@@ -161,7 +161,9 @@ async fn one_node_that_cannot_reach_a_backend_does_not_eject_it_for_the_fleet() 
     let _backend2 = BackendProc::start("backend-2", b2).await?;
     let mut c = Cluster::start(net, 3, &[])?;
     c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
-    admin::apply_toml(&c.nodes[0].grpc_addr(), &config(&[b1, b2])).await?;
+    let listener = "[[listener]]\nname = \"web\"\nprotocol = \"http\"\nport = 18080\npool = \"web\"\n";
+    let toml = config(&[b1, b2]).replace("policy = \"maglev\"", "policy = \"round_robin\"") + listener;
+    admin::apply_toml(&c.nodes[0].grpc_addr(), &toml).await?;
 
     // Node 3's down vote reaches the committed state of every node; the others voted up.
     let nodes: Vec<(u64, String)> = c.nodes.iter().map(|n| (n.id, n.http_addr())).collect();
@@ -202,6 +204,27 @@ async fn one_node_that_cannot_reach_a_backend_does_not_eject_it_for_the_fleet() 
         let want = if *id == blind { ("down".to_string(), false) } else { ("up".to_string(), true) };
         assert_eq!(local(&st, b1)?, want, "node {id}: local view of {b1}");
         assert_eq!(local(&st, b2)?, ("up".to_string(), true), "node {id}: local view of {b2}");
+    }
+
+    // The data plane: the blind node routes around backend-1 (its proxy could still connect to it: only
+    // the probes come from the node's IP), the others keep using both.
+    for n in &c.nodes {
+        let front = format!("{}:18080", n.ip);
+        let f = front.clone();
+        wait_until(&format!("node {}'s listener", n.id), ELECTION, || {
+            let f = f.clone();
+            async move { http_get(&f, "/health", &[]).await.map(|_| ()) }
+        })
+        .await?;
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..6 {
+            let (status, headers, _) = http_get(&front, "/", &[]).await?;
+            ensure!(status == 200, "node {}: status {status}", n.id);
+            let by = headers.get("x-backend").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            seen.insert(by);
+        }
+        let want: Vec<&str> = if n.id == blind { vec!["backend-2"] } else { vec!["backend-1", "backend-2"] };
+        assert_eq!(seen.iter().map(String::as_str).collect::<Vec<_>>(), want, "node {} answered by", n.id);
     }
     Ok(())
 }
