@@ -37,10 +37,8 @@ async fn ws_echo_backend(addr: &str) -> Result<()> {
             tokio::spawn(async move {
                 let Ok(mut ws) = tokio_tungstenite::accept_async(sock).await else { return };
                 while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_text() || msg.is_binary() {
-                        if ws.send(msg).await.is_err() {
-                            return;
-                        }
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        return;
                     }
                 }
             });
