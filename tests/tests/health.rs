@@ -392,3 +392,44 @@ async fn connect_failures_eject_a_backend_only_on_the_node_that_saw_them() -> Re
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_replaces_its_stale_vote() -> Result<()> {
+    let net = 86;
+    let (b1, b2) = ("127.0.86.1:19001", "127.0.86.2:19002");
+    let mut backend1 = BackendProc::start("backend-1", b1).await?;
+    let _backend2 = BackendProc::start("backend-2", b2).await?;
+    let mut c = Cluster::start(net, 3, &[])?;
+    c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    admin::apply_toml(&c.nodes[0].grpc_addr(), &config(&[b1, b2])).await?;
+    let n1 = c.node(1).http_addr();
+    let votes_are = |want: [Option<bool>; 3]| {
+        let n1 = n1.clone();
+        move || {
+            let n1 = n1.clone();
+            async move {
+                let st = state(&n1).await?;
+                let got = [1, 2, 3].map(|id| committed_vote(&st, b1, id));
+                ensure!(got == want, "votes on {b1}: {got:?}, want {want:?}");
+                Ok(())
+            }
+        }
+    };
+    wait_until("every node's up vote", ELECTION, votes_are([Some(true); 3])).await?;
+    backend1.kill9();
+    wait_until("every node's down vote", ELECTION, votes_are([Some(false); 3])).await?;
+
+    // Node 3 stops with a down vote on record; the backend comes back while it is away.
+    c.node(3).kill9();
+    let _backend1 = BackendProc::start("backend-1", b1).await?;
+    wait_until("up votes of the running nodes", ELECTION, votes_are([Some(true), Some(true), Some(false)]))
+        .await?;
+    let st = state(&n1).await?;
+    assert!(committed_healthy(&st, b1)?, "one stale down vote of three does not keep it down");
+
+    c.node(3).start()?;
+    wait_until("node 3's stale vote replaced after its restart", ELECTION, votes_are([Some(true); 3]))
+        .await
+        .map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    Ok(())
+}
