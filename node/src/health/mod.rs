@@ -123,7 +123,8 @@ pub async fn run(cluster: Cluster) {
                 let _ = tx.send((key, r));
             });
         }
-        let wake = plan.next_wakeup().unwrap_or_else(|| Instant::now() + RECONCILE_EVERY);
+        let now = Instant::now();
+        let wake = plan.next_wakeup(now).unwrap_or(now + RECONCILE_EVERY).min(now + RECONCILE_EVERY);
 
         tokio::select! {
             changed = applied.changed() => if changed.is_err() { break },

@@ -126,9 +126,9 @@ impl VotePlan {
         }
     }
 
-    /// The earliest time a retry becomes due, if any waits.
-    pub fn next_wakeup(&self) -> Option<Instant> {
-        self.pending.values().filter(|p| !p.in_flight).filter_map(|p| p.next_try).min()
+    /// The earliest time after `now` at which a pause ends (a retry may become due), if any.
+    pub fn next_wakeup(&self, now: Instant) -> Option<Instant> {
+        self.pending.values().filter(|p| !p.in_flight).filter_map(|p| p.next_try).filter(|t| *t > now).min()
     }
 
     /// Forget backends that are no longer checked.
@@ -240,11 +240,11 @@ mod tests {
         assert!(plan.due(w.clone(), t0).is_empty(), "one call in flight per backend");
         plan.finished(&key("a"), false, t0);
         assert!(plan.due(w.clone(), t0 + Duration::from_millis(100)).is_empty());
-        assert_eq!(plan.next_wakeup(), Some(t0 + MIN_BACKOFF));
+        assert_eq!(plan.next_wakeup(t0), Some(t0 + MIN_BACKOFF));
         let t1 = t0 + MIN_BACKOFF;
         assert_eq!(plan.due(w.clone(), t1), w);
         plan.finished(&key("a"), false, t1);
-        assert_eq!(plan.next_wakeup(), Some(t1 + MIN_BACKOFF * 2), "doubles");
+        assert_eq!(plan.next_wakeup(t1), Some(t1 + MIN_BACKOFF * 2), "doubles");
         // A different value goes out at once.
         let flipped = vec![(key("a"), true)];
         assert_eq!(plan.due(flipped.clone(), t1), flipped);
@@ -252,15 +252,19 @@ mod tests {
         assert!(plan.due(flipped.clone(), t1 + Duration::from_secs(1)).is_empty(), "accepted: no repeat yet");
         assert_eq!(plan.due(flipped.clone(), t1 + RESEND_AFTER_OK), flipped, "reconcile after the pause");
         plan.finished(&key("a"), false, t1 + RESEND_AFTER_OK);
+        let mut t = t1 + RESEND_AFTER_OK;
         for _ in 0..20 {
-            let t = plan.next_wakeup().unwrap();
+            t = plan.next_wakeup(t).unwrap();
             plan.due(flipped.clone(), t);
             plan.finished(&key("a"), false, t);
         }
-        let t = plan.next_wakeup().unwrap();
+        let t = plan.next_wakeup(t).unwrap();
         plan.due(flipped.clone(), t);
         plan.finished(&key("a"), false, t);
-        assert_eq!(plan.next_wakeup(), Some(t + MAX_BACKOFF), "capped");
+        assert_eq!(plan.next_wakeup(t), Some(t + MAX_BACKOFF), "capped");
+        // A pause that is over does not wake anyone (nothing to wait for).
+        plan.finished(&key("a"), true, t);
+        assert_eq!(plan.next_wakeup(t + RESEND_AFTER_OK), None);
     }
 
     #[test]
