@@ -12,6 +12,10 @@
 //!
 //! [`Checkers::reconcile`] starts, stops and retunes the tasks when the committed config changes: a
 //! task is keyed by (pool, backend address) and restarted when the pool's `health` section changes.
+//!
+//! Known limit: HTTP probes speak cleartext HTTP/1.1 only and read nothing past the status line (no
+//! TLS, no body match). A backend that accepts connections and closes them at once passes a TCP
+//! check; only an HTTP check sees it.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};

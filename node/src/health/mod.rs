@@ -129,6 +129,8 @@ pub async fn run(cluster: Cluster) {
         tokio::select! {
             changed = applied.changed() => if changed.is_err() { break },
             Some(t) = events.recv() => {
+                // Known limit: a transition a checker queued just before it was restarted may land
+                // after the restart; the new checker's first transition corrects the view.
                 views.insert((t.pool, t.addr.to_string()), t.state);
             }
             Some((key, result)) = done.recv() => {

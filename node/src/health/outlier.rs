@@ -27,7 +27,8 @@
 //! - pick: `selector.pick_usable(key, ctx.outlier.usable_in(pool))` (one snapshot load per request);
 //!   when that yields nothing, fall back to `selector.pick(key)` rather than refuse;
 //! - a connect attempt failed (refused, timed out): `ctx.outlier.record_connect_failure(pool, addr)`;
-//! - HTTP: a response head arrived: `ctx.outlier.record_response(pool, addr, status)`;
+//! - HTTP: a response head arrived: `ctx.outlier.record_response(pool, addr, status)`; a backend
+//!   that failed before answering or did not answer in time counts as the 502 / 504 the client gets;
 //! - TCP: the connection to the backend was established: `ctx.outlier.record_success(pool, addr)`.
 
 use std::collections::{BTreeMap, HashMap};
