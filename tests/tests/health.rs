@@ -44,7 +44,20 @@ fn committed_healthy(st: &Value, backend: &str) -> Result<bool> {
 /// The committed vote of `node` for `backend` (`None` when it has none on record).
 fn committed_vote(st: &Value, backend: &str, node: u64) -> Option<bool> {
     st["health_votes"].as_array()?.iter().find(|v| v["backend"] == backend)?["votes"][node.to_string()]
+        ["healthy"]
         .as_bool()
+}
+
+/// The log indexes of every committed vote, by (backend, node), as one node's state has them.
+fn vote_indexes(st: &Value) -> Vec<(String, String, u64)> {
+    let mut out = Vec::new();
+    for v in st["health_votes"].as_array().into_iter().flatten() {
+        let backend = v["backend"].as_str().unwrap_or("").to_string();
+        for (node, vote) in v["votes"].as_object().into_iter().flatten() {
+            out.push((backend.clone(), node.clone(), vote["index"].as_u64().unwrap_or(0)));
+        }
+    }
+    out
 }
 
 /// This node's local view of `backend`: (active check view, usable here).
@@ -106,6 +119,16 @@ async fn a_dead_backend_goes_down_fleet_wide_and_comes_back_after_rise_checks() 
     })
     .await
     .map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+
+    // Votes go out on changes only: with nothing changing, no vote is recorded again over several
+    // probe intervals (every probe in that window succeeds).
+    let before = vote_indexes(&state(&nodes[0].1).await?);
+    let window = Instant::now() + Duration::from_millis(INTERVAL_MS * 6);
+    while Instant::now() < window {
+        let now = vote_indexes(&state(&nodes[0].1).await?);
+        assert_eq!(now, before, "a vote was sent again although no view changed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     backend1.kill9();
     let killed = Instant::now();

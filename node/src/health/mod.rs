@@ -62,7 +62,7 @@ use vote::{BackendKey, VotePlan};
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 
 /// The committed health votes of every backend, for `/api/v1/state` (`health_votes`): pool, backend,
-/// fleet-wide health and each node's recorded vote (`true` = up).
+/// fleet-wide health and each node's recorded vote (`healthy`, and the log `index` that recorded it).
 pub fn committed_votes_json(state: &lbfleet_raft_store::state::ClusterState) -> serde_json::Value {
     let rows: Vec<serde_json::Value> = state
         .backends
@@ -72,7 +72,9 @@ pub fn committed_votes_json(state: &lbfleet_raft_store::state::ClusterState) -> 
                 let votes: serde_json::Map<String, serde_json::Value> = st
                     .votes
                     .iter()
-                    .map(|(n, v)| (n.to_string(), serde_json::Value::Bool(v.healthy)))
+                    .map(|(n, v)| {
+                        (n.to_string(), serde_json::json!({ "healthy": v.healthy, "index": v.index }))
+                    })
                     .collect();
                 serde_json::json!({ "pool": pool, "backend": backend, "healthy": st.healthy, "votes": votes })
             })
