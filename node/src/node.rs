@@ -71,6 +71,7 @@ impl Node {
             shutdown: shutdown_rx.clone(),
             dataplane: Arc::new(ProxyContext::new(config.id, config.bind)),
             listeners: ListenerStatuses::default(),
+            loads: crate::load::LoadBoard::default(),
         };
         let dataplane = tokio::spawn(crate::dataplane::listeners::run(
             Arc::clone(&cluster.dataplane),
@@ -78,6 +79,10 @@ impl Node {
             shutdown_rx.clone(),
             Arc::clone(&cluster.listeners),
         ));
+
+        // Both end on the shutdown signal; nothing waits for them.
+        tokio::spawn(crate::load::run_reporter(cluster.clone(), cluster.loads.clone()));
+        tokio::spawn(crate::leader::run(cluster.clone()));
 
         let grpc = {
             let mut stop = shutdown_rx.clone();
