@@ -251,3 +251,6 @@ async fn run_hook(cluster: Cluster, term: u64, command: String, pool: String, ba
         );
     }
 }
+
+#[cfg(test)]
+mod tests;

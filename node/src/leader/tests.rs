@@ -1,0 +1,116 @@
+//! The leader loop in one real lbnode (in-process: Raft, sled store, gRPC, the reporter and the
+//! duties all run), with load put on the data plane's own in-flight counters, as a proxy does for each
+//! request. Uses 127.0.94.0/24.
+
+use std::time::Duration;
+
+use clap::Parser;
+use lbfleet_api::command::Command;
+use lbfleet_api::config::{parse, Format};
+use tokio::time::Instant;
+
+use crate::config::{Cli, NodeConfig};
+use crate::node::Node;
+
+const P1: &str = "127.0.94.200:9001";
+const P2: &str = "127.0.94.200:9002";
+const S1: &str = "127.0.94.200:9101";
+const S2: &str = "127.0.94.200:9102";
+
+/// Poll `f` every 50 ms until it is true, or panic after `timeout` naming `what`.
+async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn active(node: &Node, backend: &str) -> bool {
+    node.store().current().state.backend("web", backend).is_some_and(|b| b.active)
+}
+
+fn events(node: &Node) -> Vec<String> {
+    node.store().current().state.events.iter().map(|e| format!("{} | {}", e.what, e.why)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_activates_a_standby_under_load_runs_the_hook_and_deactivates_it_when_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node-1");
+    let cli = Cli::parse_from([
+        "lbnode",
+        "--id",
+        "1",
+        "--bind",
+        "127.0.94.11",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--peers",
+        "1=127.0.94.11:7400",
+    ]);
+    let node = Node::start(NodeConfig::load(&cli).unwrap()).await.unwrap();
+    let raft = node.raft().clone();
+    wait_for("leadership", Duration::from_secs(20), || {
+        raft.metrics().borrow().state == openraft::ServerState::Leader
+    })
+    .await;
+
+    let hook_log = dir.path().join("hooks.log");
+    let config = format!(
+        "[[pool]]\nname = \"web\"\npolicy = \"round_robin\"\n\
+         [[pool.backend]]\naddr = \"{P1}\"\n[[pool.backend]]\naddr = \"{P2}\"\n\
+         [[pool.backend]]\naddr = \"{S2}\"\nstandby = true\n[[pool.backend]]\naddr = \"{S1}\"\nstandby = true\n\
+         [pool.health]\nkind = \"none\"\n\
+         [pool.scale]\nmin_active = 2\nmax_active = 3\nhigh_watermark = 2\nlow_watermark = 1\nwindow = \"2s\"\n\
+         scale_out_cmd = \"echo out $LBFLEET_POOL $LBFLEET_BACKEND >> {log}\"\n\
+         scale_in_cmd = \"echo in $LBFLEET_POOL $LBFLEET_BACKEND >> {log}\"\n",
+        log = hook_log.display()
+    );
+    let config = parse(&config, Format::Toml).unwrap();
+    raft.client_write(Command::ApplyConfig { config }).await.unwrap();
+    let routing = node.cluster().dataplane.routing.clone();
+    wait_for("the pool in the routing snapshot", Duration::from_secs(10), || {
+        routing.load().pool("web").is_some()
+    })
+    .await;
+
+    // Three requests in flight on each primary: average 3 > high watermark 2.
+    let pool = routing.load().pool("web").cloned().unwrap();
+    let guards: Vec<_> = pool.backends().iter().flat_map(|b| (0..3).map(|_| b.track())).collect();
+    assert_eq!(guards.len(), 6);
+    wait_for("S1 activated", Duration::from_secs(20), || active(&node, S1)).await;
+    assert!(!active(&node, S2), "the lowest key goes first");
+    let evs = events(&node);
+    assert!(
+        evs.iter().any(|e| e.starts_with(&format!(
+            "activated standby backend {S1} of pool \"web\" | avg load 3.0 > high watermark 2 for 2s"
+        ))),
+        "{evs:#?}"
+    );
+    wait_for("the scale-out hook's result", Duration::from_secs(20), || {
+        events(&node).iter().any(|e| e.contains("hook `echo out") && e.contains("exited with 0"))
+    })
+    .await;
+    let log = std::fs::read_to_string(&hook_log).unwrap();
+    assert_eq!(log, format!("out web {S1}\n"));
+
+    // Still loaded (6 over 3 active = 2.0, not above 2): and max_active is 3 anyway. Two more windows
+    // bring no second activation.
+    let t = Instant::now();
+    wait_for("two more windows", Duration::from_secs(10), || t.elapsed() >= Duration::from_secs(4)).await;
+    assert!(!active(&node, S2), "{:#?}", events(&node));
+
+    // Idle: average 0 < low watermark 1 for a window → S1 goes back to standby.
+    drop(guards);
+    wait_for("S1 deactivated", Duration::from_secs(20), || !active(&node, S1)).await;
+    wait_for("the scale-in hook's output", Duration::from_secs(20), || {
+        std::fs::read_to_string(&hook_log).is_ok_and(|l| l.ends_with(&format!("in web {S1}\n")))
+    })
+    .await;
+    let evs = events(&node);
+    let decisions: Vec<&String> = evs.iter().filter(|e| e.contains("standby backend")).collect();
+    assert_eq!(decisions.len(), 2, "one activation, one deactivation: {evs:#?}");
+    assert!(decisions[1].contains("< low watermark 1 for 2s"), "{decisions:?}");
+    node.shutdown().await.unwrap();
+}
