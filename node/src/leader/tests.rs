@@ -114,3 +114,92 @@ async fn a_leader_activates_a_standby_under_load_runs_the_hook_and_deactivates_i
     assert!(decisions[1].contains("< low watermark 1 for 2s"), "{decisions:?}");
     node.shutdown().await.unwrap();
 }
+
+fn start_args(id: u64, dir: &std::path::Path, peers: &str) -> Cli {
+    let data = dir.join(format!("node-{id}"));
+    Cli::parse_from([
+        "lbnode".to_string(),
+        "--id".into(),
+        id.to_string(),
+        "--bind".into(),
+        format!("127.0.94.2{id}"),
+        "--data-dir".into(),
+        data.display().to_string(),
+        "--peers".into(),
+        peers.to_string(),
+    ])
+}
+
+fn leader_of(nodes: &[Option<Node>]) -> Option<(usize, u64)> {
+    nodes.iter().enumerate().find_map(|(i, n)| {
+        let n = n.as_ref()?;
+        let m = n.raft().metrics().borrow().clone();
+        (m.state == openraft::ServerState::Leader).then_some((i, m.current_term))
+    })
+}
+
+/// Leader A activates S1 and is shut down; the new leader, seeing the same load on the two nodes
+/// left, activates S2: S1 is activated once, and each step is recorded by the leader that took it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_standby_is_activated_twice_across_a_leader_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let peers = "1=127.0.94.21:7400,2=127.0.94.22:7400,3=127.0.94.23:7400";
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(Some(
+            Node::start(NodeConfig::load(&start_args(id, dir.path(), peers)).unwrap()).await.unwrap(),
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (a, term_a) = loop {
+        if let Some(l) = leader_of(&nodes) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let config = format!(
+        "[[pool]]\nname = \"web\"\npolicy = \"round_robin\"\n\
+         [[pool.backend]]\naddr = \"{P1}\"\n[[pool.backend]]\naddr = \"{P2}\"\n\
+         [[pool.backend]]\naddr = \"{S1}\"\nstandby = true\n[[pool.backend]]\naddr = \"{S2}\"\nstandby = true\n\
+         [pool.health]\nkind = \"none\"\n\
+         [pool.scale]\nmin_active = 2\nmax_active = 4\nhigh_watermark = 2\nlow_watermark = 1\nwindow = \"3s\"\n"
+    );
+    let leader = nodes[a].as_ref().unwrap();
+    leader
+        .raft()
+        .client_write(Command::ApplyConfig { config: parse(&config, Format::Toml).unwrap() })
+        .await
+        .unwrap();
+
+    // Three requests in flight to each primary on every node: 9 per primary fleet-wide.
+    let mut guards = Vec::new();
+    for n in nodes.iter().flatten() {
+        let routing = n.cluster().dataplane.routing.clone();
+        wait_for("the pool on every node", Duration::from_secs(10), || routing.load().pool("web").is_some())
+            .await;
+        let pool = routing.load().pool("web").cloned().unwrap();
+        guards.push(pool.backends().iter().flat_map(|b| (0..3).map(|_| b.track())).collect::<Vec<_>>());
+    }
+    wait_for("S1 activated by the first leader", Duration::from_secs(20), || active(leader, S1)).await;
+    assert!(!active(leader, S2));
+
+    // Leader A goes away with its requests; 6 per primary stay: (6 + 6 + 0) / 3 = 4 > 2.
+    guards.remove(a);
+    nodes[a].take().unwrap().shutdown().await.unwrap();
+    let survivor = nodes.iter().flatten().next().unwrap();
+    wait_for("S2 activated by the next leader", Duration::from_secs(40), || active(survivor, S2)).await;
+    let (_, term_b) = leader_of(&nodes).expect("a new leader");
+    assert!(term_b > term_a);
+
+    let state = survivor.store().current().state.clone();
+    let steps: Vec<_> = state.events.iter().filter(|e| e.what.starts_with("activated standby")).collect();
+    assert_eq!(steps.len(), 2, "{:#?}", state.events);
+    assert!(steps[0].what.contains(S1) && steps[0].term == term_a, "{steps:#?}");
+    assert!(steps[1].what.contains(S2) && steps[1].term == term_b, "{steps:#?}");
+    assert_ne!(steps[0].leader, steps[1].leader);
+    drop(guards);
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await.unwrap();
+    }
+}
