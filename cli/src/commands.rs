@@ -209,10 +209,10 @@ pub async fn drain_wait(g: &Global, d: &args::DrainArgs, wait: std::time::Durati
                 humantime::format_duration(wait)
             );
             if !p.silent.is_empty() {
-                msg.push_str(&format!(" (no answer from node {:?})", p.silent));
+                msg.push_str(&format!(" (no answer from node {})", output::join_ids(&p.silent)));
             }
             if !p.behind.is_empty() {
-                msg.push_str(&format!(" (drain not applied yet on node {:?})", p.behind));
+                msg.push_str(&format!(" (drain not applied yet on node {})", output::join_ids(&p.behind)));
             }
             msg.push_str("; it stays draining");
             return Err(CliError::Local(anyhow::anyhow!(msg)));

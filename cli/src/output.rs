@@ -401,7 +401,8 @@ pub fn drain_progress_line(start: u64, p: &DrainProgress) -> String {
     line
 }
 
-fn join_ids(ids: &[u64]) -> String {
+/// `1, 2, 3`.
+pub fn join_ids(ids: &[u64]) -> String {
     ids.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
 }
 

@@ -181,3 +181,49 @@ async fn drain_wait_returns_once_no_node_has_requests_in_flight() -> Result<()> 
     assert!(!f.report_load(report(1)).await?.into_inner().accepted, "a follower does not collect");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_wait_does_not_count_a_silent_node_as_empty_but_skips_one_marked_down() -> Result<()> {
+    let mut c = Cluster::start(95, 3, &[])?;
+    let leader = c.wait_for_leader(ELECTION).await?;
+    let leader_addr = c.node(leader).grpc_addr();
+    let cfg = "[[pool]]\nname = \"web\"\npolicy = \"round_robin\"\n\
+               [[pool.backend]]\naddr = \"127.0.95.200:9001\"\n[[pool.backend]]\naddr = \"127.0.95.200:9002\"\n\
+               [pool.health]\nkind = \"none\"\n";
+    admin::apply_toml(&leader_addr, cfg).await?;
+    let victim = c.nodes.iter().map(|n| n.id).find(|id| *id != leader).expect("a follower");
+
+    // Right after the kill the node is not marked down yet (that takes three missed probes a second
+    // apart): it may still hold requests, so the wait cannot end well.
+    c.node(victim).kill9();
+    let (code, out, err) = lbctl(&[
+        "--endpoint",
+        &leader_addr,
+        "drain",
+        "web",
+        "127.0.95.200:9001",
+        "--wait",
+        "--timeout",
+        "1s",
+    ])?;
+    assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
+    assert!(err.contains("still has 0 requests/connections in flight after 1s"), "{err}");
+    assert!(err.contains(&format!("(no answer from node {victim}); it stays draining")), "{err}");
+    assert!(out.contains(&format!("no answer from node {victim}")), "{out}");
+
+    // Once the leader marked it down, it no longer holds the wait up.
+    wait_down(&leader_addr, victim, true).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    let (code, out, err) = lbctl(&[
+        "--endpoint",
+        &leader_addr,
+        "drain",
+        "web",
+        "127.0.95.200:9002",
+        "--wait",
+        "--timeout",
+        "20s",
+    ])?;
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("0 in flight (2/2 nodes answered)"), "{out}");
+    Ok(())
+}
