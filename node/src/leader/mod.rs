@@ -63,7 +63,7 @@ pub async fn run(cluster: Cluster) {
         tracing::info!(term, "leader duties start");
         let mut watch = metrics.clone();
         let lost = async move {
-            let _ = watch.wait_for(|m| m.state != ServerState::Leader || m.current_term != term).await;
+            let _ = watch.wait_for(|m| !leads(m, term)).await;
         };
         tokio::select! {
             _ = duties(&cluster, term) => {}
@@ -81,6 +81,11 @@ pub async fn run(cluster: Cluster) {
 
 /// Why the duties of a term end.
 struct NotLeader;
+
+/// Whether these metrics say this node still leads `term` (and may act for it).
+fn leads(m: &lbfleet_raft_store::RaftMetrics, term: u64) -> bool {
+    m.state == ServerState::Leader && m.current_term == term
+}
 
 /// One term's duties; returns when this node is found not to lead `term` any more.
 async fn duties(cluster: &Cluster, term: u64) {
@@ -103,7 +108,7 @@ async fn duties(cluster: &Cluster, term: u64) {
             }
         }
         let metrics = cluster.metrics();
-        if metrics.state != ServerState::Leader || metrics.current_term != term {
+        if !leads(&metrics, term) {
             return;
         }
         let members: BTreeMap<NodeId, String> =
@@ -191,8 +196,7 @@ async fn probe(cluster: &Cluster, addr: &str) -> Result<(), String> {
 /// Propose one decision of this leader in `term`. `Ok(true)` when it was applied, `Ok(false)` when it
 /// was refused or not committed in time, `Err` when this node does not lead `term` any more.
 async fn propose(cluster: &Cluster, term: u64, action: LeaderAction, why: String) -> Result<bool, NotLeader> {
-    let metrics = cluster.metrics();
-    if metrics.state != ServerState::Leader || metrics.current_term != term {
+    if !leads(&cluster.metrics(), term) {
         return Err(NotLeader);
     }
     let cmd = Command::Leader {

@@ -34,6 +34,23 @@ fn events(node: &Node) -> Vec<String> {
     node.store().current().state.events.iter().map(|e| format!("{} | {}", e.what, e.why)).collect()
 }
 
+#[test]
+fn only_the_leader_of_the_same_term_acts() {
+    let mut m = lbfleet_raft_store::RaftMetrics::new_initial(1);
+    m.current_term = 4;
+    for state in
+        [openraft::ServerState::Follower, openraft::ServerState::Candidate, openraft::ServerState::Learner]
+    {
+        m.state = state;
+        assert!(!super::leads(&m, 4), "{state:?}");
+    }
+    m.state = openraft::ServerState::Leader;
+    assert!(super::leads(&m, 4));
+    assert!(!super::leads(&m, 3), "a leader of term 3 that is now leader of term 4 starts over");
+    m.current_term = 5;
+    assert!(!super::leads(&m, 4));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_activates_a_standby_under_load_runs_the_hook_and_deactivates_it_when_idle() {
     let dir = tempfile::tempdir().unwrap();
