@@ -1,1 +1,262 @@
-fn main() {}
+//! `lbchaos`: fault scenarios against a local lbfleet cluster started with `lbctl local up`.
+//!
+//! Layout (one file; the scenario loop is small):
+//! - discovery: every `DIR/node-*.pid` names a running lbnode; its endpoint comes from its command line.
+//! - a writer applies a stream of configs (each one marked by the first backend's weight) through a
+//!   random live node and records every acknowledged (version, marker) in `DIR/chaos-history.jsonl`.
+//! - the fault loop: `kill-leader` (SIGKILL the leader, wait for a new one, restart the old one from its
+//!   own command line), `pause-leader` (SIGSTOP for `--pause`, then SIGCONT), `kill-random`.
+//! - the check: after the last round, a linearizable read must show a config version at least the last
+//!   acknowledged one (and its marker when equal): nothing acknowledged was lost.
+//!
+//! Known limit: network partitions need network namespaces or containers (docker/compose-*.yml); this
+//! tool injects process faults only.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use lbfleet_api::config::{parse, ClusterConfig, Format};
+use lbfleet_cli::client::Admin;
+use lbfleet_cli::local::procs;
+use rand::seq::IndexedRandom;
+
+#[derive(Parser, Debug)]
+#[command(name = "lbchaos", about = "Fault scenarios against a local lbfleet cluster (lbctl local up)")]
+struct Cli {
+    /// Directory of the cluster (`lbctl local up --dir DIR`).
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// How many faults to inject.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// How long `pause-leader` keeps the leader stopped.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pause: Duration,
+    /// Deadline for a new leader (and for a restarted node to catch up).
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    deadline: Duration,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Scenario {
+    KillLeader,
+    PauseLeader,
+    KillRandom,
+}
+
+#[derive(Debug, Clone)]
+struct NodeProc {
+    name: String,
+    pid_file: PathBuf,
+    pid: i32,
+    args: Vec<String>,
+    exe: PathBuf,
+    endpoint: String,
+}
+
+fn discover(dir: &Path) -> Result<Vec<NodeProc>> {
+    let mut nodes = Vec::new();
+    for pf in procs::list_pid_files(dir)? {
+        if !pf.name.starts_with("node-") {
+            continue;
+        }
+        let pid = pf.pid.ok_or_else(|| anyhow!("{} holds no valid pid", pf.path.display()))?;
+        let raw = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .with_context(|| format!("{} (pid {pid}) is not running", pf.name))?;
+        let mut argv: Vec<String> =
+            raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into()).collect();
+        if argv.is_empty() {
+            bail!("{} (pid {pid}) has an empty command line", pf.name);
+        }
+        let exe = PathBuf::from(argv.remove(0));
+        let flag = |name: &str| argv.iter().position(|a| a == name).and_then(|i| argv.get(i + 1)).cloned();
+        let ip = flag("--bind").unwrap_or_else(|| "127.0.0.1".into());
+        let port = flag("--grpc-port").unwrap_or_else(|| "7400".into());
+        nodes.push(NodeProc { name: pf.name, pid_file: pf.path, pid, args: argv, exe, endpoint: format!("{ip}:{port}") });
+    }
+    if nodes.is_empty() {
+        bail!("no node-*.pid in {}: start a cluster with `lbctl local up --dir {}`", dir.display(), dir.display());
+    }
+    Ok(nodes)
+}
+
+async fn leader_of(nodes: &[NodeProc], skip: Option<i32>) -> Option<(usize, u64)> {
+    for (i, n) in nodes.iter().enumerate() {
+        if Some(n.pid) == skip || !procs::alive(n.pid) {
+            continue;
+        }
+        let Ok(admin) = Admin::connect(&n.endpoint, Duration::from_millis(500)).await else { continue };
+        if let Ok(st) = admin.local_status().await {
+            if st.role == "leader" {
+                return Some((i, st.id));
+            }
+        }
+    }
+    None
+}
+
+async fn wait_leader(nodes: &[NodeProc], skip: Option<i32>, deadline: Duration) -> Result<(usize, u64)> {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(l) = leader_of(nodes, skip).await {
+            return Ok(l);
+        }
+        if Instant::now() > until {
+            bail!("no leader within {}", humantime::format_duration(deadline));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn restart(dir: &Path, n: &mut NodeProc) -> Result<()> {
+    let log = dir.join(format!("{}.log", n.name));
+    let child = procs::spawn_detached(&n.exe, &n.args, &log, dir)?;
+    n.pid = child.id() as i32;
+    procs::write_pid_file(&n.pid_file, child.id())?;
+    Ok(())
+}
+
+fn marked(base: &ClusterConfig, marker: u32) -> Result<String> {
+    let mut c = base.clone();
+    let b = c
+        .pool
+        .first_mut()
+        .and_then(|p| p.backend.first_mut())
+        .ok_or_else(|| anyhow!("the cluster config needs at least one pool with a backend"))?;
+    b.weight = marker % 1000 + 1;
+    Ok(c.to_toml())
+}
+
+#[derive(Default)]
+struct History {
+    acked: Vec<(u64, u32)>,
+    failed: u64,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("lbchaos: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let mut nodes = discover(&cli.dir)?;
+    let (_, leader) = wait_leader(&nodes, None, cli.deadline).await?;
+    println!("{} nodes, leader {leader}; scenario {:?}, {} rounds", nodes.len(), cli.scenario, cli.rounds);
+    let admin = Admin::connect(&nodes[0].endpoint, Duration::from_secs(5)).await.map_err(|e| anyhow!("{e}"))?;
+    let current = admin.get_config(false).await.map_err(|e| anyhow!("{e}"))?;
+    if current.config_json.is_empty() {
+        bail!("the cluster has no config yet: apply one first (lbctl local up does)");
+    }
+    let base = parse(&current.config_json, Format::Json).map_err(|e| anyhow!("{e}"))?;
+
+    let history = Arc::new(Mutex::new(History::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let log_path = cli.dir.join("chaos-history.jsonl");
+    let mut log = std::fs::File::create(&log_path)?;
+    let endpoints: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(nodes.iter().map(|n| n.endpoint.clone()).collect()));
+    let writer = {
+        let (history, stop, endpoints, base) = (history.clone(), stop.clone(), endpoints.clone(), base.clone());
+        tokio::spawn(async move {
+            // Bounded: at most 100 000 writes, and it stops when the fault loop ends.
+            for marker in 1..100_000u32 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let ep = { endpoints.lock().unwrap().choose(&mut rand::rng()).cloned() };
+                let Some(ep) = ep else { break };
+                let Ok(body) = marked(&base, marker) else { break };
+                let result = match Admin::connect(&ep, Duration::from_secs(2)).await {
+                    Ok(a) => a.apply_config("toml", body).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                let mut h = history.lock().unwrap();
+                match result {
+                    Ok(r) => h.acked.push((r.version, marker)),
+                    Err(_) => h.failed += 1,
+                }
+            }
+        })
+    };
+
+    let mut failovers = Vec::new();
+    for round in 1..=cli.rounds {
+        let (li, lid) = wait_leader(&nodes, None, cli.deadline).await?;
+        match cli.scenario {
+            Scenario::KillLeader | Scenario::KillRandom => {
+                let victim = match cli.scenario {
+                    Scenario::KillLeader => li,
+                    _ => (0..nodes.len()).collect::<Vec<_>>().choose(&mut rand::rng()).copied().unwrap_or(li),
+                };
+                let pid = nodes[victim].pid;
+                procs::signal(pid, libc::SIGKILL);
+                let t = Instant::now();
+                let (_, new) = wait_leader(&nodes, Some(pid), cli.deadline).await?;
+                let took = t.elapsed();
+                if victim == li {
+                    failovers.push(took);
+                }
+                println!("round {round}: SIGKILL {} (leader was {lid}); leader {new} after {took:?}", nodes[victim].name);
+                procs::wait_gone(&[pid], Duration::from_secs(5)).await;
+                restart(&cli.dir, &mut nodes[victim])?;
+            }
+            Scenario::PauseLeader => {
+                let pid = nodes[li].pid;
+                procs::signal(pid, libc::SIGSTOP);
+                let t = Instant::now();
+                let new = wait_leader(&nodes, Some(pid), cli.deadline).await;
+                let took = t.elapsed();
+                tokio::time::sleep(cli.pause.saturating_sub(took)).await;
+                procs::signal(pid, libc::SIGCONT);
+                let (_, new) = new?;
+                failovers.push(took);
+                println!("round {round}: SIGSTOP {} for {:?}; leader {new} after {took:?}", nodes[li].name, cli.pause);
+            }
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    writer.await?;
+
+    let (li, _) = wait_leader(&nodes, None, cli.deadline).await?;
+    let admin = Admin::connect(&nodes[li].endpoint, Duration::from_secs(5)).await.map_err(|e| anyhow!("{e}"))?;
+    let got = admin.get_config(false).await.map_err(|e| anyhow!("{e}"))?;
+    let h = history.lock().unwrap();
+    for (v, m) in &h.acked {
+        writeln!(log, "{{\"version\":{v},\"marker\":{m},\"acked\":true}}")?;
+    }
+    let Some(&(last_v, last_m)) = h.acked.last() else { bail!("no write was acknowledged during the run") };
+    if got.version < last_v {
+        bail!("LOST: acknowledged config version {last_v} but the cluster is at {}", got.version);
+    }
+    if got.version == last_v {
+        let now = parse(&got.config_json, Format::Json).map_err(|e| anyhow!("{e}"))?;
+        let w = now.pool.first().and_then(|p| p.backend.first()).map(|b| b.weight);
+        if w != Some(last_m % 1000 + 1) {
+            bail!("LOST: config version {last_v} does not carry the acknowledged write {last_m}");
+        }
+    }
+    failovers.sort();
+    let median = failovers.get(failovers.len() / 2).copied().unwrap_or_default();
+    println!(
+        "ok: {} writes acknowledged, {} failed during faults, none lost (cluster at version {}); leader changes: median {median:?}, max {:?}",
+        h.acked.len(),
+        h.failed,
+        got.version,
+        failovers.last().copied().unwrap_or_default()
+    );
+    println!("history: {}", log_path.display());
+    Ok(())
+}

@@ -1,9 +1,8 @@
 //! A real local cluster: `lbctl local up` with real lbnode processes, every admin command against it,
 //! then `lbctl local down`.
 //!
-//! Needs the lbnode binary next to lbctl (`cargo build -p lbfleet-node`), which this package cannot build
-//! for itself, hence `#[ignore]`: run with `cargo test -p lbfleet-cli --test local_cluster -- --ignored`.
-//! It also needs 127.0.0.11..13 ports 7400, 7401, 8080 and 8081 free.
+//! Builds the lbnode binary next to lbctl first (`common::ensure_lbnode`). Needs 127.0.0.11..13 ports
+//! 7400, 7401, 8080 and 8081 free (no other test uses those addresses).
 
 mod common;
 
@@ -13,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{lbctl, wait_for, LBCTL};
+
 use serde_json::Value;
 
 fn ok_json(args: &[&str]) -> Value {
@@ -46,8 +46,8 @@ impl Drop for Down<'_> {
 }
 
 #[test]
-#[ignore = "needs lbnode next to lbctl: cargo build -p lbfleet-node"]
 fn local_up_serves_every_admin_command_then_local_down_stops_everything() {
+    common::ensure_lbnode();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().canonicalize().unwrap();
     let ds = d.to_str().unwrap();

@@ -12,6 +12,22 @@ use hyper_util::rt::TokioIo;
 
 pub const LBCTL: &str = env!("CARGO_BIN_EXE_lbctl");
 
+/// Build `lbnode` next to `lbctl` (same cargo, profile and target dir), once per test process:
+/// `cargo test` builds only this package's own binaries.
+pub fn ensure_lbnode() {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--bins", "-p", "lbfleet-node"]);
+        if Path::new(LBCTL).parent().and_then(Path::file_name).is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.current_dir(env!("CARGO_MANIFEST_DIR")).stdin(Stdio::null()).status();
+        assert!(status.is_ok_and(|s| s.success()), "cargo build -p lbfleet-node failed");
+    });
+}
+
 /// Run lbctl to completion with a deadline; LBCTL_ENDPOINT is cleared so defaults are predictable.
 pub fn lbctl(args: &[&str], deadline: Duration) -> Output {
     let mut child = Command::new(LBCTL)

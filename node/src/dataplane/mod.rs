@@ -8,7 +8,8 @@
 //! - [`routing`]: the immutable routing snapshot (pools, selectors, listeners) built after every applied
 //!   change and swapped atomically ([`SharedRouting`]); its digest is what each node publishes.
 //! - [`listeners`]: follows the applied state, swaps the snapshot and binds/stops listeners.
-//! - [`http`], [`tcp`], [`udp`]: the proxies, one task per listener, reading the snapshot per connection.
+//! - [`http`], [`tcp`], [`udp`]: the proxies, one task per listener, reading the snapshot per connection;
+//!   [`proxy_protocol`]: the PROXY protocol header a TCP listener may send to backends.
 //! - this file: which backends of a pool are eligible, computed from the committed state alike on every
 //!   node ([`EligibleSet`]), and [`PoolSelector`], the immutable per-pool snapshot the proxies hold in an
 //!   `Arc` and swap atomically when the eligible set changes.
@@ -31,6 +32,7 @@ pub mod hash;
 pub mod http;
 pub mod listeners;
 pub mod policy;
+pub mod proxy_protocol;
 pub mod ring;
 pub mod routing;
 pub mod tcp;

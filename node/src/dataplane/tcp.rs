@@ -1,18 +1,348 @@
-//! Placeholder until the tcp proxy lands: holds the socket and waits for `stop`.
+//! The TCP (L4) proxy of one listener.
+//!
+//! [`serve`] accepts connections on the listener's socket (`bind_ip:port`) and, for each one:
+//! 1. looks the listener and its pool up in the routing snapshot current at that moment (a listener gone
+//!    from the committed config refuses the connection by closing it);
+//! 2. computes the request key from the pool's `hash_key` ([`l4_key`]): `source_ip` hashes the client's
+//!    IP, `source_addr` its IP and port; pools whose policy does not hash ignore the key;
+//! 3. connects to the first backend of the pool's fallback sequence within the listener's connect
+//!    timeout, moving on to the next one on failure, at most [`CONNECT_ATTEMPTS`] backends (a connect
+//!    failure never reached a backend, so it is always safe to try the next);
+//! 4. sets TCP_NODELAY on both sockets, sends a PROXY protocol header first when the listener asks for one
+//!    ([`super::proxy_protocol`]), then copies bytes both ways ([`splice`]) with one buffer of
+//!    [`BUF_SIZE`] per direction: a half-close (FIN) on one side shuts down the write half of the other
+//!    side while the other direction keeps flowing; a connection with no byte in either direction for the
+//!    listener's idle timeout is closed on both sides;
+//! 5. counts itself in flight on the chosen backend (`BackendHandle::track`) for its whole life.
+//!
+//! When `stop` becomes true the listener socket is closed (no new connections) and established
+//! connections keep running until they end, for at most [`SHUTDOWN_GRACE`]; then they are dropped.
+//!
+//! Known limit: no cap on concurrent connections per listener yet; each costs one task, two sockets and
+//! 2 × [`BUF_SIZE`] of buffers.
 
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use lbfleet_api::config::HashKey;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
 
-use super::ProxyContext;
+use super::proxy_protocol;
+use super::{hash_flow, hash_ip, hash_socket_addr, BackendHandle, ProxyContext};
 
-pub async fn serve(
+/// Backends tried per connection before giving up (the first pick and two fallbacks).
+pub const CONNECT_ATTEMPTS: usize = 3;
+/// Copy buffer per direction per connection.
+pub const BUF_SIZE: usize = 64 * 1024;
+/// How long established connections may keep running after `stop` before they are dropped.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// IP protocol number of TCP, for [`hash_flow`].
+const PROTO_TCP: u8 = 6;
+
+/// Serve the TCP listener `name` on `listener` until `stop` becomes true (or its sender goes away), then
+/// let established connections finish within [`SHUTDOWN_GRACE`].
+pub async fn serve(name: String, listener: TcpListener, ctx: Arc<ProxyContext>, stop: watch::Receiver<bool>) {
+    serve_with(name, listener, ctx, stop, SHUTDOWN_GRACE).await
+}
+
+/// [`serve`] with an explicit shutdown grace.
+pub(crate) async fn serve_with(
     name: String,
-    socket: tokio::net::TcpListener,
+    listener: TcpListener,
     ctx: Arc<ProxyContext>,
     mut stop: watch::Receiver<bool>,
+    grace: Duration,
 ) {
-    let _ = (name, ctx);
-    let _ = stop.wait_for(|s| *s).await;
-    drop(socket);
+    let name: Arc<str> = Arc::from(name);
+    let local = listener.local_addr().ok();
+    info!(listener = %name, addr = ?local, "tcp listener serving");
+    let refusals = Arc::new(RefusalLog::new());
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let (name, ctx, refusals) = (Arc::clone(&name), Arc::clone(&ctx), Arc::clone(&refusals));
+                    conns.spawn(async move { handle(&name, stream, peer, &ctx, &refusals).await });
+                }
+                Err(e) => {
+                    warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let open = conns.len();
+    if open > 0 {
+        info!(listener = %name, open, "tcp listener stopped accepting; waiting for open connections");
+        let drained = tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            warn!(listener = %name, left = conns.len(), ?grace, "closing connections still open after the grace");
+            conns.shutdown().await;
+        }
+    }
+    info!(listener = %name, "tcp listener stopped");
 }
+
+/// Completes when `stop` holds true or its sender is gone (nobody could stop us any more).
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// The request key of a connection from `client` to a listener on `listener_port`, for a pool hashing
+/// on `hash_key`. HTTP-only keys (header, cookie, path) cannot be read at L4 (the config validation
+/// refuses them on tcp/udp listeners) and fall back to the client IP.
+pub fn l4_key(hash_key: &HashKey, client: SocketAddr, listener_port: u16, protocol: u8) -> u64 {
+    match hash_key {
+        HashKey::SourceAddr => hash_socket_addr(client),
+        HashKey::Flow => hash_flow(client, listener_port, protocol),
+        HashKey::SourceIp | HashKey::Header(_) | HashKey::Cookie(_) | HashKey::Path => hash_ip(client.ip()),
+    }
+}
+
+/// Whether this node may use `backend` now. Seam for passive ejection and local health: every backend
+/// the committed state makes eligible is usable for now.
+// TODO: consult this node's ejection state once passive health checking lands.
+pub(crate) fn usable(_backend: &BackendHandle) -> bool {
+    true
+}
+
+/// Why a connection was closed without being proxied.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("listener removed from the config")]
+    ListenerRemoved,
+    #[error("pool \"{0}\" has no selector")]
+    NoPool(String),
+    #[error("pool \"{0}\" has no usable backend")]
+    NoBackend(String),
+    #[error("{tried} backend(s) failed, last: {last}")]
+    AllFailed { tried: usize, last: String },
+}
+
+/// How a proxied connection ended, with the bytes moved each way.
+struct Outcome {
+    backend: SocketAddr,
+    end: End,
+    to_backend: u64,
+    to_client: u64,
+}
+
+/// One accepted connection, from lookup to close.
+async fn handle(name: &str, client: TcpStream, peer: SocketAddr, ctx: &ProxyContext, refusals: &RefusalLog) {
+    match proxy(name, client, peer, ctx).await {
+        Ok(o) => debug!(
+            listener = %name, %peer, backend = %o.backend, end = ?o.end,
+            to_backend = o.to_backend, to_client = o.to_client, "tcp connection closed"
+        ),
+        Err(r) => {
+            debug!(listener = %name, %peer, "tcp connection refused: {r}");
+            if let Some(suppressed) = refusals.should_log() {
+                warn!(listener = %name, %peer, suppressed, "tcp connection refused: {r}");
+            }
+        }
+    }
+}
+
+/// At most one warning per [`REFUSAL_LOG_EVERY`] about refused connections (every one is logged at
+/// debug level), so a pool with no backend cannot flood the log.
+struct RefusalLog {
+    start: Instant,
+    /// Milliseconds since `start` of the last warning, plus one (0: never).
+    last: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+/// See [`RefusalLog`].
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+
+impl RefusalLog {
+    fn new() -> Self {
+        RefusalLog { start: Instant::now(), last: AtomicU64::new(0), suppressed: AtomicU64::new(0) }
+    }
+
+    /// `Some(refusals not logged since the last warning)` when this one should be logged.
+    fn should_log(&self) -> Option<u64> {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        let every = REFUSAL_LOG_EVERY.as_millis() as u64;
+        if last != 0 && now.saturating_sub(last) < every
+            || self.last.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+        {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
+}
+
+async fn proxy(
+    name: &str,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    ctx: &ProxyContext,
+) -> Result<Outcome, Refused> {
+    let local = client.local_addr().unwrap_or_else(|_| SocketAddr::new(ctx.bind_ip, 0));
+    // Everything read from the snapshot is copied out before the first await, so a config change during
+    // this connection's life never holds an old snapshot alive.
+    let (listener, candidates) = {
+        let routing = ctx.routing.load();
+        let listener = routing.listener(name).cloned().ok_or(Refused::ListenerRemoved)?;
+        let pool = routing.pool(&listener.pool).ok_or_else(|| Refused::NoPool(listener.pool.clone()))?;
+        let key = match (pool.uses_key(), routing.pool_config(&listener.pool)) {
+            (true, Some(cfg)) => l4_key(&cfg.hash_key, peer, local.port(), PROTO_TCP),
+            (true, None) => hash_ip(peer.ip()),
+            (false, _) => 0,
+        };
+        let candidates: Vec<Arc<BackendHandle>> =
+            pool.pick_usable(key, usable).take(CONNECT_ATTEMPTS).cloned().collect();
+        (listener, candidates)
+    };
+    if candidates.is_empty() {
+        return Err(Refused::NoBackend(listener.pool.clone()));
+    }
+
+    let connect_timeout = listener.timeouts.connect;
+    let mut last = String::new();
+    let mut connected = None;
+    for backend in &candidates {
+        let inflight = backend.track();
+        match tokio::time::timeout(connect_timeout, TcpStream::connect(backend.addr())).await {
+            Ok(Ok(stream)) => {
+                connected = Some((stream, Arc::clone(backend), inflight));
+                break;
+            }
+            // TODO: report the failure to passive ejection once it exists.
+            Ok(Err(e)) => last = format!("connect to {}: {e}", backend.addr()),
+            Err(_) => last = format!("connect to {}: timed out after {connect_timeout:?}", backend.addr()),
+        }
+        debug!(listener = %name, %peer, backend = %backend.addr(), error = %last, "backend connect failed");
+    }
+    let Some((mut upstream, backend, _inflight)) = connected else {
+        return Err(Refused::AllFailed { tried: candidates.len(), last });
+    };
+    drop(candidates);
+
+    // Nagle would delay small writes that the peers already sized themselves.
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+
+    if let Some(version) = proxy_protocol::Version::from_config(listener.proxy_protocol) {
+        let header = proxy_protocol::encode(version, peer, local);
+        if let Err(e) = upstream.write_all(&header).await {
+            return Ok(Outcome {
+                backend: backend.addr(),
+                end: End::Error(e.to_string()),
+                to_backend: 0,
+                to_client: 0,
+            });
+        }
+    }
+
+    let idle = listener.timeouts.idle;
+    drop(listener);
+    let (end, to_backend, to_client) = splice(&mut client, &mut upstream, idle).await;
+    Ok(Outcome { backend: backend.addr(), end, to_backend, to_client })
+}
+
+/// How [`splice`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum End {
+    /// Both sides closed their write half; everything was delivered.
+    Closed,
+    /// No byte moved in either direction for the idle timeout.
+    Idle,
+    /// A read or write failed (reset, broken pipe); the other direction was dropped with it.
+    Error(String),
+}
+
+/// Copy `a` → `b` and `b` → `a` until both directions have ended, one fails, or nothing moved for
+/// `idle`. An end of stream read from one side shuts down the write half of the other and the opposite
+/// direction goes on. Returns how it ended and the bytes copied a → b and b → a.
+pub(crate) async fn splice(a: &mut TcpStream, b: &mut TcpStream, idle: Duration) -> (End, u64, u64) {
+    let (mut ar, mut aw) = a.split();
+    let (mut br, mut bw) = b.split();
+    let activity = Activity::new();
+    let a_to_b = AtomicU64::new(0);
+    let b_to_a = AtomicU64::new(0);
+    let copy = async {
+        tokio::try_join!(
+            pump(&mut ar, &mut bw, &activity, &a_to_b),
+            pump(&mut br, &mut aw, &activity, &b_to_a)
+        )
+    };
+    let end = tokio::select! {
+        r = copy => match r {
+            Ok(_) => End::Closed,
+            Err(e) => End::Error(e.to_string()),
+        },
+        _ = activity.idle_for(idle) => End::Idle,
+    };
+    (end, a_to_b.load(Ordering::Relaxed), b_to_a.load(Ordering::Relaxed))
+}
+
+/// One direction: read into one bounded buffer, write it all, repeat; on end of stream shut down the
+/// writer (a FIN to the peer) and finish.
+async fn pump<R, W>(r: &mut R, w: &mut W, activity: &Activity, copied: &AtomicU64) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF_SIZE];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            w.shutdown().await?;
+            return Ok(());
+        }
+        activity.touch();
+        w.write_all(&buf[..n]).await?;
+        activity.touch();
+        copied.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// When bytes last moved on a connection, in nanoseconds since the connection started.
+struct Activity {
+    start: Instant,
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity { start: Instant::now(), last: AtomicU64::new(0) }
+    }
+
+    fn touch(&self) {
+        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.store(nanos, Ordering::Relaxed);
+    }
+
+    /// Completes once nothing has moved for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let deadline = self.start + Duration::from_nanos(self.last.load(Ordering::Relaxed)) + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
