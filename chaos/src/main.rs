@@ -70,8 +70,11 @@ fn discover(dir: &Path) -> Result<Vec<NodeProc>> {
         let pid = pf.pid.ok_or_else(|| anyhow!("{} holds no valid pid", pf.path.display()))?;
         let raw = std::fs::read(format!("/proc/{pid}/cmdline"))
             .with_context(|| format!("{} (pid {pid}) is not running", pf.name))?;
-        let mut argv: Vec<String> =
-            raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into()).collect();
+        let mut argv: Vec<String> = raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into())
+            .collect();
         if argv.is_empty() {
             bail!("{} (pid {pid}) has an empty command line", pf.name);
         }
@@ -79,10 +82,21 @@ fn discover(dir: &Path) -> Result<Vec<NodeProc>> {
         let flag = |name: &str| argv.iter().position(|a| a == name).and_then(|i| argv.get(i + 1)).cloned();
         let ip = flag("--bind").unwrap_or_else(|| "127.0.0.1".into());
         let port = flag("--grpc-port").unwrap_or_else(|| "7400".into());
-        nodes.push(NodeProc { name: pf.name, pid_file: pf.path, pid, args: argv, exe, endpoint: format!("{ip}:{port}") });
+        nodes.push(NodeProc {
+            name: pf.name,
+            pid_file: pf.path,
+            pid,
+            args: argv,
+            exe,
+            endpoint: format!("{ip}:{port}"),
+        });
     }
     if nodes.is_empty() {
-        bail!("no node-*.pid in {}: start a cluster with `lbctl local up --dir {}`", dir.display(), dir.display());
+        bail!(
+            "no node-*.pid in {}: start a cluster with `lbctl local up --dir {}`",
+            dir.display(),
+            dir.display()
+        );
     }
     Ok(nodes)
 }
@@ -156,7 +170,8 @@ async fn run(cli: Cli) -> Result<()> {
     let mut nodes = discover(&cli.dir)?;
     let (_, leader) = wait_leader(&nodes, None, cli.deadline).await?;
     println!("{} nodes, leader {leader}; scenario {:?}, {} rounds", nodes.len(), cli.scenario, cli.rounds);
-    let admin = Admin::connect(&nodes[0].endpoint, Duration::from_secs(5)).await.map_err(|e| anyhow!("{e}"))?;
+    let admin =
+        Admin::connect(&nodes[0].endpoint, Duration::from_secs(5)).await.map_err(|e| anyhow!("{e}"))?;
     let current = admin.get_config(false).await.map_err(|e| anyhow!("{e}"))?;
     if current.config_json.is_empty() {
         bail!("the cluster has no config yet: apply one first (lbctl local up does)");
@@ -167,9 +182,11 @@ async fn run(cli: Cli) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let log_path = cli.dir.join("chaos-history.jsonl");
     let mut log = std::fs::File::create(&log_path)?;
-    let endpoints: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(nodes.iter().map(|n| n.endpoint.clone()).collect()));
+    let endpoints: Arc<Mutex<Vec<String>>> =
+        Arc::new(Mutex::new(nodes.iter().map(|n| n.endpoint.clone()).collect()));
     let writer = {
-        let (history, stop, endpoints, base) = (history.clone(), stop.clone(), endpoints.clone(), base.clone());
+        let (history, stop, endpoints, base) =
+            (history.clone(), stop.clone(), endpoints.clone(), base.clone());
         tokio::spawn(async move {
             // Bounded: at most 100 000 writes, and it stops when the fault loop ends.
             for marker in 1..100_000u32 {
@@ -209,7 +226,10 @@ async fn run(cli: Cli) -> Result<()> {
                 if victim == li {
                     failovers.push(took);
                 }
-                println!("round {round}: SIGKILL {} (leader was {lid}); leader {new} after {took:?}", nodes[victim].name);
+                println!(
+                    "round {round}: SIGKILL {} (leader was {lid}); leader {new} after {took:?}",
+                    nodes[victim].name
+                );
                 procs::wait_gone(&[pid], Duration::from_secs(5)).await;
                 restart(&cli.dir, &mut nodes[victim])?;
             }
@@ -223,7 +243,10 @@ async fn run(cli: Cli) -> Result<()> {
                 procs::signal(pid, libc::SIGCONT);
                 let (_, new) = new?;
                 failovers.push(took);
-                println!("round {round}: SIGSTOP {} for {:?}; leader {new} after {took:?}", nodes[li].name, cli.pause);
+                println!(
+                    "round {round}: SIGSTOP {} for {:?}; leader {new} after {took:?}",
+                    nodes[li].name, cli.pause
+                );
             }
         }
     }
@@ -231,7 +254,8 @@ async fn run(cli: Cli) -> Result<()> {
     writer.await?;
 
     let (li, _) = wait_leader(&nodes, None, cli.deadline).await?;
-    let admin = Admin::connect(&nodes[li].endpoint, Duration::from_secs(5)).await.map_err(|e| anyhow!("{e}"))?;
+    let admin =
+        Admin::connect(&nodes[li].endpoint, Duration::from_secs(5)).await.map_err(|e| anyhow!("{e}"))?;
     let got = admin.get_config(false).await.map_err(|e| anyhow!("{e}"))?;
     let h = history.lock().unwrap();
     for (v, m) in &h.acked {

@@ -3,10 +3,10 @@
 //! - a killed node is marked down by the leader (status and the event log show it) and up again
 //!   when it comes back; a killed leader is marked down by its successor, once;
 //! - `lbctl drain --wait` commits the drain and returns when no node has anything in flight to the
-//!   backend; `LocalLoad` and `ReportLoad` answer on every node.
-//!
-//! Known limit: the autoscaler is tested in-process only (`node/src/leader/autoscale/tests.rs`): the
-//! HTTP proxy that would carry real load is not merged yet, so no test here generates load.
+//!   backend; `LocalLoad` and `ReportLoad` answer on every node;
+//! - load through the TCP proxy (open connections to demo backends) makes the leader activate a
+//!   standby and run the hook, and deactivate it when the connections close; `drain --wait` follows
+//!   real requests until they finish.
 //!
 //! Every test uses its own 127.0.<net>.0/24 (91..=99 belong to this file).
 
@@ -14,7 +14,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Context, Result};
-use lbfleet_tests::{admin, bin, pb, wait_until, Cluster};
+use lbfleet_tests::{admin, bin, pb, wait_until, BackendProc, Cluster};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const ELECTION: Duration = Duration::from_secs(20);
 /// Three missed probes a second apart, a commit, and slack for a loaded machine.
@@ -225,5 +227,197 @@ async fn drain_wait_does_not_count_a_silent_node_as_empty_but_skips_one_marked_d
     ])?;
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
     assert!(out.contains("0 in flight (2/2 nodes answered)"), "{out}");
+    Ok(())
+}
+
+/// Fleet-wide in-flight count of pool `web` on node `addr` (its own counters).
+async fn local_in_flight(addr: &str) -> Result<u64> {
+    let r = admin::connect(addr).await?.local_load(pb::LocalLoadRequest {}).await?.into_inner();
+    Ok(r.backends.iter().filter(|b| b.pool == "web").map(|b| b.in_flight + b.connections).sum())
+}
+
+/// Start a cluster on `net`, apply `cfg` and wait until node 1 proxies TCP on `port`.
+async fn serving(net: u8, cfg: &str, port: u16) -> Result<Cluster> {
+    let mut c = Cluster::start(net, 3, &[])?;
+    c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    let via = c.nodes[0].grpc_addr();
+    wait_until("the config applied", ELECTION, || async { Ok(admin::apply_toml(&via, cfg).await?) }).await?;
+    let front = format!("{}:{port}", c.nodes[0].ip);
+    let grpc = via.clone();
+    wait_until("node 1 to proxy TCP", ELECTION, || {
+        let (front, grpc) = (front.clone(), grpc.clone());
+        async move {
+            let s = TcpStream::connect(&front).await?;
+            drop(s);
+            // The probe connection must be gone again before the test counts its own.
+            ensure!(local_in_flight(&grpc).await? == 0, "the probe is still counted");
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(c)
+}
+
+async fn backends_of(addr: &str) -> Result<Vec<pb::BackendStatus>> {
+    let mut c = admin::connect(addr).await?;
+    Ok(c.list_backends(pb::ListBackendsRequest { stale: false }).await?.into_inner().backends)
+}
+
+async fn is_active(addr: &str, backend: &str) -> Result<bool> {
+    let all = backends_of(addr).await?;
+    let b = all.iter().find(|b| b.addr == backend).ok_or_else(|| anyhow!("no backend {backend}"))?;
+    Ok(b.active)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_through_the_tcp_proxy_scale_a_standby_out_and_back_in() -> Result<()> {
+    const PORT: u16 = 18096;
+    let (b1, b2, s1) = ("127.0.96.101:9001", "127.0.96.102:9001", "127.0.96.103:9001");
+    let _procs = (
+        BackendProc::start("b1", b1).await?,
+        BackendProc::start("b2", b2).await?,
+        BackendProc::start("s1", s1).await?,
+    );
+    let hooks = tempfile::NamedTempFile::new()?;
+    let log = hooks.path().display().to_string();
+    let cfg = format!(
+        "[[pool]]\nname = \"web\"\npolicy = \"round_robin\"\n\
+         [[pool.backend]]\naddr = \"{b1}\"\n[[pool.backend]]\naddr = \"{b2}\"\n\
+         [[pool.backend]]\naddr = \"{s1}\"\nstandby = true\n\
+         [pool.health]\nkind = \"none\"\n\
+         [pool.scale]\nmin_active = 2\nmax_active = 3\nhigh_watermark = 3\nlow_watermark = 1\nwindow = \"2s\"\n\
+         scale_out_cmd = \"echo out $LBFLEET_POOL $LBFLEET_BACKEND >> {log}\"\n\
+         scale_in_cmd = \"echo in $LBFLEET_POOL $LBFLEET_BACKEND >> {log}\"\n\
+         [[listener]]\nname = \"tcp\"\nprotocol = \"tcp\"\nport = {PORT}\npool = \"web\"\n"
+    );
+    let c = serving(96, &cfg, PORT).await?;
+    let grpc = c.nodes[0].grpc_addr();
+    let front = format!("{}:{PORT}", c.nodes[0].ip);
+    assert!(!is_active(&grpc, s1).await?);
+
+    // Ten open connections through node 1: five per primary, above the high watermark of 3.
+    let mut conns = Vec::new();
+    for _ in 0..10 {
+        conns.push(TcpStream::connect(&front).await?);
+    }
+    wait_until("ten connections counted on node 1", ELECTION, || async {
+        let n = local_in_flight(&grpc).await?;
+        ensure!(n == 10, "{n}");
+        Ok(())
+    })
+    .await?;
+    wait_until("the standby activated", Duration::from_secs(30), || async {
+        ensure!(is_active(&grpc, s1).await?, "still inactive");
+        Ok(())
+    })
+    .await
+    .map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    let evs = events(&grpc).await?;
+    let on: Vec<_> =
+        evs.iter().filter(|e| e.what == format!("activated standby backend {s1} of pool \"web\"")).collect();
+    assert_eq!(on.len(), 1, "{evs:#?}");
+    assert!(
+        on[0].why.starts_with("avg load ") && on[0].why.contains("> high watermark 3 for 2s"),
+        "{}",
+        on[0].why
+    );
+    wait_until("the scale-out hook", Duration::from_secs(20), || async {
+        let text = std::fs::read_to_string(hooks.path())?;
+        ensure!(text.contains(&format!("out web {s1}")), "{text:?}");
+        Ok(())
+    })
+    .await?;
+
+    // Closed: the average drops to 0, below the low watermark, and the standby goes back.
+    drop(conns);
+    wait_until("the standby deactivated", Duration::from_secs(30), || async {
+        ensure!(!is_active(&grpc, s1).await?, "still active");
+        Ok(())
+    })
+    .await
+    .map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    wait_until("the scale-in hook", Duration::from_secs(20), || async {
+        let text = std::fs::read_to_string(hooks.path())?;
+        ensure!(text == format!("out web {s1}\nin web {s1}\n"), "{text:?}");
+        Ok(())
+    })
+    .await?;
+    let (code, out, err) = lbctl(&["--endpoint", &grpc, "events"])?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("deactivated standby backend {s1}")), "{out}");
+    assert!(out.contains("exited with 0"), "{out}");
+    Ok(())
+}
+
+/// One slow request through the proxy: send it, read the whole answer (the backend closes after it).
+async fn slow_request(front: String, ms: u64) -> Result<String> {
+    let mut s = TcpStream::connect(&front).await?;
+    s.write_all(format!("GET /sleep/{ms} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out)).await??;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_wait_follows_real_requests_until_they_finish() -> Result<()> {
+    const PORT: u16 = 18097;
+    let (b1, b2) = ("127.0.97.101:9001", "127.0.97.102:9001");
+    let _procs = (BackendProc::start("b1", b1).await?, BackendProc::start("b2", b2).await?);
+    let cfg = format!(
+        "[[pool]]\nname = \"web\"\npolicy = \"round_robin\"\n\
+         [[pool.backend]]\naddr = \"{b1}\"\n[[pool.backend]]\naddr = \"{b2}\"\n\
+         [pool.health]\nkind = \"none\"\n\
+         [[listener]]\nname = \"tcp\"\nprotocol = \"tcp\"\nport = {PORT}\npool = \"web\"\n"
+    );
+    let c = serving(97, &cfg, PORT).await?;
+    let grpc = c.nodes[0].grpc_addr();
+    let front = format!("{}:{PORT}", c.nodes[0].ip);
+
+    // Four requests of 3 s each: two per backend.
+    let requests: Vec<_> = (0..4).map(|_| tokio::spawn(slow_request(front.clone(), 3000))).collect();
+    wait_until("four requests in flight", ELECTION, || async {
+        let n = local_in_flight(&grpc).await?;
+        ensure!(n == 4, "{n}");
+        Ok(())
+    })
+    .await?;
+    let g = grpc.clone();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        lbctl(&["--endpoint", &g, "drain", "web", b1, "--wait", "--timeout", "30s"])
+    })
+    .await??;
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("] 2 in flight (3/3 nodes answered)"), "the two requests to b1 were seen: {out}");
+    assert!(out.contains("] 0 in flight (3/3 nodes answered)"), "{out}");
+    assert!(out.contains(&format!("drained: nothing in flight to {b1}")), "{out}");
+    for r in requests {
+        let answer = r.await??;
+        assert!(answer.starts_with("HTTP/1.1 200"), "a drain lets requests finish: {answer}");
+    }
+
+    // Two connections held open to b2 (the only one left): the wait runs out and says how many.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(TcpStream::connect(&front).await?);
+    }
+    wait_until("two connections counted", ELECTION, || async {
+        ensure!(local_in_flight(&grpc).await? == 2);
+        Ok(())
+    })
+    .await?;
+    let (code, out, err) = lbctl(&["--endpoint", &grpc, "drain", "web", b2, "--wait", "--timeout", "2s"])?;
+    assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
+    assert!(
+        err.contains(&format!(
+            "backend {b2} of pool \"web\" still has 2 requests/connections in flight after 2s"
+        )),
+        "{err}"
+    );
+    drop(held);
+    for b in [b1, b2] {
+        let (code, _, err) = lbctl(&["--endpoint", &grpc, "undrain", "web", b])?;
+        assert_eq!(code, 0, "{err}");
+    }
     Ok(())
 }
