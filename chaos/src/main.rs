@@ -148,6 +148,19 @@ fn marked(base: &ClusterConfig, marker: u32) -> Result<String> {
     Ok(c.to_toml())
 }
 
+/// Let the cluster recover between faults: wait until 10 more writes are acknowledged.
+async fn settle(history: &Mutex<History>, deadline: Duration) -> Result<()> {
+    let start = history.lock().unwrap().acked.len();
+    let until = Instant::now() + deadline;
+    while history.lock().unwrap().acked.len() < start + 10 {
+        if Instant::now() > until {
+            bail!("the cluster acknowledged no 10 writes within {}", humantime::format_duration(deadline));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 #[derive(Default)]
 struct History {
     acked: Vec<(u64, u32)>,
@@ -211,6 +224,7 @@ async fn run(cli: Cli) -> Result<()> {
 
     let mut failovers = Vec::new();
     for round in 1..=cli.rounds {
+        settle(&history, cli.deadline).await?;
         let (li, lid) = wait_leader(&nodes, None, cli.deadline).await?;
         match cli.scenario {
             Scenario::KillLeader | Scenario::KillRandom => {
@@ -250,6 +264,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
     }
+    settle(&history, cli.deadline).await?;
     stop.store(true, Ordering::SeqCst);
     writer.await?;
 

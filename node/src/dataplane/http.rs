@@ -1,18 +1,231 @@
-//! Placeholder until the http proxy lands: holds the socket and waits for `stop`.
+//! The L7 HTTP proxy of one `protocol = "http"` listener.
+//!
+//! Layout:
+//! - this file: [`serve`] (the accept loop, graceful shutdown) and one task per client connection
+//!   (HTTP/1.1 with keep-alive and HTTP/2 cleartext with prior knowledge on the same port, upgrades,
+//!   idle timeout).
+//! - [`proxy`]: one request: route, pick, connect, send, answer; retries; redirects; upgrades.
+//! - [`select`]: pure: routes, hash keys, the sticky backend, the list of backends to try.
+//! - [`headers`]: pure: hop-by-hop stripping, forwarding headers, cookies, the host.
+//! - [`upstream`]: HTTP/1.1 connections to backends and their per-backend pool.
+//! - [`body`]: the streaming request and response bodies.
+//! - [`activity`]: the client idle timeout and the task count shutdown waits for.
+//!
+//! Data enters as client connections accepted on the listener socket and leaves as HTTP/1.1 requests to
+//! the backends the routing snapshot (`ctx.routing`, read afresh for every connection and request)
+//! picks; responses flow back the same way. Bodies are streamed, never collected.
+//!
+//! Timeouts come from the listener's `timeouts` as of the connection's accept (connect, idle,
+//! request_header) or the request (connect, upstream_response):
+//! - `request_header`: hyper's HTTP/1 header read timeout. hyper starts it when it begins waiting for a
+//!   request head, so on a keep-alive connection it also bounds the wait for the next request (Known
+//!   limit: an idle HTTP/1 connection is closed after min(idle, request_header)).
+//! - `idle`: see [`activity`].
+//! - `connect`: per backend connection attempt; `upstream_response`: from the request sent in full to
+//!   the response head (504).
+//!
+//! Known limits: WebSocket over HTTP/2 (RFC 8441 extended CONNECT) is not offered; upgrades work on
+//! HTTP/1.1. Backends are spoken to in HTTP/1.1 only. There is no cap on client connections per listener
+//! beyond the process's file descriptors.
 
+mod activity;
+mod body;
+pub mod headers;
+mod proxy;
+pub mod select;
+pub mod upstream;
+
+#[cfg(test)]
+mod tests;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use hyper::header::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use self::activity::{Activity, IdleIo, TaskGuard, Tasks};
+use self::upstream::{PoolLimits, Upstreams};
 use super::ProxyContext;
 
-pub async fn serve(
+/// Longest wait for open connections to finish after `stop`, before they are closed: the whole
+/// shutdown (grace, then [`FORCE_WAIT`]) fits in the listener manager's own wait.
+pub const SHUTDOWN_GRACE: Duration = super::listeners::SHUTDOWN_GRACE.saturating_sub(FORCE_WAIT);
+/// HTTP/2: most concurrent streams per client connection.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// HTTP/2 rapid-reset guard (CVE-2023-44487): most streams a client may reset before the proxy has
+/// accepted them; beyond it the connection is closed with GOAWAY (ENHANCE_YOUR_CALM).
+pub const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// HTTP/2: most streams the proxy resets because of client errors before closing the connection.
+pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
+/// Pause after a failed accept (e.g. out of file descriptors) before the next one.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// How often idle upstream connections are checked for expiry.
+const REAP_EVERY: Duration = Duration::from_secs(5);
+/// After the grace, how long closing the remaining connections may take.
+const FORCE_WAIT: Duration = Duration::from_secs(2);
+
+/// Knobs of [`serve_with`]; [`serve`] uses the defaults.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub pool: PoolLimits,
+    pub grace: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { pool: PoolLimits::default(), grace: SHUTDOWN_GRACE }
+    }
+}
+
+/// What every connection and request of a listener shares.
+pub(crate) struct Shared {
     name: String,
-    socket: tokio::net::TcpListener,
     ctx: Arc<ProxyContext>,
-    mut stop: watch::Receiver<bool>,
+    upstreams: Arc<Upstreams>,
+    node_header: HeaderValue,
+    tasks: Arc<Tasks>,
+    /// Becomes true when the grace after `stop` is over: close everything.
+    force: watch::Receiver<bool>,
+}
+
+/// One client connection.
+pub(crate) struct ConnInfo {
+    peer: SocketAddr,
+    activity: Arc<Activity>,
+    idle: Duration,
+}
+
+/// Serve the HTTP listener `name` on `listener` until `stop` becomes true (or its sender is dropped);
+/// then stop accepting, shut open connections down gracefully and return once they are done, or after
+/// [`SHUTDOWN_GRACE`].
+pub async fn serve(name: String, listener: TcpListener, ctx: Arc<ProxyContext>, stop: watch::Receiver<bool>) {
+    serve_with(name, listener, ctx, stop, Options::default()).await
+}
+
+/// [`serve`] with explicit [`Options`].
+pub async fn serve_with(
+    name: String,
+    listener: TcpListener,
+    ctx: Arc<ProxyContext>,
+    stop: watch::Receiver<bool>,
+    opts: Options,
 ) {
-    let _ = (name, ctx);
-    let _ = stop.wait_for(|s| *s).await;
-    drop(socket);
+    let (force_tx, force_rx) = watch::channel(false);
+    let tasks = Arc::new(Tasks::default());
+    let upstreams = Arc::new(Upstreams::new(opts.pool));
+    let node_header = HeaderValue::from(ctx.node_id);
+    let shared = Arc::new(Shared {
+        name: name.clone(),
+        ctx,
+        upstreams: Arc::clone(&upstreams),
+        node_header,
+        tasks: Arc::clone(&tasks),
+        force: force_rx,
+    });
+    let reaper = tokio::spawn(async move {
+        let every = REAP_EVERY.min(opts.pool.idle_timeout).max(Duration::from_millis(100));
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            upstreams.reap();
+        }
+    });
+    tracing::info!(listener = %name, addr = ?listener.local_addr().ok(), "http listener serving");
+
+    let mut stop_rx = stop.clone();
+    loop {
+        tokio::select! {
+            _ = raised(&mut stop_rx) => break,
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    let guard = tasks.enter();
+                    tokio::spawn(serve_conn(stream, peer, Arc::clone(&shared), stop.clone(), guard));
+                }
+                Err(e) => {
+                    tracing::warn!(listener = %name, "accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    tracing::info!(listener = %name, open = tasks.live(), "http listener stopping");
+    if tokio::time::timeout(opts.grace, tasks.all_done()).await.is_err() {
+        tracing::warn!(
+            listener = %name,
+            open = tasks.live(),
+            "connections still open after {:?}; closing them",
+            opts.grace
+        );
+        let _ = force_tx.send(true);
+        let _ = tokio::time::timeout(FORCE_WAIT, tasks.all_done()).await;
+    }
+    reaper.abort();
+    tracing::info!(listener = %name, "http listener stopped");
+}
+
+/// One client connection, until it closes, idles out, or shutdown ends it.
+async fn serve_conn(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    _guard: TaskGuard,
+) {
+    // Timeouts as of the accept; if the listener is gone, its requests get 503 "listener removed".
+    let timeouts = shared.ctx.routing.load().listener(&shared.name).map(|l| l.timeouts).unwrap_or_default();
+    let _ = stream.set_nodelay(true);
+    let activity = Arc::new(Activity::default());
+    let io = TokioIo::new(IdleIo::new(stream, Arc::clone(&activity)));
+    let info = Arc::new(ConnInfo { peer, activity: Arc::clone(&activity), idle: timeouts.idle });
+    let mut force = shared.force.clone();
+    let svc_shared = Arc::clone(&shared);
+    let service = service_fn(move |req| {
+        let shared = Arc::clone(&svc_shared);
+        let info = Arc::clone(&info);
+        async move { Ok::<_, Infallible>(proxy::handle(req, &info, &shared).await) }
+    });
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(timeouts.request_header);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, "client connection ended: {e}");
+                }
+                break;
+            }
+            _ = raised(&mut stop), if !draining => {
+                conn.as_mut().graceful_shutdown();
+                draining = true;
+            }
+            _ = activity.idle_for(timeouts.idle) => {
+                tracing::debug!(%peer, "client connection idle for {:?}; closed", timeouts.idle);
+                break;
+            }
+            _ = raised(&mut force) => break,
+        }
+    }
+}
+
+/// Completes when the flag becomes true, or when its sender is gone (which means the same: stop).
+pub(crate) async fn raised(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|v| *v).await;
 }

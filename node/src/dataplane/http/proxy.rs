@@ -1,0 +1,391 @@
+//! One proxied request: route, pick, connect, send, answer.
+//!
+//! Retries (bounded by [`MAX_ATTEMPTS`] tries in all):
+//! - a backend that cannot be connected to (refused, timed out) is skipped for the next one of the
+//!   pool's fallback sequence: nothing reached it, and the request is still whole, body included;
+//! - a request that a pooled connection gives back unsent (it closed before the request was written) is
+//!   sent again on a new connection to the same backend;
+//! - an idempotent request without a body (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) whose pooled connection
+//!   failed before a response head arrived is sent once more on a new connection to the same backend
+//!   (the backend may have closed an idle keep-alive connection just as the request went out);
+//! - nothing else: any other failure answers 502, a response head later than `upstream_response` after
+//!   the request was sent in full answers 504.
+//!
+//! Answers of the proxy itself carry a short `text/plain` body naming the reason, and `x-lbfleet-node`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::upgrade::OnUpgrade;
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
+
+use super::activity::{Activity, TaskGuard};
+use super::body::{Release, ReqBody, RespBody, UpstreamBody};
+use super::headers::{
+    add_forwarding, add_via, cookie, request_host, requested_upgrade, sticky_set_cookie, strip_hop_by_hop,
+};
+use super::select::{candidates, request_key, route_pool, sticky_backend};
+use super::upstream::Pooled;
+use super::{ConnInfo, Shared};
+use crate::dataplane::{BackendHandle, InFlight};
+
+/// Most backend attempts per request (connect failures and retries together).
+pub const MAX_ATTEMPTS: usize = 3;
+
+/// Whether this node may use `backend` right now. The seam for passive ejection (a backend this node
+/// just failed to reach): always true for now.
+// TODO: passive ejection and active health checks (next issue) plug in here.
+fn usable(_backend: &BackendHandle) -> bool {
+    true
+}
+
+/// Answer a request of a client connection.
+pub(crate) async fn handle(
+    mut req: Request<Incoming>,
+    conn: &ConnInfo,
+    shared: &Shared,
+) -> Response<RespBody> {
+    let node = &shared.node_header;
+    let routing = shared.ctx.routing.load();
+    let Some(listener) = routing.listener(&shared.name).cloned() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, format!("listener \"{}\" removed", shared.name), node);
+    };
+    if req.method() == Method::CONNECT {
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported".to_string(), node);
+    }
+    if let Some(te) = req.headers().get(header::TRANSFER_ENCODING) {
+        // hyper accepts any coding list ending in `chunked`; only `chunked` alone is passed on, and the
+        // connection is not read any further (its next bytes are not trusted as a request).
+        if !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            let te = String::from_utf8_lossy(te.as_bytes()).into_owned();
+            return refuse(
+                StatusCode::NOT_IMPLEMENTED,
+                format!("transfer-encoding \"{te}\" is not supported"),
+                node,
+            );
+        }
+    }
+    let host: Option<String> = request_host(req.uri(), req.headers()).map(str::to_owned);
+    let pool_name = route_pool(&listener, host.as_deref(), req.uri().path());
+    let Some(selector) = routing.pool(pool_name).cloned() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, format!("unknown pool \"{pool_name}\""), node);
+    };
+    let pool_cfg = routing.pool_config(pool_name).cloned();
+    drop(routing);
+    if selector.is_empty() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no healthy backend in pool \"{pool_name}\""),
+            node,
+        );
+    }
+    let key = match &pool_cfg {
+        Some(p) if selector.uses_key() => {
+            request_key(&p.hash_key, req.headers(), req.uri().path(), conn.peer)
+        }
+        _ => 0,
+    };
+    let sticky_name = pool_cfg.as_ref().and_then(|p| p.sticky_cookie.as_deref());
+    let sticky = sticky_name
+        .and_then(|name| cookie(req.headers(), name))
+        .and_then(|value| sticky_backend(&selector, value))
+        .filter(|b| usable(b));
+    let had_sticky = sticky.map(|b| b.addr());
+    let cands = candidates(&selector, key, sticky, MAX_ATTEMPTS, usable);
+    if cands.is_empty() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no usable backend in pool \"{pool_name}\""),
+            node,
+        );
+    }
+    // The cookie is (re)set whenever the backend that answers is not the one the request named.
+    let set_cookie = |resp: &mut Response<RespBody>, answered: SocketAddr| {
+        if let Some(name) = sticky_name {
+            if had_sticky != Some(answered) {
+                if let Some(v) = sticky_set_cookie(name, &answered.to_string()) {
+                    resp.headers_mut().append(header::SET_COOKIE, v);
+                }
+            }
+        }
+    };
+
+    if listener.redirect {
+        let target = cands[0].addr();
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let location = format!("http://{target}{pq}");
+        let mut resp = text(StatusCode::TEMPORARY_REDIRECT, format!("redirecting to {location}"), node);
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
+        set_cookie(&mut resp, target);
+        return resp;
+    }
+
+    // The request as it goes to a backend.
+    let upgrade = requested_upgrade(req.version(), req.headers());
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let had_te = parts.headers.contains_key(header::TRANSFER_ENCODING);
+    strip_hop_by_hop(&mut parts.headers);
+    if had_te {
+        // The body is re-framed (chunked) on the way out; a length sent alongside must not survive.
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    add_forwarding(&mut parts.headers, conn.peer.ip(), host.as_deref(), parts.version);
+    if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+        if parts.uri.authority().is_some() || !parts.headers.contains_key(header::HOST) {
+            parts.headers.insert(header::HOST, h);
+        }
+    }
+    if let Some(up) = &upgrade {
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, up.clone());
+    }
+    parts.uri = origin_form(&parts.uri);
+    parts.version = Version::HTTP_11;
+    let replayable = is_idempotent(&parts.method) && hyper::body::Body::is_end_stream(&body);
+    let mut pending = Some(if replayable {
+        Request::from_parts(parts, ReqBody::empty())
+    } else {
+        Request::from_parts(parts, ReqBody::new(body))
+    });
+
+    let timeouts = listener.timeouts;
+    let mut connect_errors: Vec<String> = Vec::new();
+    let mut idx = 0;
+    let mut fresh = false;
+    let mut replayed = false;
+    for _ in 0..MAX_ATTEMPTS {
+        let Some(backend) = cands.get(idx) else { break };
+        let Some(request) = pending.take() else { break };
+        let mut up = match shared.upstreams.acquire(backend.addr(), timeouts.connect, fresh).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(backend = %backend.addr(), pool = pool_name, "{e}");
+                connect_errors.push(format!("{}: {e}", backend.addr()));
+                pending = Some(request);
+                idx += 1;
+                fresh = false;
+                continue;
+            }
+        };
+        let inflight = backend.track();
+        let replay = (up.reused && replayable && !replayed).then(|| copy_head(&request));
+        match send(&mut up.sender, request, &conn.activity, timeouts.upstream_response).await {
+            Ok(resp) => {
+                let answered = up.addr;
+                let mut resp = match client_upgrade {
+                    Some(client_up) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                        tunnel_response(resp, client_up, up, inflight, conn, shared)
+                    }
+                    _ if resp.status() == StatusCode::SWITCHING_PROTOCOLS => text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("backend {answered} switched protocols without being asked"),
+                        node,
+                    ),
+                    _ => forward_response(resp, up, inflight, shared),
+                };
+                set_cookie(&mut resp, answered);
+                return resp;
+            }
+            Err(SendError::Unsent(back)) => {
+                tracing::debug!(backend = %backend.addr(), "pooled connection closed before the request was written");
+                pending = Some(*back);
+                fresh = true;
+            }
+            Err(SendError::Timeout) => {
+                return text(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "backend {} did not answer within {}",
+                        backend.addr(),
+                        humantime::format_duration(timeouts.upstream_response)
+                    ),
+                    node,
+                );
+            }
+            Err(SendError::Failed(e)) => match replay {
+                Some(again) => {
+                    tracing::debug!(backend = %backend.addr(), "pooled connection failed ({e}); retrying once");
+                    replayed = true;
+                    pending = Some(again);
+                    fresh = true;
+                }
+                None => {
+                    return text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("backend {} failed before answering: {e}", backend.addr()),
+                        node,
+                    );
+                }
+            },
+        }
+    }
+    let reason = if connect_errors.is_empty() {
+        format!("no backend of pool \"{pool_name}\" answered after {MAX_ATTEMPTS} attempts")
+    } else {
+        format!("no backend of pool \"{pool_name}\" could be reached: {}", connect_errors.join("; "))
+    };
+    text(StatusCode::SERVICE_UNAVAILABLE, reason, node)
+}
+
+enum SendError {
+    /// The connection closed before the request was written; here it is, untouched.
+    Unsent(Box<Request<ReqBody>>),
+    /// No response head within the upstream response timeout.
+    Timeout,
+    Failed(hyper::Error),
+}
+
+/// Send `req` and wait for the response head: without limit while the request body is still being sent
+/// (the client idle timeout bounds a stalled upload), then at most `timeout`.
+async fn send(
+    sender: &mut SendRequest<ReqBody>,
+    mut req: Request<ReqBody>,
+    activity: &Arc<Activity>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, SendError> {
+    let sent: oneshot::Receiver<()> = req.body_mut().sent_signal();
+    let fut = sender.try_send_request(req);
+    tokio::pin!(fut);
+    tokio::pin!(sent);
+    let early = tokio::select! {
+        biased;
+        r = &mut fut => Some(r),
+        _ = &mut sent => None,
+    };
+    let r = match early {
+        Some(r) => r,
+        None => {
+            let _waiting = activity.waiting();
+            match tokio::time::timeout(timeout, &mut fut).await {
+                Ok(r) => r,
+                Err(_) => return Err(SendError::Timeout),
+            }
+        }
+    };
+    r.map_err(|mut e| match e.take_message() {
+        Some(req) => SendError::Unsent(Box::new(req)),
+        None => SendError::Failed(e.into_error()),
+    })
+}
+
+/// A backend's response on its way to the client: hop-by-hop headers out, `Via` and the node in.
+fn forward_response(
+    resp: Response<Incoming>,
+    conn: Pooled,
+    inflight: InFlight,
+    shared: &Shared,
+) -> Response<RespBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    add_via(&mut parts.headers, parts.version);
+    parts.headers.insert("x-lbfleet-node", shared.node_header.clone());
+    let release = Release { upstreams: Arc::clone(&shared.upstreams), conn, inflight };
+    Response::from_parts(parts, RespBody::Upstream(UpstreamBody::new(body, release)))
+}
+
+/// A backend's 101 answer to an upgrade: pass it on, and once both sides have switched, splice the two
+/// connections until either closes, the client connection is idle too long, or shutdown forces it.
+fn tunnel_response(
+    mut resp: Response<Incoming>,
+    client_up: OnUpgrade,
+    conn: Pooled,
+    inflight: InFlight,
+    client: &ConnInfo,
+    shared: &Shared,
+) -> Response<RespBody> {
+    let backend_up = hyper::upgrade::on(&mut resp);
+    let upgrade_to = resp.headers().get(header::UPGRADE).cloned();
+    let (mut parts, _body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    add_via(&mut parts.headers, parts.version);
+    parts.headers.insert("x-lbfleet-node", shared.node_header.clone());
+    parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(u) = upgrade_to {
+        parts.headers.insert(header::UPGRADE, u);
+    }
+    let guard = shared.tasks.enter();
+    let activity = Arc::clone(&client.activity);
+    let idle = client.idle;
+    let force = shared.force.clone();
+    let addr = conn.addr;
+    tokio::spawn(splice(client_up, backend_up, addr, activity, idle, force, (guard, inflight, conn)));
+    Response::from_parts(parts, RespBody::empty())
+}
+
+async fn splice(
+    client_up: OnUpgrade,
+    backend_up: OnUpgrade,
+    backend: SocketAddr,
+    activity: Arc<Activity>,
+    idle: Duration,
+    mut force: tokio::sync::watch::Receiver<bool>,
+    _held: (TaskGuard, InFlight, Pooled),
+) {
+    let (c, b) = match tokio::try_join!(client_up, backend_up) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(%backend, "upgrade did not complete: {e}");
+            return;
+        }
+    };
+    let (mut c, mut b) = (TokioIo::new(c), TokioIo::new(b));
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut c, &mut b) => {
+            if let Err(e) = r {
+                tracing::debug!(%backend, "tunnel ended: {e}");
+            }
+        }
+        _ = activity.idle_for(idle) => tracing::debug!(%backend, "tunnel idle for {idle:?}; closed"),
+        _ = super::raised(&mut force) => {}
+    }
+}
+
+/// GET, HEAD, OPTIONS, PUT, DELETE, TRACE: repeating them has the effect of sending them once.
+fn is_idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+/// A copy of a bodiless request, to send it again.
+fn copy_head(req: &Request<ReqBody>) -> Request<ReqBody> {
+    let mut r = Request::new(ReqBody::empty());
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.version_mut() = req.version();
+    *r.headers_mut() = req.headers().clone();
+    r
+}
+
+/// `uri` in origin form (`/path?query`), as an HTTP/1.1 request to a backend carries it.
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(_) if uri.authority().is_none() && uri.scheme().is_none() => uri.clone(),
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
+    }
+}
+
+/// An answer of the proxy itself: a short text naming the reason.
+pub fn text(status: StatusCode, reason: String, node: &HeaderValue) -> Response<RespBody> {
+    let mut resp = Response::new(RespBody::text(format!("{reason}\n")));
+    *resp.status_mut() = status;
+    let h: &mut HeaderMap = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert("x-lbfleet-node", node.clone());
+    resp
+}
+
+/// [`text`] for a request the proxy will not read further: the HTTP/1 connection closes after it.
+fn refuse(status: StatusCode, reason: String, node: &HeaderValue) -> Response<RespBody> {
+    let mut resp = text(status, reason, node);
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}

@@ -1,0 +1,172 @@
+//! Connections to backends: HTTP/1.1 over TCP (`hyper::client::conn::http1`), kept in a small pool per
+//! backend address.
+//!
+//! A request first *acquires* a connection (an idle pooled one that is still open, else a new one under
+//! the connect timeout) and only then is sent on it, Pingora's "connect first, then send": a backend
+//! that cannot be reached is detected before any byte of the request is consumed, so the request, body
+//! included, can go to the next backend unchanged.
+//!
+//! A connection returns to the pool when its response body has been read to the end
+//! ([`super::body::UpstreamBody`]); a connection whose response was abandoned, broken or upgraded is
+//! dropped, which closes it. Limits: at most `max_idle_per_backend` idle connections per backend (the
+//! oldest is closed first), none older than `idle_timeout` (checked when taken and by [`Upstreams::reap`]).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::body::ReqBody;
+
+/// How long a pooled connection may take to become ready for its next request before it is given up.
+const READY_WAIT: Duration = Duration::from_millis(500);
+
+/// Limits of the upstream pool.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolLimits {
+    pub max_idle_per_backend: usize,
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolLimits {
+    fn default() -> Self {
+        PoolLimits { max_idle_per_backend: 64, idle_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// One HTTP/1.1 connection to a backend.
+#[derive(Debug)]
+pub struct Pooled {
+    pub addr: SocketAddr,
+    pub sender: http1::SendRequest<ReqBody>,
+    /// Taken from the pool (it served a request before) rather than connected for this request.
+    pub reused: bool,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<ReqBody>,
+    since: Instant,
+}
+
+/// Why no connection to a backend could be made. Nothing of the request reached the backend.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("HTTP/1.1 handshake failed: {0}")]
+    Handshake(hyper::Error),
+}
+
+/// Idle connections of one listener, by backend address.
+#[derive(Debug)]
+pub struct Upstreams {
+    limits: PoolLimits,
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+}
+
+impl Upstreams {
+    pub fn new(limits: PoolLimits) -> Upstreams {
+        Upstreams { limits, idle: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn limits(&self) -> PoolLimits {
+        self.limits
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
+        // A panic while holding this lock cannot leave the map inconsistent (plain pushes and pops).
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A connection to `addr`: a pooled one if one is open and ready (unless `fresh`), else a new one.
+    pub async fn acquire(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        fresh: bool,
+    ) -> Result<Pooled, ConnectError> {
+        if !fresh {
+            while let Some(mut sender) = self.take_idle(addr) {
+                if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
+                    return Ok(Pooled { addr, sender, reused: true });
+                }
+            }
+        }
+        let sender = connect(addr, connect_timeout).await?;
+        Ok(Pooled { addr, sender, reused: false })
+    }
+
+    /// The most recently used idle connection to `addr` that is open and not expired. Expired or closed
+    /// ones met on the way are dropped.
+    fn take_idle(&self, addr: SocketAddr) -> Option<http1::SendRequest<ReqBody>> {
+        let mut idle = self.lock();
+        let list = idle.get_mut(&addr)?;
+        let mut found = None;
+        while let Some(c) = list.pop() {
+            if !c.sender.is_closed() && c.since.elapsed() < self.limits.idle_timeout {
+                found = Some(c.sender);
+                break;
+            }
+        }
+        if list.is_empty() {
+            idle.remove(&addr);
+        }
+        found
+    }
+
+    /// Give a connection whose exchange completed back to the pool.
+    pub fn checkin(&self, conn: Pooled) {
+        if conn.sender.is_closed() || self.limits.max_idle_per_backend == 0 {
+            return;
+        }
+        let mut idle = self.lock();
+        let list = idle.entry(conn.addr).or_default();
+        list.push(Idle { sender: conn.sender, since: Instant::now() });
+        if list.len() > self.limits.max_idle_per_backend {
+            list.remove(0);
+        }
+    }
+
+    /// Close idle connections that expired or whose backend closed them.
+    pub fn reap(&self) {
+        let timeout = self.limits.idle_timeout;
+        let mut idle = self.lock();
+        idle.retain(|_, list| {
+            list.retain(|c| !c.sender.is_closed() && c.since.elapsed() < timeout);
+            !list.is_empty()
+        });
+    }
+
+    /// Number of idle connections to `addr`.
+    pub fn idle_count(&self, addr: SocketAddr) -> usize {
+        self.lock().get(&addr).map_or(0, Vec::len)
+    }
+}
+
+/// Open a new HTTP/1.1 connection to `addr` (TCP_NODELAY); its I/O runs in its own task until the
+/// connection closes or its last handle is dropped.
+pub async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<http1::SendRequest<ReqBody>, ConnectError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(r) => r?,
+        Err(_) => return Err(ConnectError::Timeout(timeout)),
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) =
+        http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(ConnectError::Handshake)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(backend = %addr, "upstream connection ended: {e}");
+        }
+    });
+    Ok(sender)
+}
