@@ -4,9 +4,9 @@
 //!   when it comes back; a killed leader is marked down by its successor, once;
 //! - `lbctl drain --wait` commits the drain and returns when no node has anything in flight to the
 //!   backend; `LocalLoad` and `ReportLoad` answer on every node;
-//! - load through the TCP proxy (open connections to demo backends) makes the leader activate a
-//!   standby and run the hook, and deactivate it when the connections close; `drain --wait` follows
-//!   real requests until they finish.
+//! - load through the TCP proxy (open connections to demo backends) and through the HTTP proxy (slow
+//!   `/sleep/<ms>` requests) makes the leader activate a standby (and run the hook), and deactivate it
+//!   once the load is gone; `drain --wait` follows real requests until they finish.
 //!
 //! Every test uses its own 127.0.<net>.0/24 (91..=99 belong to this file).
 
@@ -419,5 +419,66 @@ async fn drain_wait_follows_real_requests_until_they_finish() -> Result<()> {
         let (code, _, err) = lbctl(&["--endpoint", &grpc, "undrain", "web", b])?;
         assert_eq!(code, 0, "{err}");
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_http_requests_scale_a_standby_out_and_back_in() -> Result<()> {
+    const PORT: u16 = 18098;
+    let (b1, b2, s1) = ("127.0.98.101:9001", "127.0.98.102:9001", "127.0.98.103:9001");
+    let _procs = (
+        BackendProc::start("b1", b1).await?,
+        BackendProc::start("b2", b2).await?,
+        BackendProc::start("s1", s1).await?,
+    );
+    let cfg = format!(
+        "[[pool]]\nname = \"web\"\npolicy = \"round_robin\"\n\
+         [[pool.backend]]\naddr = \"{b1}\"\n[[pool.backend]]\naddr = \"{b2}\"\n\
+         [[pool.backend]]\naddr = \"{s1}\"\nstandby = true\n\
+         [pool.health]\nkind = \"none\"\n\
+         [pool.scale]\nmin_active = 2\nmax_active = 3\nhigh_watermark = 3\nlow_watermark = 1\nwindow = \"2s\"\n\
+         [[listener]]\nname = \"web\"\nprotocol = \"http\"\nport = {PORT}\npool = \"web\"\n"
+    );
+    let c = serving(98, &cfg, PORT).await?;
+    let grpc = c.nodes[0].grpc_addr();
+    let front = format!("{}:{PORT}", c.nodes[0].ip);
+    wait_until("node 1 to proxy HTTP", ELECTION, || async {
+        let (status, _, _) = lbfleet_tests::http_get(&front, "/", &[]).await?;
+        ensure!(status == 200, "status {status}");
+        Ok(())
+    })
+    .await?;
+
+    // Twelve requests of 8 s each: six per primary, above the high watermark of 3.
+    let requests: Vec<_> = (0..12)
+        .map(|_| {
+            let front = front.clone();
+            tokio::spawn(async move { lbfleet_tests::http_get(&front, "/sleep/8000", &[]).await })
+        })
+        .collect();
+    wait_until("the standby activated while the requests run", Duration::from_secs(30), || async {
+        ensure!(is_active(&grpc, s1).await?, "still inactive");
+        Ok(())
+    })
+    .await
+    .map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    for r in requests {
+        let (status, headers, _) = r.await??;
+        assert_eq!(status, 200);
+        let by = headers.get("x-backend").and_then(|v| v.to_str().ok()).unwrap_or("");
+        assert!(by == "b1" || by == "b2", "sent before the activation: {by}");
+    }
+    // Done: nothing in flight, below the low watermark for a window → back to standby.
+    wait_until("the standby deactivated", Duration::from_secs(30), || async {
+        ensure!(!is_active(&grpc, s1).await?, "still active");
+        Ok(())
+    })
+    .await
+    .map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    let evs = events(&grpc).await?;
+    let steps: Vec<_> = evs.iter().filter(|e| e.what.contains(&format!("standby backend {s1}"))).collect();
+    assert_eq!(steps.len(), 2, "one activation, one deactivation: {evs:#?}");
+    assert!(steps[0].what.starts_with("activated") && steps[0].why.contains("> high watermark 3 for 2s"));
+    assert!(steps[1].what.starts_with("deactivated") && steps[1].why.contains("< low watermark 1 for 2s"));
     Ok(())
 }
