@@ -59,7 +59,9 @@ async fn a_killed_node_is_marked_down_and_up_again_when_it_returns() -> Result<(
     ensure!(st.nodes.iter().all(|n| !n.down), "{:?}", st.nodes);
 
     c.node(victim).kill9();
+    let killed = std::time::Instant::now();
     wait_down(&leader_addr, victim, true).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    eprintln!("node {victim} marked down {:?} after SIGKILL", killed.elapsed());
     let evs = events(&leader_addr).await?;
     let down = evs
         .iter()
@@ -83,7 +85,9 @@ async fn a_killed_node_is_marked_down_and_up_again_when_it_returns() -> Result<(
     assert!(out.contains(&format!("node {victim} marked down")), "{out}");
 
     c.node(victim).start()?;
+    let restarted = std::time::Instant::now();
     wait_down(&leader_addr, victim, false).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    eprintln!("node {victim} marked up {:?} after its restart", restarted.elapsed());
     let evs = events(&leader_addr).await?;
     ensure!(evs.iter().any(|e| e.what == format!("node {victim} marked up")), "no up event in {evs:?}");
     let (code, out, _) = lbctl(&["--endpoint", &leader_addr, "events", "--json", "--limit", "1"])?;
@@ -450,6 +454,7 @@ async fn slow_http_requests_scale_a_standby_out_and_back_in() -> Result<()> {
     .await?;
 
     // Twelve requests of 8 s each: six per primary, above the high watermark of 3.
+    let started = std::time::Instant::now();
     let requests: Vec<_> = (0..12)
         .map(|_| {
             let front = front.clone();
@@ -462,6 +467,7 @@ async fn slow_http_requests_scale_a_standby_out_and_back_in() -> Result<()> {
     })
     .await
     .map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    eprintln!("standby activated {:?} after the slow requests started (window 2s)", started.elapsed());
     for r in requests {
         let (status, headers, _) = r.await??;
         assert_eq!(status, 200);
@@ -469,12 +475,14 @@ async fn slow_http_requests_scale_a_standby_out_and_back_in() -> Result<()> {
         assert!(by == "b1" || by == "b2", "sent before the activation: {by}");
     }
     // Done: nothing in flight, below the low watermark for a window → back to standby.
+    let done = std::time::Instant::now();
     wait_until("the standby deactivated", Duration::from_secs(30), || async {
         ensure!(!is_active(&grpc, s1).await?, "still active");
         Ok(())
     })
     .await
     .map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    eprintln!("standby deactivated {:?} after the last request ended (window 2s)", done.elapsed());
     let evs = events(&grpc).await?;
     let steps: Vec<_> = evs.iter().filter(|e| e.what.contains(&format!("standby backend {s1}"))).collect();
     assert_eq!(steps.len(), 2, "one activation, one deactivation: {evs:#?}");
