@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
 # Build the lbfleet image from the binaries compiled here (no registry needed: FROM scratch).
 #   docker/build-image.sh [TAG]      (default tag: lbfleet:dev)
+# PROFILE=debug packs the debug binaries instead of release ones (the end-to-end docker test does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tag="${1:-lbfleet:dev}"
+profile="${PROFILE:-release}"
 
-cargo build --release --locked --bins -p lbfleet-node -p lbfleet-cli
+if [ "$profile" = release ]; then
+  cargo build --release --locked --bins -p lbfleet-node -p lbfleet-cli
+else
+  cargo build --locked --bins -p lbfleet-node -p lbfleet-cli
+fi
+bindir="target/$profile"
 ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
 root="$ctx/rootfs"
 mkdir -p "$root/usr/local/bin" "$root/data" "$root/tmp" "$root/etc/lbfleet"
 for b in lbnode lbctl; do
-  install -m 0755 "target/release/$b" "$root/usr/local/bin/$b"
+  install -m 0755 "$bindir/$b" "$root/usr/local/bin/$b"
 done
 # The dynamic loader and every shared library the binaries need, at the same paths.
-for lib in $(ldd target/release/lbnode target/release/lbctl | grep -o '/[^ ]*' | sort -u); do
+libs=$(for b in lbnode lbctl; do
+  ldd "$bindir/$b" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'
+done | sort -u)
+for lib in $libs; do
   mkdir -p "$root$(dirname "$lib")"
   cp -L "$lib" "$root$lib"
 done
