@@ -378,8 +378,8 @@ async fn drain_wait_follows_real_requests_until_they_finish() -> Result<()> {
     let grpc = c.nodes[0].grpc_addr();
     let front = format!("{}:{PORT}", c.nodes[0].ip);
 
-    // Four requests of 3 s each: two per backend.
-    let requests: Vec<_> = (0..4).map(|_| tokio::spawn(slow_request(front.clone(), 3000))).collect();
+    // Four requests of 5 s each: two per backend.
+    let requests: Vec<_> = (0..4).map(|_| tokio::spawn(slow_request(front.clone(), 5000))).collect();
     wait_until("four requests in flight", ELECTION, || async {
         let n = local_in_flight(&grpc).await?;
         ensure!(n == 4, "{n}");
