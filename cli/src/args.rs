@@ -7,6 +7,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Default admin endpoint: node 1 of a local cluster.
 pub const DEFAULT_ENDPOINT: &str = "127.0.0.11:7400";
+/// Default deadline of one request.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of how long `drain --wait` waits for the backend to empty.
+pub const DEFAULT_DRAIN_WAIT: Duration = Duration::from_secs(60);
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -28,9 +32,10 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// Deadline of each request, e.g. 10s, 500ms, 1m.
-    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
+    /// Deadline of each request, e.g. 10s, 500ms, 1m (default 10s). With `drain --wait`: how long to
+    /// wait for the backend to empty (default 60s; each request then takes at most 10s).
+    #[arg(long, global = true, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -48,12 +53,14 @@ pub enum Command {
     Backends(StaleArg),
     /// List, add or remove cluster members.
     Nodes(NodesArgs),
-    /// Stop sending new flows to a backend (on every node).
-    Drain(DrainArgs),
+    /// Stop sending new flows to a backend (on every node); with --wait, until its last request ends.
+    Drain(DrainCommandArgs),
     /// Resume sending new flows to a drained backend.
     Undrain(DrainArgs),
     /// Stream one line per applied change of the replicated state until Ctrl-C.
     Watch,
+    /// The replicated event log: leader decisions (standbys, nodes marked down, hooks) and health changes.
+    Events(EventsArgs),
     /// Run a development cluster on this machine (127.0.0.11, 127.0.0.12, ...).
     Local(LocalArgs),
     /// Run one demo HTTP backend (used by `local up` and the docker demo).
@@ -148,6 +155,29 @@ pub struct AddNodeArgs {
 pub struct RemoveNodeArgs {
     #[arg(long)]
     pub id: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DrainCommandArgs {
+    #[command(flatten)]
+    pub target: DrainArgs,
+    /// After the drain is committed, poll every node's in-flight count for the backend and return when
+    /// it reaches zero on every node (exit 1 with the remaining count at --timeout, default 60s).
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only events with a log index above N.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub since: u64,
+    /// At most N events (the newest); 0 for every event kept.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub limit: u32,
+    /// Answer from the asked node's applied state instead of a linearizable read through the leader.
+    #[arg(long)]
+    pub stale: bool,
 }
 
 #[derive(Debug, Args)]
@@ -269,14 +299,14 @@ mod tests {
             parse(&["status", "--json", "--endpoint", "127.0.0.12:7400", "--timeout", "1500ms"]).unwrap();
         assert!(cli.json);
         assert_eq!(cli.endpoint, "127.0.0.12:7400");
-        assert_eq!(cli.timeout, Duration::from_millis(1500));
+        assert_eq!(cli.timeout, Some(Duration::from_millis(1500)));
         assert!(matches!(cli.command, Command::Status));
     }
 
     #[test]
     fn defaults() {
         let cli = parse(&["status"]).unwrap();
-        assert_eq!(cli.timeout, Duration::from_secs(10));
+        assert_eq!(cli.timeout, None, "each command applies its own default");
         assert!(!cli.json);
         // The endpoint default applies unless the environment running the tests sets LBCTL_ENDPOINT.
         let expected = std::env::var("LBCTL_ENDPOINT").unwrap_or_else(|_| DEFAULT_ENDPOINT.to_string());
@@ -347,8 +377,27 @@ mod tests {
     fn drain_takes_pool_and_backend() {
         let cli = parse(&["drain", "web", "127.0.0.1:9001"]).unwrap();
         let Command::Drain(d) = cli.command else { panic!("not drain") };
-        assert_eq!((d.pool.as_str(), d.backend.as_str()), ("web", "127.0.0.1:9001"));
+        assert_eq!(
+            (d.target.pool.as_str(), d.target.backend.as_str(), d.wait),
+            ("web", "127.0.0.1:9001", false)
+        );
+        let cli = parse(&["drain", "web", "127.0.0.1:9001", "--wait", "--timeout", "90s"]).unwrap();
+        let Command::Drain(d) = cli.command else { panic!("not drain") };
+        assert!(d.wait);
+        assert_eq!(cli.timeout, Some(Duration::from_secs(90)));
         assert!(parse(&["undrain", "web"]).is_err());
+        assert!(parse(&["undrain", "web", "127.0.0.1:9001", "--wait"]).is_err(), "undrain does not wait");
+    }
+
+    #[test]
+    fn events_flags() {
+        let cli = parse(&["events"]).unwrap();
+        let Command::Events(e) = cli.command else { panic!("not events") };
+        assert_eq!((e.since, e.limit, e.stale), (0, 0, false));
+        let cli = parse(&["events", "--since", "12", "--limit", "5", "--stale", "--json"]).unwrap();
+        let Command::Events(e) = cli.command else { panic!("not events") };
+        assert_eq!((e.since, e.limit, e.stale, cli.json), (12, 5, true, true));
+        assert!(parse(&["events", "--limit", "-1"]).is_err());
     }
 
     #[test]

@@ -131,6 +131,17 @@ impl Admin {
         self.call(|mut c| async move { c.set_drain(req).await }).await
     }
 
+    pub async fn events(&self, req: pb::EventsRequest) -> Result<pb::EventsResponse, CliError> {
+        let req = self.req(req);
+        self.call(|mut c| async move { c.events(req).await }).await
+    }
+
+    /// This node's in-flight counts per backend.
+    pub async fn local_load(&self) -> Result<pb::LoadReport, CliError> {
+        let req = self.req(pb::LocalLoadRequest {});
+        self.call(|mut c| async move { c.local_load(req).await }).await
+    }
+
     /// Open the watch stream. Only opening it is bounded by the timeout; the stream itself lasts.
     pub async fn watch(&self) -> Result<tonic::Streaming<pb::WatchEvent>, CliError> {
         let req = tonic::Request::new(pb::WatchRequest {});

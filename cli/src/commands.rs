@@ -139,6 +139,149 @@ pub async fn drain(g: &Global, d: &args::DrainArgs, draining: bool) -> Result<()
     }
 }
 
+/// How often `drain --wait` polls the nodes.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// `drain POOL BACKEND --wait`: commit the drain, then poll every member's `LocalLoad` until the
+/// backend has nothing in flight on any node that is not marked down (and every such node has applied
+/// the drain), or `wait` has passed (an error naming the remaining count). Each request is bounded by
+/// `g.timeout`.
+pub async fn drain_wait(g: &Global, d: &args::DrainArgs, wait: std::time::Duration) -> Result<(), CliError> {
+    let started = tokio::time::Instant::now();
+    let deadline = started + wait;
+    let admin = g.connect().await?;
+    let r = admin.set_drain(&d.pool, &d.backend, true).await?;
+    let tty = !g.json && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    if !g.json {
+        print(&format!(
+            "backend {} in pool \"{}\" is draining (log index {}); waiting for its requests to finish\n",
+            d.backend, d.pool, r.log_index
+        ))?;
+    }
+    let mut nodes: std::collections::BTreeMap<String, Admin> = std::collections::BTreeMap::new();
+    let mut start: Option<u64> = None;
+    let mut last_line = String::new();
+    loop {
+        let p = drain_progress(g, &admin, &mut nodes, d, r.log_index).await?;
+        let first = *start.get_or_insert(p.in_flight);
+        if !g.json {
+            let line = output::drain_progress_line(first, &p);
+            if tty {
+                print(&format!("\r{line}\x1b[K"))?;
+            } else if line != last_line {
+                print(&format!("{line}\n"))?;
+            }
+            last_line = line;
+        }
+        if p.done() {
+            if tty {
+                print("\n")?;
+            }
+            let waited = started.elapsed();
+            return if g.json {
+                print(&output::to_json_pretty(&serde_json::json!({
+                    "pool": d.pool,
+                    "backend": d.backend,
+                    "draining": true,
+                    "log_index": r.log_index,
+                    "drained": true,
+                    "in_flight": 0,
+                    "waited_ms": waited.as_millis() as u64,
+                })))
+            } else {
+                print(&format!(
+                    "drained: nothing in flight to {} on any node (waited {})\n",
+                    d.backend,
+                    humantime::format_duration(std::time::Duration::from_millis(waited.as_millis() as u64))
+                ))
+            };
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            if tty {
+                print("\n")?;
+            }
+            let mut msg = format!(
+                "backend {} of pool \"{}\" still has {} requests/connections in flight after {}",
+                d.backend,
+                d.pool,
+                p.in_flight,
+                humantime::format_duration(wait)
+            );
+            if !p.silent.is_empty() {
+                msg.push_str(&format!(" (no answer from node {})", output::join_ids(&p.silent)));
+            }
+            if !p.behind.is_empty() {
+                msg.push_str(&format!(" (drain not applied yet on node {})", output::join_ids(&p.behind)));
+            }
+            msg.push_str("; it stays draining");
+            return Err(CliError::Local(anyhow::anyhow!(msg)));
+        }
+        tokio::time::sleep_until((now + DRAIN_POLL).min(deadline)).await;
+    }
+}
+
+/// One poll: the members and their applied index from `status`, then `LocalLoad` of each member that
+/// is not marked down (connections kept in `nodes` across polls).
+async fn drain_progress(
+    g: &Global,
+    admin: &Admin,
+    nodes: &mut std::collections::BTreeMap<String, Admin>,
+    d: &args::DrainArgs,
+    log_index: u64,
+) -> Result<output::DrainProgress, CliError> {
+    let status = admin.status().await?;
+    let mut p = output::DrainProgress::default();
+    let mut members: Vec<&pb::NodeStatus> = status.nodes.iter().filter(|n| !n.down).collect();
+    members.sort_by_key(|n| n.id);
+    p.expected = members.len();
+    for n in members {
+        if n.reachable && n.applied_index < log_index {
+            p.behind.push(n.id);
+        }
+        let client = match nodes.get(&n.addr) {
+            Some(c) => Some(c.clone()),
+            None => match Admin::connect(&n.addr, g.timeout).await {
+                Ok(c) => {
+                    nodes.insert(n.addr.clone(), c.clone());
+                    Some(c)
+                }
+                Err(_) => None,
+            },
+        };
+        let load = match client {
+            Some(c) => c.local_load().await.ok(),
+            None => None,
+        };
+        match load {
+            Some(report) => {
+                p.answered += 1;
+                p.in_flight += report
+                    .backends
+                    .iter()
+                    .filter(|b| b.pool == d.pool && b.backend == d.backend)
+                    .map(|b| b.in_flight.saturating_add(b.connections))
+                    .sum::<u64>();
+            }
+            None => p.silent.push(n.id),
+        }
+    }
+    Ok(p)
+}
+
+pub async fn events(g: &Global, e: &args::EventsArgs) -> Result<(), CliError> {
+    let r = g
+        .connect()
+        .await?
+        .events(pb::EventsRequest { since_index: e.since, limit: e.limit, stale: e.stale })
+        .await?;
+    if g.json {
+        print(&output::to_json_pretty(&output::EventsJson::from(&r)))
+    } else {
+        print(&output::events_text(&r))
+    }
+}
+
 /// Stream events until Ctrl-C or SIGTERM (exit 0) or until the stream breaks (an error).
 pub async fn watch(g: &Global) -> Result<(), CliError> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

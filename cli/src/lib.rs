@@ -6,7 +6,8 @@
 //! - [`client`]: one connection to an lbnode's Admin gRPC service, every call bounded by `--timeout`.
 //! - [`error`]: classification of failures into messages and exit codes (unreachable 2, unavailable 3, ...).
 //! - [`output`]: tables for people and the stable JSON shapes for scripts, pure.
-//! - [`commands`]: the admin commands (`status`, `apply`, `get config`, `backends`, `nodes`, `drain`, `watch`).
+//! - [`commands`]: the admin commands (`status`, `apply`, `get config`, `backends`, `nodes`, `drain`
+//!   (with `--wait`: fleet-wide in-flight count until zero), `undrain`, `watch`, `events`).
 //! - [`local`]: `local up` / `local down`, processes on 127.0.0.1N with pid files and logs in a directory.
 //! - [`demo_backend`]: the HTTP/1.1 + h2c demo backend (`lbctl demo-backend`).
 //! - [`probe`]: small HTTP/TCP readiness probes.
@@ -28,7 +29,8 @@ use error::CliError;
 
 /// Run one parsed command line to completion.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
-    let g = commands::Global { endpoint: cli.endpoint.clone(), json: cli.json, timeout: cli.timeout };
+    let timeout = cli.timeout.unwrap_or(args::DEFAULT_TIMEOUT);
+    let g = commands::Global { endpoint: cli.endpoint.clone(), json: cli.json, timeout };
     match &cli.command {
         Command::Status => commands::status(&g).await,
         Command::Apply(a) => commands::apply(&g, a).await,
@@ -37,9 +39,15 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         },
         Command::Backends(s) => commands::backends(&g, s.stale).await,
         Command::Nodes(n) => commands::nodes(&g, n.action.as_ref()).await,
-        Command::Drain(d) => commands::drain(&g, d, true).await,
+        Command::Drain(d) if d.wait => {
+            let wait = cli.timeout.unwrap_or(args::DEFAULT_DRAIN_WAIT);
+            let g = commands::Global { timeout: wait.min(args::DEFAULT_TIMEOUT), ..g };
+            commands::drain_wait(&g, &d.target, wait).await
+        }
+        Command::Drain(d) => commands::drain(&g, &d.target, true).await,
         Command::Undrain(d) => commands::drain(&g, d, false).await,
         Command::Watch => commands::watch(&g).await,
+        Command::Events(e) => commands::events(&g, e).await,
         Command::Local(l) => match &l.action {
             LocalAction::Up(u) => local::up(u, cli.json).await,
             LocalAction::Down(d) => local::down(d, cli.json).await,

@@ -34,6 +34,8 @@ pub struct NodeStatusJson {
     pub config_version: u64,
     /// Why the node could not be asked; `null` when it answered.
     pub error: Option<String>,
+    /// Marked down by the leader (stopped answering its probes), as committed on the node asked.
+    pub down: bool,
 }
 
 impl From<&pb::NodeStatus> for NodeStatusJson {
@@ -51,6 +53,7 @@ impl From<&pb::NodeStatus> for NodeStatusJson {
             leader: n.leader,
             config_version: n.config_version,
             error: non_empty(&n.error),
+            down: n.down,
         }
     }
 }
@@ -87,12 +90,13 @@ pub fn status_text(r: &pb::StatusResponse) -> String {
                 n.addr.clone(),
                 if n.voter { n.role.clone() } else { format!("{} (learner)", n.role) },
                 yes_no(n.reachable).to_string(),
+                yes_no(n.down).to_string(),
                 n.applied_index.to_string(),
                 dash_if_empty(&n.ring_digest),
             ]
         })
         .collect();
-    out.push_str(&table(&["ID", "ADDR", "ROLE", "REACHABLE", "APPLIED_INDEX", "RING_DIGEST"], &rows));
+    out.push_str(&table(&["ID", "ADDR", "ROLE", "REACHABLE", "DOWN", "APPLIED_INDEX", "RING_DIGEST"], &rows));
     for n in &s.nodes {
         if let Some(e) = &n.error {
             out.push_str(&format!("node {}: {e}\n", n.id));
@@ -275,6 +279,133 @@ pub fn watch_line(e: &pb::WatchEvent) -> String {
     )
 }
 
+/// `events --json`.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct EventsJson {
+    pub events: Vec<EventJson>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct EventJson {
+    /// Log index of the entry that produced the event.
+    pub index: u64,
+    /// Milliseconds since the Unix epoch as stamped by the proposer (0 when unknown).
+    pub at_ms: u64,
+    /// `at_ms` as RFC 3339 UTC; `null` when unknown.
+    pub time: Option<String>,
+    pub term: u64,
+    /// The leader that decided; `null` for events that are not leader decisions (health changes).
+    pub leader: Option<u64>,
+    pub what: String,
+    pub why: String,
+}
+
+impl From<&pb::EventsResponse> for EventsJson {
+    fn from(r: &pb::EventsResponse) -> Self {
+        EventsJson {
+            events: r
+                .events
+                .iter()
+                .map(|e| EventJson {
+                    index: e.index,
+                    at_ms: e.at_ms,
+                    time: time_of(e.at_ms),
+                    term: e.term,
+                    leader: e.leader,
+                    what: e.what.clone(),
+                    why: e.why.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// RFC 3339 UTC (to the millisecond) of a Unix time in milliseconds; `None` for 0.
+fn time_of(at_ms: u64) -> Option<String> {
+    (at_ms > 0).then(|| {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms);
+        humantime::format_rfc3339_millis(t).to_string()
+    })
+}
+
+pub fn events_text(r: &pb::EventsResponse) -> String {
+    if r.events.is_empty() {
+        return "no events\n".to_string();
+    }
+    let j = EventsJson::from(r);
+    let rows: Vec<Vec<String>> = j
+        .events
+        .iter()
+        .map(|e| {
+            vec![
+                e.time.clone().unwrap_or_else(|| "-".to_string()),
+                e.index.to_string(),
+                match e.leader {
+                    Some(l) => format!("{}/{l}", e.term),
+                    None => "-".to_string(),
+                },
+                e.what.clone(),
+                dash_if_empty(&e.why),
+            ]
+        })
+        .collect();
+    table(&["TIME", "INDEX", "TERM/LEADER", "WHAT", "WHY"], &rows)
+}
+
+/// The fleet-wide picture of one draining backend at one poll of `drain --wait`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DrainProgress {
+    /// In-flight requests plus connections to the backend, summed over the nodes that answered.
+    pub in_flight: u64,
+    /// Nodes that answered (not marked down).
+    pub answered: usize,
+    /// Nodes expected to answer (members not marked down).
+    pub expected: usize,
+    /// Nodes that have not applied the drain yet.
+    pub behind: Vec<u64>,
+    /// Nodes (not marked down) that did not answer.
+    pub silent: Vec<u64>,
+}
+
+impl DrainProgress {
+    /// Drained: every node expected answered, has applied the drain, and has nothing in flight.
+    pub fn done(&self) -> bool {
+        self.in_flight == 0 && self.behind.is_empty() && self.silent.is_empty()
+    }
+}
+
+/// Width of the `drain --wait` bar in characters.
+pub const BAR_WIDTH: usize = 30;
+
+/// One progress line of `drain --wait`: a bar of what has finished since the first poll (`start`
+/// requests in flight then), and the count now.
+pub fn drain_progress_line(start: u64, p: &DrainProgress) -> String {
+    let done = start.saturating_sub(p.in_flight);
+    let filled =
+        if start == 0 { BAR_WIDTH } else { (done as u128 * BAR_WIDTH as u128 / start as u128) as usize };
+    let filled = if p.done() { BAR_WIDTH } else { filled.min(BAR_WIDTH) };
+    let mut line = format!(
+        "[{}{}] {} in flight ({}/{} nodes answered)",
+        "#".repeat(filled),
+        "-".repeat(BAR_WIDTH - filled),
+        p.in_flight,
+        p.answered,
+        p.expected
+    );
+    if !p.behind.is_empty() {
+        line.push_str(&format!(", drain not applied yet on node {}", join_ids(&p.behind)));
+    }
+    if !p.silent.is_empty() {
+        line.push_str(&format!(", no answer from node {}", join_ids(&p.silent)));
+    }
+    line
+}
+
+/// `1, 2, 3`.
+pub fn join_ids(ids: &[u64]) -> String {
+    ids.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+}
+
 /// The config the server returned (JSON of [`ClusterConfig`]), decoded. `None` when none was ever applied.
 pub fn decode_config(config_json: &str) -> Result<Option<ClusterConfig>, String> {
     if config_json.trim().is_empty() {
@@ -394,6 +525,7 @@ mod tests {
             voter: true,
             config_version: 1,
             error: if reachable { String::new() } else { "connection refused".to_string() },
+            down: !reachable,
             ..Default::default()
         }
     }
@@ -430,6 +562,8 @@ mod tests {
         assert_eq!(nodes[2]["role"], "unknown");
         assert_eq!(nodes[2]["reachable"], false);
         assert_eq!(nodes[2]["error"], "connection refused");
+        assert_eq!(nodes[2]["down"], true);
+        assert_eq!(nodes[0]["down"], false);
     }
 
     #[test]
@@ -445,9 +579,9 @@ mod tests {
         let text = status_text(&status());
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "leader: 1   term: 2   config version: 1   (answered by node 2)");
-        assert_eq!(lines[1], "ID  ADDR             ROLE      REACHABLE  APPLIED_INDEX  RING_DIGEST");
-        assert_eq!(lines[2], "1   127.0.0.11:7400  leader    yes        11             ab12");
-        assert_eq!(lines[4], "3   127.0.0.13:7400  unknown   no         13             -");
+        assert_eq!(lines[1], "ID  ADDR             ROLE      REACHABLE  DOWN  APPLIED_INDEX  RING_DIGEST");
+        assert_eq!(lines[2], "1   127.0.0.11:7400  leader    yes        no    11             ab12");
+        assert_eq!(lines[4], "3   127.0.0.13:7400  unknown   no         yes   13             -");
         assert_eq!(lines[5], "node 3: connection refused");
         assert!(!text.contains("warning"));
     }
@@ -526,6 +660,71 @@ mod tests {
         assert_eq!(v["applied_index"], 12);
         assert!(v["leader"].is_null());
         assert!(!to_json_line(&WatchJson::from(&e)).contains('\n'));
+    }
+
+    #[test]
+    fn events_table_and_json() {
+        let r = pb::EventsResponse {
+            events: vec![
+                pb::EventRecord {
+                    index: 7,
+                    at_ms: 1_700_000_000_123,
+                    leader: Some(2),
+                    term: 3,
+                    what: "node 3 marked down".into(),
+                    why: "no answer".into(),
+                },
+                pb::EventRecord {
+                    index: 9,
+                    at_ms: 0,
+                    leader: None,
+                    term: 0,
+                    what: "backend 127.0.0.1:9001 of pool \"web\" is down".into(),
+                    why: String::new(),
+                },
+            ],
+        };
+        assert_eq!(
+            events_text(&r),
+            "TIME                      INDEX  TERM/LEADER  WHAT                                          WHY\n\
+             2023-11-14T22:13:20.123Z  7      3/2          node 3 marked down                            no answer\n\
+             -                         9      -            backend 127.0.0.1:9001 of pool \"web\" is down  -\n"
+        );
+        let v: serde_json::Value = serde_json::from_str(&to_json_pretty(&EventsJson::from(&r))).unwrap();
+        assert_eq!(v["events"][0]["time"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(v["events"][0]["leader"], 2);
+        assert!(v["events"][1]["leader"].is_null() && v["events"][1]["time"].is_null());
+        assert_eq!(events_text(&pb::EventsResponse::default()), "no events\n");
+    }
+
+    #[test]
+    fn drain_progress_fills_as_requests_finish() {
+        let mut p = DrainProgress { in_flight: 10, answered: 3, expected: 3, ..Default::default() };
+        assert_eq!(
+            drain_progress_line(10, &p),
+            format!("[{}] 10 in flight (3/3 nodes answered)", "-".repeat(30))
+        );
+        p.in_flight = 5;
+        assert!(drain_progress_line(10, &p).starts_with(&format!(
+            "[{}{}] 5",
+            "#".repeat(15),
+            "-".repeat(15)
+        )));
+        p.in_flight = 0;
+        p.silent = vec![3];
+        p.answered = 2;
+        assert!(!p.done(), "a silent node may still hold requests");
+        assert!(drain_progress_line(10, &p).ends_with("(2/3 nodes answered), no answer from node 3"));
+        p.silent.clear();
+        p.behind = vec![1, 2];
+        assert!(!p.done());
+        assert!(drain_progress_line(10, &p).contains("drain not applied yet on node 1, 2"));
+        p.behind.clear();
+        assert!(p.done());
+        assert!(drain_progress_line(0, &p).starts_with(&format!("[{}] 0 in flight", "#".repeat(30))));
+        // More in flight than at the start: the bar is empty, never negative.
+        let more = DrainProgress { in_flight: 20, answered: 1, expected: 1, ..Default::default() };
+        assert!(drain_progress_line(10, &more).starts_with(&format!("[{}]", "-".repeat(30))));
     }
 
     const DEMO: &str = r#"

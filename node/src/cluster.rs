@@ -40,6 +40,8 @@ pub struct Cluster {
     pub dataplane: Arc<ProxyContext>,
     /// What the listener manager last reported about each listener.
     pub listeners: ListenerStatuses,
+    /// On the leader: the latest load report of each node (see [`crate::load`]).
+    pub loads: crate::load::LoadBoard,
 }
 
 impl Cluster {

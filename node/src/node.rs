@@ -73,6 +73,7 @@ impl Node {
             shutdown: shutdown_rx.clone(),
             dataplane: Arc::new(ProxyContext::new(config.id, config.bind)),
             listeners: ListenerStatuses::default(),
+            loads: crate::load::LoadBoard::default(),
         };
         let dataplane = tokio::spawn(crate::dataplane::listeners::run(
             Arc::clone(&cluster.dataplane),
@@ -82,6 +83,9 @@ impl Node {
         ));
 
         let health = tokio::spawn(crate::health::run(cluster.clone()));
+        // Both end on the shutdown signal; nothing waits for them.
+        tokio::spawn(crate::load::run_reporter(cluster.clone(), cluster.loads.clone()));
+        tokio::spawn(crate::leader::run(cluster.clone()));
 
         let grpc = {
             let mut stop = shutdown_rx.clone();

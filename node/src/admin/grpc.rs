@@ -405,7 +405,12 @@ impl Admin for AdminService {
                 },
             );
         }
-        let nodes = join_all(all.iter().map(|m| self.member_status(m))).await;
+        let mut nodes = join_all(all.iter().map(|m| self.member_status(m))).await;
+        // Down is the leader's committed verdict, shown also for the nodes that cannot answer.
+        let down = &self.cluster.applied().state.down_nodes;
+        for n in &mut nodes {
+            n.down = down.contains(&n.id);
+        }
         Ok(Response::new(pb::StatusResponse {
             leader: metrics.current_leader,
             term: metrics.current_term,
@@ -657,16 +662,27 @@ impl Admin for AdminService {
         &self,
         _request: Request<pb::LocalLoadRequest>,
     ) -> Result<Response<pb::LoadReport>, Status> {
-        // TODO: per-backend connection and in-flight counts come with load reporting.
-        Err(Status::unimplemented("load reports are not collected by this node yet"))
+        let routing = self.cluster.dataplane.routing.load();
+        Ok(Response::new(crate::load::local_report(self.id(), &routing, crate::load::now_ms())))
     }
 
     async fn report_load(
         &self,
-        _request: Request<pb::LoadReport>,
+        request: Request<pb::LoadReport>,
     ) -> Result<Response<pb::ReportLoadResponse>, Status> {
-        // TODO: the leader's load collector comes with autoscaling.
-        Err(Status::unimplemented("load reports are not collected by this node yet"))
+        let report = request.into_inner();
+        let metrics = self.cluster.metrics();
+        if metrics.state != openraft::ServerState::Leader {
+            return Ok(Response::new(pb::ReportLoadResponse { accepted: false }));
+        }
+        if metrics.membership_config.membership().get_node(&report.node).is_none() {
+            return Err(invalid(format!(
+                "node: load report from node {} refused: it is not a member of the cluster",
+                report.node
+            )));
+        }
+        self.cluster.loads.record(report, Instant::now());
+        Ok(Response::new(pb::ReportLoadResponse { accepted: true }))
     }
 
     async fn submit_health_vote(

@@ -301,6 +301,13 @@ impl PoolSelector {
         &self.selector
     }
 
+    /// In-flight count (requests and connections tracked with [`BackendHandle::track`]) of every
+    /// configured backend of the pool, eligible or not (draining and inactive backends too), by key.
+    /// The counts are read one by one, not as one atomic snapshot.
+    pub fn in_flight(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        self.counters.iter().map(|(k, c)| (k.as_str(), c.load(std::sync::atomic::Ordering::Relaxed)))
+    }
+
     /// Ordered fallback sequence for the request key `key`: each eligible backend once, the choice first.
     #[inline]
     pub fn pick(&self, key: u64) -> Picks<'_> {
