@@ -244,6 +244,9 @@ impl ClusterState {
     pub fn apply_membership(&mut self, voters: BTreeSet<NodeId>, nodes: BTreeMap<NodeId, NodeRecord>) {
         self.voters = voters;
         self.nodes = nodes;
+        // A node that left is no longer "down": it is gone.
+        let members = &self.nodes;
+        self.down_nodes.retain(|n| members.contains_key(n));
         self.drop_votes_of_non_members();
     }
 
@@ -457,6 +460,16 @@ mod tests {
         let whats: Vec<&str> = s.events.iter().map(|e| e.what.as_str()).collect();
         assert!(whats.contains(&"node 2 marked down"), "{whats:?}");
         assert!(whats.contains(&"backend 127.0.0.1:9001 of pool \"web\" is down"), "{whats:?}");
+    }
+
+    #[test]
+    fn a_node_that_leaves_while_marked_down_is_forgotten() {
+        let mut s = three_voters();
+        s.apply(&leader(1, LeaderAction::SetNodeDown { id: 3, down: true }), 1);
+        assert!(s.down_nodes.contains(&3));
+        let nodes = [1, 2].into_iter().map(|i| (i, NodeRecord::default())).collect();
+        s.apply_membership([1, 2].into(), nodes);
+        assert!(s.down_nodes.is_empty());
     }
 
     #[test]
