@@ -8,9 +8,9 @@ tag="${1:-lbfleet:dev}"
 profile="${PROFILE:-release}"
 
 if [ "$profile" = release ]; then
-  cargo build --release --locked --bins -p lbfleet-node -p lbfleet-cli
+  cargo build --release --locked --workspace --bins
 else
-  cargo build --locked --bins -p lbfleet-node -p lbfleet-cli
+  cargo build --locked --workspace --bins
 fi
 bindir="target/$profile"
 ctx="$(mktemp -d)"

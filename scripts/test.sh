@@ -3,4 +3,7 @@
 # End-to-end tests start real lbnode processes on 127.0.<n>.1x; they build the binaries they need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Build the binaries first with the same command the end-to-end tests use to find them (one feature set,
+# so nothing is compiled twice), then run every test.
+cargo build --workspace --bins --locked
 exec cargo test --workspace --locked "$@"

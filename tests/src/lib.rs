@@ -34,7 +34,8 @@ pub fn bin(name: &str) -> PathBuf {
         let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir").to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--bins", "-p", "lbfleet-node", "-p", "lbfleet-cli", "-p", "lbfleet-chaos"]);
+        // Exactly the command scripts/test.sh runs first, so the features match and this is a no-op there.
+        cmd.args(["build", "--workspace", "--bins"]);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }

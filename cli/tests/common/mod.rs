@@ -19,7 +19,8 @@ pub fn ensure_lbnode() {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--bins", "-p", "lbfleet-node"]);
+        // Exactly the command scripts/test.sh runs first, so the features match and this is a no-op there.
+        cmd.args(["build", "--workspace", "--bins"]);
         if Path::new(LBCTL).parent().and_then(Path::file_name).is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
