@@ -72,6 +72,10 @@ pub struct Cli {
     /// How long a write may wait for commitment before "no quorum" is returned [default: 5000].
     #[arg(long)]
     pub write_timeout_ms: Option<u64>,
+    /// Worker threads of the data plane's own runtime (proxies), apart from the control plane's
+    /// [default: the number of CPUs].
+    #[arg(long)]
+    pub dataplane_threads: Option<usize>,
 }
 
 /// The TOML file: the same fields as [`Cli`], all optional.
@@ -91,6 +95,7 @@ pub struct FileConfig {
     pub election_max_ms: Option<u64>,
     pub snapshot_logs: Option<u64>,
     pub write_timeout_ms: Option<u64>,
+    pub dataplane_threads: Option<usize>,
 }
 
 /// `peers` in the file: one comma-separated string or a list of entries.
@@ -156,6 +161,8 @@ pub struct NodeConfig {
     pub log_level: String,
     pub raft: RaftTiming,
     pub write_timeout: Duration,
+    /// Worker threads of the data-plane runtime.
+    pub dataplane_threads: usize,
 }
 
 /// One bad field.
@@ -305,6 +312,12 @@ impl NodeConfig {
             bad("write_timeout_ms", "must be at least 1".into());
         }
 
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let dataplane_threads = cli.dataplane_threads.or(file.dataplane_threads).unwrap_or(cpus);
+        if !(1..=256).contains(&dataplane_threads) {
+            bad("dataplane_threads", format!("{dataplane_threads} is out of range 1..=256"));
+        }
+
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
@@ -319,6 +332,7 @@ impl NodeConfig {
             log_level,
             raft,
             write_timeout: Duration::from_millis(write_timeout_ms),
+            dataplane_threads,
         })
     }
 

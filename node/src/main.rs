@@ -46,7 +46,23 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(config)) {
+    // The proxies get a runtime of their own: proxy load cannot delay Raft heartbeats or admin calls.
+    let dataplane = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.dataplane_threads)
+        .thread_name("lbnode-dataplane")
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lbnode: cannot start the data-plane runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(run(config, dataplane.handle().clone()));
+    // Connections still open after the node's bounded grace are closed here.
+    dataplane.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -56,10 +72,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: NodeConfig) -> anyhow::Result<()> {
+async fn run(config: NodeConfig, dataplane: tokio::runtime::Handle) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut node = Node::start(config).await?;
+    let mut node = Node::start_with(config, Some(dataplane)).await?;
     let failure = tokio::select! {
         _ = term.recv() => { tracing::info!("SIGTERM received"); None }
         _ = int.recv() => { tracing::info!("SIGINT received"); None }

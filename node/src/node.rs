@@ -48,6 +48,15 @@ impl Node {
     /// Open the store in `config.data_dir`, start Raft and both servers, and bootstrap the cluster
     /// if this node is the one that must (see [`crate::raft`]).
     pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
+        Self::start_with(config, None).await
+    }
+
+    /// [`Node::start`] with the proxies on `dataplane`, a runtime of their own (so proxy load cannot
+    /// delay Raft heartbeats, and the proxies' thread count is set apart); `None` runs them here.
+    pub async fn start_with(
+        config: NodeConfig,
+        dataplane: Option<tokio::runtime::Handle>,
+    ) -> anyhow::Result<Node> {
         let grpc_listener = TcpListener::bind(config.grpc_listen()).await.with_context(|| {
             format!("cannot listen for gRPC on {} (grpc_port/bind)", config.grpc_listen())
         })?;
@@ -80,6 +89,7 @@ impl Node {
             sm_store.subscribe(),
             shutdown_rx.clone(),
             Arc::clone(&cluster.listeners),
+            dataplane,
         ));
 
         let health = tokio::spawn(crate::health::run(cluster.clone()));

@@ -16,6 +16,7 @@ use std::time::Duration;
 use lbfleet_api::config::{Listener, Protocol};
 use lbfleet_raft_store::AppliedState;
 use serde::Serialize;
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -66,11 +67,19 @@ pub struct ListenerSet {
     failed: BTreeMap<Identity, String>,
     /// Stopped listeners whose connections may still be finishing.
     retiring: Vec<JoinHandle<()>>,
+    /// Where the proxy tasks run; `None`: the current runtime.
+    runtime: Option<Handle>,
 }
 
 impl ListenerSet {
     pub fn new(bind_ip: IpAddr) -> ListenerSet {
-        ListenerSet { bind_ip, running: BTreeMap::new(), failed: BTreeMap::new(), retiring: Vec::new() }
+        ListenerSet {
+            bind_ip,
+            running: BTreeMap::new(),
+            failed: BTreeMap::new(),
+            retiring: Vec::new(),
+            runtime: None,
+        }
     }
 
     /// Bind what the snapshot has and this set lacks; stop what this set has and the snapshot lacks.
@@ -120,18 +129,34 @@ impl ListenerSet {
         let bind_err = |e: std::io::Error| {
             format!("cannot bind listener \"{}\" ({}) on {addr}: {e}", l.name, l.protocol.as_str())
         };
+        // Bind here (so a failure is reported now), register the socket with the runtime the proxy runs
+        // on (a tokio socket belongs to the reactor of the runtime that registered it).
+        let rt = self.runtime.clone().unwrap_or_else(Handle::current);
         let task = match l.protocol {
-            Protocol::Http => {
-                let sock = tokio::net::TcpListener::bind(addr).await.map_err(bind_err)?;
-                tokio::spawn(super::http::serve(name, sock, ctx, stop_rx))
-            }
-            Protocol::Tcp => {
-                let sock = tokio::net::TcpListener::bind(addr).await.map_err(bind_err)?;
-                tokio::spawn(super::tcp::serve(name, sock, ctx, stop_rx))
+            Protocol::Http | Protocol::Tcp => {
+                let sock = bind_tcp(addr).map_err(bind_err)?;
+                let http = l.protocol == Protocol::Http;
+                rt.spawn(async move {
+                    let sock = match tokio::net::TcpListener::from_std(sock) {
+                        Ok(s) => s,
+                        Err(e) => return tracing::error!(listener = %name, "cannot register {addr}: {e}"),
+                    };
+                    if http {
+                        super::http::serve(name, sock, ctx, stop_rx).await
+                    } else {
+                        super::tcp::serve(name, sock, ctx, stop_rx).await
+                    }
+                })
             }
             Protocol::Udp => {
-                let sock = tokio::net::UdpSocket::bind(addr).await.map_err(bind_err)?;
-                tokio::spawn(super::udp::serve(name, sock, ctx, stop_rx))
+                let sock = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
+                sock.set_nonblocking(true).map_err(bind_err)?;
+                rt.spawn(async move {
+                    match tokio::net::UdpSocket::from_std(sock) {
+                        Ok(s) => super::udp::serve(name, s, ctx, stop_rx).await,
+                        Err(e) => tracing::error!(listener = %name, "cannot register {addr}: {e}"),
+                    }
+                })
             }
         };
         Ok(Running { stop, task })
@@ -179,14 +204,29 @@ impl ListenerSet {
     }
 }
 
+/// Backlog of data-plane TCP listeners (the kernel caps it at `net.core.somaxconn`).
+const TCP_BACKLOG: i32 = 4096;
+
+/// A non-blocking TCP listener with SO_REUSEADDR (a restarted node rebinds at once) and a deep backlog.
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(TCP_BACKLOG)?;
+    Ok(sock.into())
+}
+
 /// Follow the applied state until `stop`: rebuild and swap the routing snapshot, reconcile listeners.
 pub async fn run(
     ctx: Arc<ProxyContext>,
     mut applied: watch::Receiver<Arc<AppliedState>>,
     mut stop: watch::Receiver<bool>,
     statuses: ListenerStatuses,
+    runtime: Option<Handle>,
 ) {
     let mut set = ListenerSet::new(ctx.bind_ip);
+    set.runtime = runtime;
     let mut retry = tokio::time::interval(RETRY_BIND);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut state_changed = true;
