@@ -1,7 +1,7 @@
 //! End-to-end tests of the lbnode control plane: real `lbnode` processes on their own loopback IPs,
 //! driven over the admin gRPC API and the admin HTTP server.
 //!
-//! Each test uses its own IP range (127.0.0.21-23, 127.0.0.31-35) so that tests of other crates
+//! Each test uses its own IP range (127.0.0.21-23, 127.0.0.41-44) so that tests of other crates
 //! using 127.0.0.11-13 do not collide. Children are killed and reaped on drop, also on panic, and
 //! their logs are printed when a test fails.
 
@@ -441,66 +441,6 @@ async fn three_nodes_elect_replicate_and_survive_the_leader_being_killed() {
     // SIGTERM: graceful exit with status 0.
     let status = fleet.terminate(follower, Duration::from_secs(15)).expect("exits after SIGTERM");
     assert!(status.success(), "exit status after SIGTERM: {status}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_without_quorum_fail_in_bounded_time() {
-    let mut fleet = Fleet::start(&["127.0.0.31", "127.0.0.32", "127.0.0.33", "127.0.0.34", "127.0.0.35"]);
-    let all = fleet.running();
-    let leader = wait_for_agreed_leader(&fleet, &all, None, Duration::from_secs(40)).await;
-    // Kill three nodes, keeping the leader and one follower.
-    let follower = *all.iter().find(|id| **id != leader).expect("a follower");
-    for id in all.iter().filter(|id| **id != leader && **id != follower) {
-        fleet.kill(*id);
-    }
-    for via in [leader, follower] {
-        let started = Instant::now();
-        let result = tokio::time::timeout(
-            Duration::from_secs(30),
-            admin(&fleet.grpc(via))
-                .await
-                .apply_config(pb::ApplyConfigRequest { format: "toml".into(), body: WEB_CONFIG.into() }),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("apply via node {via} hung without a quorum"));
-        let err = result.expect_err("no quorum, no commit");
-        eprintln!("write via node {via} without quorum: {:?} after {:?}", err.message(), started.elapsed());
-        assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
-        assert!(
-            err.message().starts_with("no quorum") || err.message().starts_with("no leader"),
-            "{}",
-            err.message()
-        );
-        // Stale reads still answer locally.
-        let got = admin(&fleet.grpc(via))
-            .await
-            .get_config(pb::GetConfigRequest { stale: true })
-            .await
-            .expect("stale read without quorum")
-            .into_inner();
-        assert_eq!(got.answered_by, via);
-    }
-    // Status still answers, marking the dead as unreachable.
-    let status =
-        admin(&fleet.grpc(follower)).await.status(pb::StatusRequest {}).await.expect("status").into_inner();
-    let unreachable = status.nodes.iter().filter(|n| !n.reachable).count();
-    assert_eq!(unreachable, 3, "{:?}", status.nodes);
-    assert!(status.nodes.iter().filter(|n| !n.reachable).all(|n| !n.error.is_empty()));
-
-    // With the leader gone too, the last node refuses writes for want of a leader, still bounded.
-    fleet.kill(leader);
-    let err = tokio::time::timeout(
-        Duration::from_secs(30),
-        admin(&fleet.grpc(follower))
-            .await
-            .apply_config(pb::ApplyConfigRequest { format: "toml".into(), body: WEB_CONFIG.into() }),
-    )
-    .await
-    .expect("apply with no leader hung")
-    .expect_err("no leader, no commit");
-    eprintln!("write via the last node: {:?}", err.message());
-    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
-    assert!(err.message().starts_with("no leader"), "{}", err.message());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

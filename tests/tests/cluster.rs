@@ -194,6 +194,19 @@ async fn five_nodes_survive_two_losses_and_fail_clearly_without_quorum() -> Resu
         let got = admin::get_config(addr, true).await?;
         assert_eq!((got.version, marker_of(&got.config_json)?), acked2, "stale read on {addr}");
     }
+    // Status still answers, naming the three dead nodes unreachable, each with the reason.
+    let status = admin::status(&other_survivor).await?;
+    let dead: Vec<_> = status.nodes.iter().filter(|n| !n.reachable).collect();
+    assert_eq!(dead.len(), 3, "{:?}", status.nodes);
+    assert!(dead.iter().all(|n| !n.error.is_empty()), "{dead:?}");
+
+    // With the leader gone too, the last node refuses writes for want of a leader, still bounded.
+    c.node(new).kill9();
+    let started = Instant::now();
+    let err = admin::apply_toml(&other_survivor, &marked_config(997)).await.expect_err("no leader");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().starts_with("no leader"), "unclear error: {}", err.message());
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
     Ok(())
 }
 
