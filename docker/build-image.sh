@@ -19,6 +19,8 @@ root="$ctx/rootfs"
 mkdir -p "$root/usr/local/bin" "$root/data" "$root/tmp" "$root/etc/lbfleet"
 for b in lbnode lbctl; do
   install -m 0755 "$bindir/$b" "$root/usr/local/bin/$b"
+  # Symbols stay, debug line tables go: a smaller image.
+  strip --strip-debug "$root/usr/local/bin/$b" 2>/dev/null || true
 done
 # The dynamic loader and every shared library the binaries need, at the same paths.
 libs=$(for b in lbnode lbctl; do
@@ -31,5 +33,11 @@ done
 cp docker/demo.toml "$root/etc/lbfleet/demo.toml"
 printf 'root:x:0:0:root:/:/usr/local/bin/lbnode\n' > "$root/etc/passwd"
 cp docker/Dockerfile "$ctx/Dockerfile"
+old=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
 docker build -q -t "$tag" "$ctx"
+new=$(docker image inspect -f '{{.Id}}' "$tag")
+# The image this tag pointed at before is left without a name: remove it unless a container uses it.
+if [ -n "$old" ] && [ "$old" != "$new" ]; then
+  docker image rm "$old" >/dev/null 2>&1 || true
+fi
 echo "built $tag"
