@@ -67,7 +67,13 @@ pub(crate) fn reconfigure(routing: &SharedRouting, toml: &str, index: u64) {
 }
 
 pub(crate) fn context(bind_ip: IpAddr, routing: &SharedRouting) -> Arc<ProxyContext> {
-    Arc::new(ProxyContext { node_id: 1, bind_ip, routing: Arc::clone(routing), outlier: Default::default() })
+    Arc::new(ProxyContext {
+        node_id: 1,
+        bind_ip,
+        routing: Arc::clone(routing),
+        outlier: Default::default(),
+        metrics: Default::default(),
+    })
 }
 
 /// A pool named `p` with `policy`/`hash_key` over `backends`, and a listener `l` on `port` of `protocol`.
