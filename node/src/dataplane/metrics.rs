@@ -10,8 +10,9 @@
 //! backend (no pool, no usable backend, a refused request, a redirect) has `backend=""`, and `pool=""`
 //! when no pool was chosen either.
 //!
-//! Known limit: each HTTP response builds its label set (three small strings) to look its counter up;
-//! UDP drop counters are looked up once per listener.
+//! Known limits: each HTTP response builds its label set (three small strings) to look its counter up
+//! (UDP drop counters are looked up once per listener); counter series of backends and listeners that
+//! left the config stay until the process restarts.
 
 use std::net::SocketAddr;
 
