@@ -152,6 +152,22 @@ impl DataplaneMetrics {
     }
 }
 
+/// The counters alone as OpenMetrics text (tests read them this way).
+#[cfg(test)]
+pub(crate) fn counters_text(metrics: &DataplaneMetrics) -> String {
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode counters");
+    text
+}
+
+/// The value of the series `series` (name and labels exactly as rendered) in `text`.
+#[cfg(test)]
+pub(crate) fn value_of(text: &str, series: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// What the scrape-time gauges are read from.
 pub struct GaugeSources<'a> {
     pub routing: &'a Routing,

@@ -328,11 +328,7 @@ impl Proxy {
 
     /// The data-plane counters of the proxy, as `/metrics` shows them.
     fn counters(&self) -> String {
-        let mut registry = prometheus_client::registry::Registry::default();
-        self.ctx.metrics.register(&mut registry);
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        text
+        crate::dataplane::metrics::counters_text(&self.ctx.metrics)
     }
 
     /// The backend the pool `pool` picks first for `key`.
