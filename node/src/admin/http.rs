@@ -28,6 +28,7 @@ use tokio::sync::watch;
 
 use crate::cluster::{backend_views, members, stopped, Cluster, LocalView, Member};
 use crate::dataplane::listeners::ListenerStatus;
+use crate::dataplane::metrics::GaugeSources;
 use crate::dataplane::Routing;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -100,10 +101,21 @@ fn handle(cluster: &Cluster, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             let backends = backend_views(&applied.state);
             let healthy = backends.iter().filter(|b| b.healthy).count();
             let voters = cluster.metrics().membership_config.membership().voter_ids().count();
+            let routing = cluster.dataplane.routing.load();
+            let listeners = cluster.listener_statuses();
+            let dataplane = super::metrics::Dataplane {
+                counters: &cluster.dataplane.metrics,
+                gauges: GaugeSources {
+                    routing: &routing,
+                    backends: &backends,
+                    outlier: &cluster.dataplane.outlier,
+                    listeners: &listeners,
+                },
+            };
             text(
                 StatusCode::OK,
                 super::metrics::CONTENT_TYPE,
-                super::metrics::render(&view, voters, backends.len(), healthy),
+                super::metrics::render(&view, voters, backends.len(), healthy, &dataplane),
             )
         }
         _ => text(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD.to_string()),

@@ -1,13 +1,21 @@
 //! Prometheus (OpenMetrics text) rendering of a node's Raft and config state.
 //!
 //! The registry is built per scrape from a [`LocalView`]: the values already live in openraft's
-//! metrics and the applied state, so nothing is kept twice.
+//! metrics and the applied state, so nothing is kept twice. The data plane's counters live in
+//! [`crate::dataplane::metrics`] and are encoded together with these (one text, one `# EOF`).
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::cluster::LocalView;
+use crate::dataplane::metrics::{register_gauges, DataplaneMetrics, GaugeSources};
+
+/// The data plane's part of the text: its counters and what its gauges are read from.
+pub struct Dataplane<'a> {
+    pub counters: &'a DataplaneMetrics,
+    pub gauges: GaugeSources<'a>,
+}
 
 /// Content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -19,7 +27,13 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
 }
 
 /// The metrics text of one node.
-pub fn render(v: &LocalView, voters: usize, backends: usize, healthy_backends: usize) -> String {
+pub fn render(
+    v: &LocalView,
+    voters: usize,
+    backends: usize,
+    healthy_backends: usize,
+    dataplane: &Dataplane<'_>,
+) -> String {
     let mut registry = Registry::with_prefix_and_labels(
         "lbfleet",
         [(std::borrow::Cow::Borrowed("node"), std::borrow::Cow::Owned(v.id.to_string()))].into_iter(),
@@ -67,6 +81,8 @@ pub fn render(v: &LocalView, voters: usize, backends: usize, healthy_backends: u
         "Backends healthy fleet-wide, all pools",
         healthy_backends as u64,
     );
+    dataplane.counters.register(&mut registry);
+    register_gauges(&mut registry, &dataplane.gauges);
     let mut text = String::new();
     if let Err(e) = encode(&mut text, &registry) {
         return format!("# cannot encode metrics: {e}\n");
@@ -77,10 +93,10 @@ pub fn render(v: &LocalView, voters: usize, backends: usize, healthy_backends: u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::listeners::ListenerStatus;
 
-    #[test]
-    fn renders_every_gauge_with_the_node_label() {
-        let v = LocalView {
+    fn view() -> LocalView {
+        LocalView {
             id: 2,
             addr: "127.0.0.12:7400".into(),
             http_addr: "127.0.0.12:7401".into(),
@@ -95,8 +111,20 @@ mod tests {
             config_version: 3,
             ring_digest: "x".into(),
             down: false,
+        }
+    }
+
+    #[test]
+    fn renders_every_gauge_with_the_node_label() {
+        let v = view();
+        let routing = crate::dataplane::Routing::empty();
+        let outlier = crate::health::OutlierTracker::new();
+        let counters = DataplaneMetrics::default();
+        let dataplane = Dataplane {
+            counters: &counters,
+            gauges: GaugeSources { routing: &routing, backends: &[], outlier: &outlier, listeners: &[] },
         };
-        let text = render(&v, 3, 4, 3);
+        let text = render(&v, 3, 4, 3, &dataplane);
         for line in [
             "lbfleet_node_up{node=\"2\"} 1",
             "lbfleet_raft_term{node=\"2\"} 7",
@@ -111,5 +139,73 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn renders_dataplane_counters_and_gauges_with_their_labels() {
+        use lbfleet_api::command::Command;
+        use lbfleet_api::config::{parse, Format};
+        use lbfleet_raft_store::state::ClusterState;
+
+        let config = parse(
+            "[[pool]]\nname = \"web\"\npolicy = \"maglev\"\n[[pool.backend]]\naddr = \"127.0.0.1:9001\"\n\
+             [[pool.backend]]\naddr = \"127.0.0.1:9002\"\n\
+             [[listener]]\nname = \"front\"\nprotocol = \"http\"\nport = 8080\npool = \"web\"\n",
+            Format::Toml,
+        )
+        .unwrap();
+        let mut state = ClusterState::default();
+        state.apply(&Command::ApplyConfig { config }, 1);
+        let routing = crate::dataplane::Routing::build(&state, 1, &crate::dataplane::Routing::empty());
+        let b1: std::net::SocketAddr = "127.0.0.1:9001".parse().unwrap();
+        let b2: std::net::SocketAddr = "127.0.0.1:9002".parse().unwrap();
+        let _busy = routing.pool("web").unwrap().backends().iter().find(|b| b.addr() == b1).unwrap().track();
+        let counters = DataplaneMetrics::default();
+        counters.http_response("front", "web", Some(b1), 200);
+        counters.http_response("front", "web", Some(b1), 204);
+        counters.http_response("front", "web", None, 503);
+        counters.connect_failure("web", b2);
+        counters.tcp_connection("l4", "web", b2);
+        counters.udp_flow("dns", "web", b1);
+        counters.udp_drop_counter("dns", "table_full").inc();
+        let outlier = crate::health::OutlierTracker::new();
+        let mut backends = crate::cluster::backend_views(&state);
+        backends[1].healthy = false;
+        let listeners = [ListenerStatus {
+            name: "front".into(),
+            protocol: "http",
+            addr: "127.0.0.1:8080".into(),
+            bound: true,
+            error: None,
+        }];
+        let dataplane = Dataplane {
+            counters: &counters,
+            gauges: GaugeSources {
+                routing: &routing,
+                backends: &backends,
+                outlier: &outlier,
+                listeners: &listeners,
+            },
+        };
+        let text = render(&view(), 3, 2, 1, &dataplane);
+        for line in [
+            "lbfleet_http_requests_total{node=\"2\",listener=\"front\",pool=\"web\",backend=\"127.0.0.1:9001\",code_class=\"2xx\"} 2",
+            "lbfleet_http_requests_total{node=\"2\",listener=\"front\",pool=\"web\",backend=\"\",code_class=\"5xx\"} 1",
+            "lbfleet_upstream_connect_failures_total{node=\"2\",pool=\"web\",backend=\"127.0.0.1:9002\"} 1",
+            "lbfleet_tcp_connections_total{node=\"2\",listener=\"l4\",pool=\"web\",backend=\"127.0.0.1:9002\"} 1",
+            "lbfleet_udp_flows_total{node=\"2\",listener=\"dns\",pool=\"web\",backend=\"127.0.0.1:9001\"} 1",
+            "lbfleet_udp_dropped_total{node=\"2\",listener=\"dns\",reason=\"table_full\"} 1",
+            "lbfleet_backend_in_flight{node=\"2\",pool=\"web\",backend=\"127.0.0.1:9001\"} 1",
+            "lbfleet_backend_in_flight{node=\"2\",pool=\"web\",backend=\"127.0.0.1:9002\"} 0",
+            "lbfleet_backend_healthy{node=\"2\",pool=\"web\",backend=\"127.0.0.1:9001\"} 1",
+            "lbfleet_backend_healthy{node=\"2\",pool=\"web\",backend=\"127.0.0.1:9002\"} 0",
+            "lbfleet_backend_usable{node=\"2\",pool=\"web\",backend=\"127.0.0.1:9001\"} 1",
+            "lbfleet_listener_bound{node=\"2\",listener=\"front\"} 1",
+            "lbfleet_raft_term{node=\"2\"} 7",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+        assert!(text.contains("# TYPE lbfleet_http_requests counter"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
     }
 }

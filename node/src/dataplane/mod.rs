@@ -7,6 +7,7 @@
 //!   and the [`InFlight`] guard.
 //! - [`routing`]: the immutable routing snapshot (pools, selectors, listeners) built after every applied
 //!   change and swapped atomically ([`SharedRouting`]); its digest is what each node publishes.
+//! - [`metrics`]: the data-plane counters and scrape-time gauges of `/metrics`.
 //! - [`listeners`]: follows the applied state, swaps the snapshot and binds/stops listeners.
 //! - [`http`], [`tcp`], [`udp`]: the proxies, one task per listener, reading the snapshot per connection;
 //!   [`proxy_protocol`]: the PROXY protocol header a TCP listener may send to backends.
@@ -31,6 +32,7 @@
 pub mod hash;
 pub mod http;
 pub mod listeners;
+pub mod metrics;
 pub mod policy;
 pub mod proxy_protocol;
 pub mod ring;
@@ -59,6 +61,8 @@ pub struct ProxyContext {
     /// Node-local usability of backends (passive ejection, this node's active-check view): proxies pick
     /// with `pick_usable(key, |b| outlier.is_usable(pool, b.addr()))` and report each attempt's outcome.
     pub outlier: std::sync::Arc<crate::health::OutlierTracker>,
+    /// The data-plane counters shown on `/metrics`.
+    pub metrics: std::sync::Arc<metrics::DataplaneMetrics>,
 }
 
 impl ProxyContext {
@@ -68,6 +72,7 @@ impl ProxyContext {
             bind_ip,
             routing: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(Routing::empty())),
             outlier: std::sync::Arc::new(crate::health::OutlierTracker::new()),
+            metrics: Default::default(),
         }
     }
 }

@@ -233,6 +233,7 @@ async fn proxy(
         match tokio::time::timeout(connect_timeout, TcpStream::connect(backend.addr())).await {
             Ok(Ok(stream)) => {
                 ctx.outlier.record_success(&listener.pool, backend.addr());
+                ctx.metrics.tcp_connection(name, &listener.pool, backend.addr());
                 connected = Some((stream, Arc::clone(backend), inflight));
                 break;
             }
@@ -240,6 +241,7 @@ async fn proxy(
             Err(_) => last = format!("connect to {}: timed out after {connect_timeout:?}", backend.addr()),
         }
         ctx.outlier.record_connect_failure(&listener.pool, backend.addr());
+        ctx.metrics.connect_failure(&listener.pool, backend.addr());
         debug!(listener = %name, %peer, backend = %backend.addr(), error = %last, "backend connect failed");
     }
     let Some((mut upstream, backend, _inflight)) = connected else {

@@ -44,12 +44,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::metrics::DataplaneMetrics;
 use super::routing::Routing;
 use super::tcp::{candidates, l4_key, stopped};
 use super::{hash_ip, BackendHandle, InFlight, ProxyContext};
@@ -114,7 +116,9 @@ pub(crate) async fn serve_with(
         }
     };
     info!(listener = %name, addr = %local, "udp listener serving");
+    let dropped = DropCounters::new(&ctx.metrics, &name);
     let mut proxy = UdpProxy {
+        dropped,
         name,
         local,
         socket: Arc::clone(&socket),
@@ -188,6 +192,8 @@ struct UdpProxy {
     seen: Arc<Routing>,
     generation: u64,
     drops: Drops,
+    /// The same drops, never reset, as shown on `/metrics`.
+    dropped: DropCounters,
     stopping: bool,
 }
 
@@ -221,6 +227,27 @@ struct Drops {
     stopping: u64,
     send_failed: u64,
     logged_at: Option<Instant>,
+}
+
+/// The `lbfleet_udp_dropped_total` series of one listener, one per reason.
+struct DropCounters {
+    table_full: Counter,
+    no_backend: Counter,
+    listener_removed: Counter,
+    stopping: Counter,
+    send_failed: Counter,
+}
+
+impl DropCounters {
+    fn new(metrics: &DataplaneMetrics, listener: &str) -> Self {
+        DropCounters {
+            table_full: metrics.udp_drop_counter(listener, "table_full"),
+            no_backend: metrics.udp_drop_counter(listener, "no_backend"),
+            listener_removed: metrics.udp_drop_counter(listener, "listener_removed"),
+            stopping: metrics.udp_drop_counter(listener, "stopping"),
+            send_failed: metrics.udp_drop_counter(listener, "send_failed"),
+        }
+    }
 }
 
 impl Drops {
@@ -291,10 +318,12 @@ impl UdpProxy {
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 if send_now(&flow.upstream, data).is_err() {
                     self.drops.send_failed += 1;
+                    self.dropped.send_failed.inc();
                 }
             }
             Err(e) => {
                 self.drops.send_failed += 1;
+                self.dropped.send_failed.inc();
                 debug!(listener = %self.name, %client, backend = %flow.backend, error = %e, "udp send to backend failed");
             }
         }
@@ -304,19 +333,23 @@ impl UdpProxy {
     fn start_flow(&mut self, routing: &Routing, client: SocketAddr) -> Option<Flow> {
         if self.stopping {
             self.drops.stopping += 1;
+            self.dropped.stopping.inc();
             return None;
         }
         let Some(listener) = routing.listener(&self.name) else {
             self.drops.listener_removed += 1;
+            self.dropped.listener_removed.inc();
             return None;
         };
         if self.flows.len() >= self.limits.max_flows {
             self.drops.table_full += 1;
+            self.dropped.table_full.inc();
             self.drops.log(&self.name);
             return None;
         }
         let Some(pool) = routing.pool(&listener.pool) else {
             self.drops.no_backend += 1;
+            self.dropped.no_backend.inc();
             return None;
         };
         let key = match (pool.uses_key(), routing.pool_config(&listener.pool)) {
@@ -328,10 +361,14 @@ impl UdpProxy {
         for backend in &candidates(&self.ctx, &listener.pool, pool, key) {
             match connect_upstream(backend.addr()) {
                 Ok(upstream) => return Some(self.spawn_flow(&listener.pool, backend, upstream, client)),
-                Err(e) => last_error = Some(format!("{}: {e}", backend.addr())),
+                Err(e) => {
+                    self.ctx.metrics.connect_failure(&listener.pool, backend.addr());
+                    last_error = Some(format!("{}: {e}", backend.addr()));
+                }
             }
         }
         self.drops.no_backend += 1;
+        self.dropped.no_backend.inc();
         if let Some(e) = last_error {
             debug!(listener = %self.name, %client, error = %e, "udp flow could not open an upstream socket");
         }
@@ -357,6 +394,7 @@ impl UdpProxy {
             self.epoch,
         ));
         debug!(listener = %self.name, %client, backend = %backend.addr(), "udp flow started");
+        self.ctx.metrics.udp_flow(&self.name, pool, backend.addr());
         Flow {
             pool: pool.to_string(),
             backend: backend.addr(),

@@ -38,11 +38,28 @@ use crate::dataplane::InFlight;
 /// Most backend attempts per request (connect failures and retries together).
 pub const MAX_ATTEMPTS: usize = 3;
 
-/// Answer a request of a client connection.
-pub(crate) async fn handle(
+/// Answer a request of a client connection, and count the answer.
+pub(crate) async fn handle(req: Request<Incoming>, conn: &ConnInfo, shared: &Shared) -> Response<RespBody> {
+    let mut seen = Seen::default();
+    let resp = respond(req, conn, shared, &mut seen).await;
+    shared.ctx.metrics.http_response(&shared.name, &seen.pool, seen.backend, resp.status().as_u16());
+    resp
+}
+
+/// Which pool and backend a request went to, for the counters.
+#[derive(Default)]
+struct Seen {
+    /// Empty until a pool is chosen.
+    pool: String,
+    /// The backend that answered, or whose failure (502, 504) the proxy answered for.
+    backend: Option<SocketAddr>,
+}
+
+async fn respond(
     mut req: Request<Incoming>,
     conn: &ConnInfo,
     shared: &Shared,
+    seen: &mut Seen,
 ) -> Response<RespBody> {
     let node = &shared.node_header;
     let routing = shared.ctx.routing.load();
@@ -66,6 +83,7 @@ pub(crate) async fn handle(
     }
     let host: Option<String> = request_host(req.uri(), req.headers()).map(str::to_owned);
     let pool_name = route_pool(&listener, host.as_deref(), req.uri().path());
+    seen.pool.push_str(pool_name);
     let Some(selector) = routing.pool(pool_name).cloned() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, format!("unknown pool \"{pool_name}\""), node);
     };
@@ -169,6 +187,7 @@ pub(crate) async fn handle(
             Err(e) => {
                 tracing::debug!(backend = %backend.addr(), pool = pool_name, "{e}");
                 outlier.record_connect_failure(pool_name, backend.addr());
+                shared.ctx.metrics.connect_failure(pool_name, backend.addr());
                 connect_errors.push(format!("{}: {e}", backend.addr()));
                 pending = Some(request);
                 idx += 1;
@@ -181,6 +200,7 @@ pub(crate) async fn handle(
         match send(&mut up.sender, request, &conn.activity, timeouts.upstream_response).await {
             Ok(resp) => {
                 let answered = up.addr;
+                seen.backend = Some(answered);
                 outlier.record_response(pool_name, answered, resp.status().as_u16());
                 let mut resp = match client_upgrade {
                     Some(client_up) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
@@ -203,6 +223,7 @@ pub(crate) async fn handle(
             }
             Err(SendError::Timeout) => {
                 // Counts as the 504 the client gets.
+                seen.backend = Some(backend.addr());
                 outlier.record_response(pool_name, backend.addr(), 504);
                 return text(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -223,6 +244,7 @@ pub(crate) async fn handle(
                 }
                 None => {
                     // Counts as the 502 the client gets.
+                    seen.backend = Some(backend.addr());
                     outlier.record_response(pool_name, backend.addr(), 502);
                     return text(
                         StatusCode::BAD_GATEWAY,

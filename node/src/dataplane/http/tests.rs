@@ -285,6 +285,7 @@ fn state_with(config: &str) -> ClusterState {
 struct Proxy {
     addr: SocketAddr,
     routing: SharedRouting,
+    ctx: Arc<ProxyContext>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
 }
@@ -313,15 +314,21 @@ impl Proxy {
             bind_ip,
             routing: Arc::clone(&routing),
             outlier: Default::default(),
+            metrics: Default::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(serve_with("web".into(), listener, ctx, stop_rx, opts));
-        Proxy { addr, routing, stop, task: Some(task) }
+        let task = tokio::spawn(serve_with("web".into(), listener, Arc::clone(&ctx), stop_rx, opts));
+        Proxy { addr, routing, ctx, stop, task: Some(task) }
     }
 
     fn update(&self, state: &ClusterState, index: u64) {
         let prev = self.routing.load_full();
         self.routing.store(Arc::new(Routing::build(state, index, &prev)));
+    }
+
+    /// The data-plane counters of the proxy, as `/metrics` shows them.
+    fn counters(&self) -> String {
+        crate::dataplane::metrics::counters_text(&self.ctx.metrics)
     }
 
     /// The backend the pool `pool` picks first for `key`.
@@ -1356,4 +1363,30 @@ async fn concurrent_clients_all_get_answers_over_a_bounded_set_of_upstream_conne
     let upstream: usize = bs.iter().map(|b| b.conns.load(Ordering::SeqCst)).sum();
     println!("{} requests over {upstream} upstream connections", clients * each);
     assert!(upstream <= 2 * clients, "{upstream} upstream connections for {clients} concurrent clients");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_and_connect_failures_are_counted_per_backend_and_status_class() {
+    let b = Backend::start("b1", "127.0.64.2").await;
+    let p = Proxy::start("127.0.64.1", 1, &state_with(&web_config("round_robin", "", &[b.addr], ""))).await;
+    for _ in 0..2 {
+        assert_eq!(get(p.addr, "/ok", &[]).await.status, StatusCode::OK);
+    }
+    // Only a backend that refuses connections: the proxy answers 503 by itself.
+    let dead: SocketAddr = "127.0.64.9:9".parse().unwrap();
+    p.update(&state_with(&web_config("round_robin", "", &[dead], "")), 2);
+    assert_eq!(get(p.addr, "/none", &[]).await.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    let text = p.counters();
+    for line in [
+        format!(
+            "http_requests_total{{listener=\"web\",pool=\"web\",backend=\"{}\",code_class=\"2xx\"}} 2",
+            b.addr
+        ),
+        "http_requests_total{listener=\"web\",pool=\"web\",backend=\"\",code_class=\"5xx\"} 1".to_string(),
+        format!("upstream_connect_failures_total{{pool=\"web\",backend=\"{dead}\"}} 1"),
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+    }
+    assert_eq!(text.matches("http_requests_total{").count(), 2, "{text}");
 }

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::*;
+use crate::dataplane::metrics::{counters_text, value_of};
 use crate::dataplane::routing::{Routing, SharedRouting};
 
 /// Generous bound for anything a test waits for on a loaded 2-core machine.
@@ -67,7 +68,13 @@ pub(crate) fn reconfigure(routing: &SharedRouting, toml: &str, index: u64) {
 }
 
 pub(crate) fn context(bind_ip: IpAddr, routing: &SharedRouting) -> Arc<ProxyContext> {
-    Arc::new(ProxyContext { node_id: 1, bind_ip, routing: Arc::clone(routing), outlier: Default::default() })
+    Arc::new(ProxyContext {
+        node_id: 1,
+        bind_ip,
+        routing: Arc::clone(routing),
+        outlier: Default::default(),
+        metrics: Default::default(),
+    })
 }
 
 /// A pool named `p` with `policy`/`hash_key` over `backends`, and a listener `l` on `port` of `protocol`.
@@ -143,13 +150,15 @@ struct Proxy {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    ctx: Arc<ProxyContext>,
 }
 
 async fn start_proxy(addr: SocketAddr, routing: &SharedRouting, grace: Duration) -> Proxy {
     let listener = TcpListener::bind(addr).await.expect("bind proxy");
     let (stop, rx) = watch::channel(false);
-    let task = tokio::spawn(serve_with("l".into(), listener, context(addr.ip(), routing), rx, grace));
-    Proxy { addr, stop, task }
+    let ctx = context(addr.ip(), routing);
+    let task = tokio::spawn(serve_with("l".into(), listener, Arc::clone(&ctx), rx, grace));
+    Proxy { addr, stop, task, ctx }
 }
 
 /// Connect to `to` from `from_ip` (any port), send `msg`, half-close, read the whole answer.
@@ -253,6 +262,12 @@ async fn closed_backend_port_falls_back_to_the_next_backend() {
         let answer = request(ip(73, 20), p.addr, b"hello").await;
         assert_eq!(answer, b"live:hello");
     }
+    let text = counters_text(&p.ctx.metrics);
+    let live_series = format!("tcp_connections_total{{listener=\"l\",pool=\"p\",backend=\"{live}\"}}");
+    assert_eq!(value_of(&text, &live_series), Some(9), "{text}");
+    let failed = format!("upstream_connect_failures_total{{pool=\"p\",backend=\"{dead1}\"}}");
+    assert!(value_of(&text, &failed).is_some_and(|n| n >= 1), "{text}");
+    assert_eq!(text.matches("tcp_connections_total{").count(), 1, "only the live backend: {text}");
     let sel = Arc::clone(routing.load().pool("p").unwrap());
     wait_for("in-flight counts back to zero", WAIT, || async {
         sel.backends().iter().all(|b| b.inflight() == 0).then_some(())

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::*;
+use crate::dataplane::metrics::{counters_text, value_of};
 use crate::dataplane::routing::SharedRouting;
 use crate::dataplane::tcp::tests::{config, context, ip, reconfigure, routing_for, wait_for, WAIT};
 
@@ -89,13 +90,15 @@ struct Proxy {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    ctx: Arc<ProxyContext>,
 }
 
 async fn start_proxy(addr: SocketAddr, routing: &SharedRouting, limits: Limits) -> Proxy {
     let sock = UdpSocket::bind(addr).await.expect("bind proxy");
     let (stop, rx) = watch::channel(false);
-    let task = tokio::spawn(serve_with("l".into(), sock, context(addr.ip(), routing), rx, limits));
-    Proxy { addr, stop, task }
+    let ctx = context(addr.ip(), routing);
+    let task = tokio::spawn(serve_with("l".into(), sock, Arc::clone(&ctx), rx, limits));
+    Proxy { addr, stop, task, ctx }
 }
 
 async fn backends(n: u8, third_octet: u8, first: u8) -> (Vec<SocketAddr>, Vec<JoinHandle<()>>) {
@@ -194,6 +197,12 @@ async fn full_flow_table_drops_new_flows_until_one_expires() {
     ask(&c1, p.addr, b"1").await;
     wait_no_flows(&routing).await;
     assert_eq!(ask(&c3, p.addr, b"3").await.payload, b"3");
+    let text = counters_text(&p.ctx.metrics);
+    let flows = format!("udp_flows_total{{listener=\"l\",pool=\"p\",backend=\"{}\"}}", b[0]);
+    assert_eq!(value_of(&text, &flows), Some(3), "{text}");
+    let full = "udp_dropped_total{listener=\"l\",reason=\"table_full\"}";
+    assert!(value_of(&text, full).is_some_and(|n| n >= 1), "{text}");
+    assert_eq!(value_of(&text, "udp_dropped_total{listener=\"l\",reason=\"no_backend\"}"), Some(0), "{text}");
 }
 
 #[tokio::test]

@@ -1,0 +1,215 @@
+//! Data-plane counters of one node, exposed on the admin `/metrics` endpoint.
+//!
+//! The proxies count into one shared [`DataplaneMetrics`] (`ProxyContext::metrics`): HTTP responses by
+//! listener, pool, backend and status class; backend connect failures; TCP connections and UDP flows per
+//! backend; UDP datagrams dropped by reason. The gauges (in-flight requests, fleet-wide health, this
+//! node's usability of each backend, bound listeners) are not kept here: [`register_gauges`] reads them
+//! at scrape time from the routing snapshot, the committed state and the outlier tracker.
+//!
+//! Label values: `backend` is the backend's address; an answer of the proxy itself that involved no
+//! backend (no pool, no usable backend, a refused request, a redirect) has `backend=""`, and `pool=""`
+//! when no pool was chosen either.
+//!
+//! Known limits: each HTTP response builds its label set (three small strings) to look its counter up
+//! (UDP drop counters are looked up once per listener); counter series of backends and listeners that
+//! left the config stay until the process restarts.
+
+use std::net::SocketAddr;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::listeners::ListenerStatus;
+use super::Routing;
+use crate::cluster::BackendView;
+use crate::health::OutlierTracker;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub listener: String,
+    pub pool: String,
+    pub backend: String,
+    pub code_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub pool: String,
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlowLabels {
+    pub listener: String,
+    pub pool: String,
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub listener: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+/// The counters every proxy task of a node shares.
+#[derive(Debug, Default)]
+pub struct DataplaneMetrics {
+    http_requests: Family<HttpLabels, Counter>,
+    connect_failures: Family<BackendLabels, Counter>,
+    tcp_connections: Family<FlowLabels, Counter>,
+    udp_flows: Family<FlowLabels, Counter>,
+    udp_dropped: Family<DropLabels, Counter>,
+}
+
+/// `2xx`, `5xx`, …: the label of a status code's class.
+pub fn code_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}
+
+fn addr_label(addr: Option<SocketAddr>) -> String {
+    addr.map(|a| a.to_string()).unwrap_or_default()
+}
+
+impl DataplaneMetrics {
+    /// One HTTP response sent by `listener`; `backend` is `None` when the proxy answered by itself.
+    pub fn http_response(&self, listener: &str, pool: &str, backend: Option<SocketAddr>, status: u16) {
+        let labels = HttpLabels {
+            listener: listener.to_string(),
+            pool: pool.to_string(),
+            backend: addr_label(backend),
+            code_class: code_class(status),
+        };
+        self.http_requests.get_or_create(&labels).inc();
+    }
+
+    /// A connection to `backend` of `pool` could not be opened (refused, timed out).
+    pub fn connect_failure(&self, pool: &str, backend: SocketAddr) {
+        let labels = BackendLabels { pool: pool.to_string(), backend: backend.to_string() };
+        self.connect_failures.get_or_create(&labels).inc();
+    }
+
+    /// A TCP connection of `listener` was connected to `backend`.
+    pub fn tcp_connection(&self, listener: &str, pool: &str, backend: SocketAddr) {
+        let labels = FlowLabels {
+            listener: listener.to_string(),
+            pool: pool.to_string(),
+            backend: backend.to_string(),
+        };
+        self.tcp_connections.get_or_create(&labels).inc();
+    }
+
+    /// A UDP flow of `listener` was started towards `backend`.
+    pub fn udp_flow(&self, listener: &str, pool: &str, backend: SocketAddr) {
+        let labels = FlowLabels {
+            listener: listener.to_string(),
+            pool: pool.to_string(),
+            backend: backend.to_string(),
+        };
+        self.udp_flows.get_or_create(&labels).inc();
+    }
+
+    /// The counter of UDP datagrams of `listener` dropped for `reason`, to keep and bump without a
+    /// lookup (the series appears at 0 once asked for).
+    pub fn udp_drop_counter(&self, listener: &str, reason: &'static str) -> Counter {
+        let labels = DropLabels { listener: listener.to_string(), reason };
+        self.udp_dropped.get_or_create(&labels).clone()
+    }
+
+    /// Add the counters to `registry` (which shares them: later increments show in its next encoding).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "http_requests",
+            "HTTP responses sent, by listener, pool, backend (empty: answered by the proxy) and status class",
+            self.http_requests.clone(),
+        );
+        registry.register(
+            "upstream_connect_failures",
+            "Backend connections that could not be opened",
+            self.connect_failures.clone(),
+        );
+        registry.register(
+            "tcp_connections",
+            "TCP connections proxied to a backend",
+            self.tcp_connections.clone(),
+        );
+        registry.register("udp_flows", "UDP flows started towards a backend", self.udp_flows.clone());
+        registry.register("udp_dropped", "UDP datagrams dropped, by reason", self.udp_dropped.clone());
+    }
+}
+
+/// The counters alone as OpenMetrics text (tests read them this way).
+#[cfg(test)]
+pub(crate) fn counters_text(metrics: &DataplaneMetrics) -> String {
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode counters");
+    text
+}
+
+/// The value of the series `series` (name and labels exactly as rendered) in `text`.
+#[cfg(test)]
+pub(crate) fn value_of(text: &str, series: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// What the scrape-time gauges are read from.
+pub struct GaugeSources<'a> {
+    pub routing: &'a Routing,
+    /// Every configured backend with its committed state.
+    pub backends: &'a [BackendView],
+    pub outlier: &'a OutlierTracker,
+    pub listeners: &'a [ListenerStatus],
+}
+
+/// Add the gauges, computed now from `src`, to `registry`.
+pub fn register_gauges(registry: &mut Registry, src: &GaugeSources<'_>) {
+    let in_flight: Family<BackendLabels, Gauge> = Family::default();
+    for name in src.routing.pool_digests().keys() {
+        let Some(sel) = src.routing.pool(name) else { continue };
+        for b in sel.backends() {
+            let labels = BackendLabels { pool: name.to_string(), backend: b.key().to_string() };
+            in_flight.get_or_create(&labels).set(i64::try_from(b.inflight()).unwrap_or(i64::MAX));
+        }
+    }
+    let healthy: Family<BackendLabels, Gauge> = Family::default();
+    let usable: Family<BackendLabels, Gauge> = Family::default();
+    for b in src.backends {
+        let labels = BackendLabels { pool: b.pool.clone(), backend: b.addr.clone() };
+        healthy.get_or_create(&labels).set(i64::from(b.healthy));
+        if let Ok(addr) = b.addr.parse::<SocketAddr>() {
+            usable.get_or_create(&labels).set(i64::from(src.outlier.is_usable(&b.pool, addr)));
+        }
+    }
+    let bound: Family<ListenerLabels, Gauge> = Family::default();
+    for l in src.listeners {
+        bound.get_or_create(&ListenerLabels { listener: l.name.clone() }).set(i64::from(l.bound));
+    }
+    registry.register(
+        "backend_in_flight",
+        "Requests, connections and flows in progress on each eligible backend, on this node",
+        in_flight,
+    );
+    registry.register("backend_healthy", "1 if the backend is healthy fleet-wide (committed state)", healthy);
+    registry.register(
+        "backend_usable",
+        "1 if this node may send to the backend (its own checks and passive ejection)",
+        usable,
+    );
+    registry.register("listener_bound", "1 if the listener's socket is bound on this node", bound);
+}

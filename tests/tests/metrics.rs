@@ -1,0 +1,90 @@
+//! A real node's `/metrics` after real traffic: the data-plane counters and gauges next to the Raft ones.
+//!
+//! Addresses: the node on 127.0.57.11 (the harness's layout), a demo backend on 127.0.57.101:9001 and
+//! a backend address nobody listens on, 127.0.57.102:9.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, ensure, Context, Result};
+use lbfleet_tests::{admin, http_get, loopback_ok, wait_until, BackendProc, Cluster};
+
+const NET: u8 = 57;
+const ELECTION: Duration = Duration::from_secs(20);
+const SERVE: Duration = Duration::from_secs(30);
+const WEB_PORT: u16 = 18080;
+const DEAD_PORT: u16 = 18081;
+const DEAD: &str = "127.0.57.102:9";
+
+fn config(backend: &str) -> String {
+    format!(
+        "[[pool]]\nname = \"web\"\npolicy = \"round_robin\"\n[[pool.backend]]\naddr = \"{backend}\"\n\
+         [pool.health]\nkind = \"none\"\n\n\
+         [[pool]]\nname = \"dead\"\npolicy = \"round_robin\"\n[[pool.backend]]\naddr = \"{DEAD}\"\n\
+         [pool.health]\nkind = \"none\"\n\n\
+         [[listener]]\nname = \"web\"\nprotocol = \"http\"\nport = {WEB_PORT}\npool = \"web\"\n\n\
+         [[listener]]\nname = \"dead\"\nprotocol = \"http\"\nport = {DEAD_PORT}\npool = \"dead\"\n"
+    )
+}
+
+/// The value of the series `series` (name and labels exactly as rendered) in `text`.
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_a_nodes_responses_and_show_its_backends_and_listeners() -> Result<()> {
+    if !loopback_ok(Cluster::ip(NET, 1).into()) {
+        println!("NOTICE: 127.0.{NET}.0/24 is not usable here; skipping");
+        return Ok(());
+    }
+    let mut c = Cluster::start(NET, 1, &[])?;
+    c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    let backend = BackendProc::start("backend-1", &format!("127.0.{NET}.101:9001")).await?;
+    admin::apply_toml(&c.nodes[0].grpc_addr(), &config(&backend.addr)).await.context("apply config")?;
+    let ip = c.nodes[0].ip;
+    let web = format!("{ip}:{WEB_PORT}");
+    let dead = format!("{ip}:{DEAD_PORT}");
+    wait_until(&format!("the listener on {web} to proxy"), SERVE, || {
+        let web = web.clone();
+        async move {
+            let (status, _, _) = http_get(&web, "/", &[]).await?;
+            ensure!(status == 200, "status {status}");
+            Ok(())
+        }
+    })
+    .await
+    .map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    for _ in 0..3 {
+        let (status, _, _) = http_get(&web, "/", &[]).await?;
+        ensure!(status == 200, "{web} answered {status}");
+    }
+    let (status, _, body) = http_get(&dead, "/", &[]).await?;
+    ensure!(status == 503, "{dead} answered {status}: {}", String::from_utf8_lossy(&body));
+
+    let text = http_get(&c.nodes[0].http_addr(), "/metrics", &[]).await?.2;
+    let text = String::from_utf8_lossy(&text).into_owned();
+    let b = &backend.addr;
+    let ok = format!(
+        "lbfleet_http_requests_total{{node=\"1\",listener=\"web\",pool=\"web\",backend=\"{b}\",code_class=\"2xx\"}}"
+    );
+    let unavailable =
+        "lbfleet_http_requests_total{node=\"1\",listener=\"dead\",pool=\"dead\",backend=\"\",code_class=\"5xx\"}";
+    let failures =
+        format!("lbfleet_upstream_connect_failures_total{{node=\"1\",pool=\"dead\",backend=\"{DEAD}\"}}");
+    ensure!(value(&text, &ok).is_some_and(|v| v >= 4.0), "{ok} should be at least 4 in\n{text}");
+    ensure!(value(&text, unavailable) == Some(1.0), "{unavailable} should be 1 in\n{text}");
+    ensure!(value(&text, &failures) == Some(1.0), "{failures} should be 1 in\n{text}");
+    for (series, want) in [
+        (format!("lbfleet_backend_healthy{{node=\"1\",pool=\"web\",backend=\"{b}\"}}"), 1.0),
+        (format!("lbfleet_backend_usable{{node=\"1\",pool=\"web\",backend=\"{b}\"}}"), 1.0),
+        ("lbfleet_listener_bound{node=\"1\",listener=\"web\"}".to_string(), 1.0),
+        ("lbfleet_raft_is_leader{node=\"1\"}".to_string(), 1.0),
+    ] {
+        ensure!(value(&text, &series) == Some(want), "{series} should be {want} in\n{text}");
+    }
+    // Present; its value may still be 1 for a moment while the last response's upstream body is released.
+    let in_flight = format!("lbfleet_backend_in_flight{{node=\"1\",pool=\"web\",backend=\"{b}\"}}");
+    ensure!(value(&text, &in_flight).is_some(), "{in_flight} missing in\n{text}");
+    ensure!(text.matches("# EOF").count() == 1, "one OpenMetrics document:\n{text}");
+    Ok(())
+}
