@@ -119,7 +119,7 @@ pub async fn serve_with(
 ) {
     let (force_tx, force_rx) = watch::channel(false);
     let tasks = Arc::new(Tasks::default());
-    let upstreams = Arc::new(Upstreams::new(opts.pool));
+    let upstreams = Arc::new(Upstreams::new(opts.pool, ctx.bind_ip));
     let node_header = HeaderValue::from(ctx.node_id);
     let shared = Arc::new(Shared {
         name: name.clone(),

@@ -10,7 +10,8 @@
 //! - [`metrics`]: the data-plane counters and scrape-time gauges of `/metrics`.
 //! - [`listeners`]: follows the applied state, swaps the snapshot and binds/stops listeners.
 //! - [`http`], [`tcp`], [`udp`]: the proxies, one task per listener, reading the snapshot per connection;
-//!   [`proxy_protocol`]: the PROXY protocol header a TCP listener may send to backends.
+//!   [`proxy_protocol`]: the PROXY protocol header a TCP listener may send to backends;
+//!   [`upstream_socket`]: the sockets the proxies and probes open to backends, from the node's IP.
 //! - this file: which backends of a pool are eligible, computed from the committed state alike on every
 //!   node ([`EligibleSet`]), and [`PoolSelector`], the immutable per-pool snapshot the proxies hold in an
 //!   `Arc` and swap atomically when the eligible set changes.
@@ -39,6 +40,7 @@ pub mod ring;
 pub mod routing;
 pub mod tcp;
 pub mod udp;
+pub mod upstream_socket;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -54,7 +56,8 @@ pub use routing::{Routing, SharedRouting};
 #[derive(Debug)]
 pub struct ProxyContext {
     pub node_id: u64,
-    /// This node's IP: listeners bind `bind_ip:port`.
+    /// This node's IP: listeners bind `bind_ip:port`, and connections to backends leave from it
+    /// ([`upstream_socket`]).
     pub bind_ip: std::net::IpAddr,
     /// The current routing snapshot, swapped on every applied change.
     pub routing: SharedRouting,

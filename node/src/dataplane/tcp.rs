@@ -36,6 +36,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::proxy_protocol;
+use super::upstream_socket::connect_tcp;
 use super::{hash_flow, hash_ip, hash_socket_addr, BackendHandle, ProxyContext};
 
 /// Backends tried per connection before giving up (the first pick and two fallbacks).
@@ -230,7 +231,7 @@ async fn proxy(
     let mut connected = None;
     for backend in &candidates {
         let inflight = backend.track();
-        match tokio::time::timeout(connect_timeout, TcpStream::connect(backend.addr())).await {
+        match tokio::time::timeout(connect_timeout, connect_tcp(ctx.bind_ip, backend.addr())).await {
             Ok(Ok(stream)) => {
                 ctx.outlier.record_success(&listener.pool, backend.addr());
                 ctx.metrics.tcp_connection(name, &listener.pool, backend.addr());

@@ -39,7 +39,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -359,7 +359,7 @@ impl UdpProxy {
         };
         let mut last_error = None;
         for backend in &candidates(&self.ctx, &listener.pool, pool, key) {
-            match connect_upstream(backend.addr()) {
+            match connect_upstream(self.ctx.bind_ip, backend.addr()) {
                 Ok(upstream) => return Some(self.spawn_flow(&listener.pool, backend, upstream, client)),
                 Err(e) => {
                     self.ctx.metrics.connect_failure(&listener.pool, backend.addr());
@@ -440,16 +440,9 @@ fn still_valid(routing: &Routing, listener: &str, flow: &Flow) -> bool {
     routing.pool(&l.pool).is_some_and(|p| p.position(flow.backend).is_some())
 }
 
-/// A non-blocking UDP socket on an ephemeral port, connected to `backend`.
-fn connect_upstream(backend: SocketAddr) -> io::Result<UdpSocket> {
-    let any = match backend.ip() {
-        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-    };
-    let s = std::net::UdpSocket::bind(SocketAddr::new(any, 0))?;
-    s.connect(backend)?;
-    s.set_nonblocking(true)?;
-    UdpSocket::from_std(s)
+/// A non-blocking UDP socket on an ephemeral port of this node's IP, connected to `backend`.
+fn connect_upstream(bind_ip: IpAddr, backend: SocketAddr) -> io::Result<UdpSocket> {
+    UdpSocket::from_std(super::upstream_socket::udp_socket(bind_ip, backend)?)
 }
 
 /// Send on a connected socket without waiting: one `send` system call. (Tokio's `try_send` answers

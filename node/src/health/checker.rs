@@ -25,12 +25,12 @@ use std::time::Duration;
 use lbfleet_api::config::{ClusterConfig, HealthCheck, HealthKind};
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::outlier::OutlierTracker;
 use super::state::{LocalState, RiseFall};
+use crate::dataplane::upstream_socket::connect_tcp;
 
 /// Probes running at once on one node, over every pool.
 pub const MAX_CONCURRENT_PROBES: usize = 64;
@@ -63,20 +63,10 @@ pub fn parse_status_line(head: &[u8]) -> Option<u16> {
     code.parse().ok().filter(|c| (100..=599).contains(c))
 }
 
-/// A TCP connection to `addr` from `bind_ip` (port 0).
-async fn connect(bind_ip: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    if bind_ip.is_ipv4() == addr.is_ipv4() && !bind_ip.is_unspecified() {
-        socket.bind(SocketAddr::new(bind_ip, 0))?;
-    }
-    socket.set_nodelay(true)?;
-    socket.connect(addr).await
-}
-
 /// One probe of `addr` according to `check`, from `bind_ip`. `Err` says why it failed.
 pub async fn probe(check: &HealthCheck, addr: SocketAddr, bind_ip: IpAddr) -> Result<(), String> {
     let run = async {
-        let mut stream = connect(bind_ip, addr).await.map_err(|e| format!("connect: {e}"))?;
+        let mut stream = connect_tcp(bind_ip, addr).await.map_err(|e| format!("connect: {e}"))?;
         if check.kind != HealthKind::Http {
             return Ok(());
         }

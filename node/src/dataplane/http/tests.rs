@@ -472,6 +472,17 @@ async fn keep_alive_reuses_the_client_and_the_backend_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_leave_from_the_proxy_bind_ip() {
+    let b = Backend::start("b1", "127.0.64.2").await;
+    let p = Proxy::start("127.0.64.1", 1, &state_with(&web_config("round_robin", "", &[b.addr], ""))).await;
+    let got = get(p.addr, "/who", &[]).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    let seen = b.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].peer.ip(), "127.0.64.1".parse::<IpAddr>().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_with_prior_knowledge_on_the_same_port() {
     let b = Backend::start("b1", "127.0.61.12").await;
     let p = Proxy::start("127.0.61.11", 1, &state_with(&web_config("round_robin", "", &[b.addr], ""))).await;
@@ -1263,7 +1274,10 @@ async fn a_dead_pooled_connection_is_retried_only_for_idempotent_bodiless_reques
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upstream_pool_keeps_at_most_its_limit_and_drops_expired_connections() {
     let b = Backend::start("b1", "127.0.63.42").await;
-    let pool = Upstreams::new(PoolLimits { max_idle_per_backend: 2, idle_timeout: Duration::from_secs(60) });
+    let pool = Upstreams::new(
+        PoolLimits { max_idle_per_backend: 2, idle_timeout: Duration::from_secs(60) },
+        IpAddr::from([127, 0, 63, 41]),
+    );
     let mut conns = Vec::new();
     for _ in 0..3 {
         conns.push(pool.acquire(b.addr, Duration::from_secs(2), false).await.unwrap());
@@ -1280,7 +1294,10 @@ async fn the_upstream_pool_keeps_at_most_its_limit_and_drops_expired_connections
     assert!(!fresh.reused);
     assert_eq!(pool.idle_count(b.addr), 1);
 
-    let expiring = Upstreams::new(PoolLimits { max_idle_per_backend: 8, idle_timeout: Duration::ZERO });
+    let expiring = Upstreams::new(
+        PoolLimits { max_idle_per_backend: 8, idle_timeout: Duration::ZERO },
+        IpAddr::from([127, 0, 63, 41]),
+    );
     let c = expiring.acquire(b.addr, Duration::from_secs(2), false).await.unwrap();
     expiring.checkin(c);
     let c = expiring.acquire(b.addr, Duration::from_secs(2), false).await.unwrap();

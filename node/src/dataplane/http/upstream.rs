@@ -12,15 +12,15 @@
 //! oldest is closed first), none older than `idle_timeout` (checked when taken and by [`Upstreams::reap`]).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::body::ReqBody;
+use crate::dataplane::upstream_socket::connect_tcp;
 
 /// How long a pooled connection may take to become ready for its next request before it is given up.
 const READY_WAIT: Duration = Duration::from_millis(500);
@@ -64,16 +64,18 @@ pub enum ConnectError {
     Handshake(hyper::Error),
 }
 
-/// Idle connections of one listener, by backend address.
+/// Idle connections of one listener, by backend address. New connections leave from `source`, the
+/// node's IP ([`crate::dataplane::upstream_socket`]).
 #[derive(Debug)]
 pub struct Upstreams {
     limits: PoolLimits,
+    source: IpAddr,
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
 }
 
 impl Upstreams {
-    pub fn new(limits: PoolLimits) -> Upstreams {
-        Upstreams { limits, idle: Mutex::new(HashMap::new()) }
+    pub fn new(limits: PoolLimits, source: IpAddr) -> Upstreams {
+        Upstreams { limits, source, idle: Mutex::new(HashMap::new()) }
     }
 
     pub fn limits(&self) -> PoolLimits {
@@ -99,7 +101,7 @@ impl Upstreams {
                 }
             }
         }
-        let sender = connect(addr, connect_timeout).await?;
+        let sender = connect(self.source, addr, connect_timeout).await?;
         Ok(Pooled { addr, sender, reused: false })
     }
 
@@ -150,13 +152,14 @@ impl Upstreams {
     }
 }
 
-/// Open a new HTTP/1.1 connection to `addr` (TCP_NODELAY); its I/O runs in its own task until the
-/// connection closes or its last handle is dropped.
+/// Open a new HTTP/1.1 connection to `addr` from `source` (TCP_NODELAY); its I/O runs in its own task
+/// until the connection closes or its last handle is dropped.
 pub async fn connect(
+    source: IpAddr,
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<http1::SendRequest<ReqBody>, ConnectError> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+    let stream = match tokio::time::timeout(timeout, connect_tcp(source, addr)).await {
         Ok(r) => r?,
         Err(_) => return Err(ConnectError::Timeout(timeout)),
     };

@@ -515,3 +515,21 @@ fn refusal_warnings_are_rate_limited() {
     assert_eq!(log.should_log(), None);
     assert_eq!(log.suppressed.load(Ordering::Relaxed), 2);
 }
+
+#[tokio::test]
+async fn backend_connections_leave_from_the_proxy_bind_ip() {
+    // The backend answers with the peer address it sees.
+    let l = TcpListener::bind(SocketAddr::new(ip(72, 70), 0)).await.expect("bind backend");
+    let b = l.local_addr().expect("backend addr");
+    let _backend = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, peer)) = l.accept().await else { return };
+            let _ = s.write_all(peer.ip().to_string().as_bytes()).await;
+            let _ = s.shutdown().await;
+        }
+    });
+    let routing = routing_for(&config("tcp", 7112, "round_robin", "source_addr", &[b], ""));
+    let p = start_proxy(SocketAddr::new(ip(71, 13), 7112), &routing, SHUTDOWN_GRACE).await;
+    let answer = request(ip(73, 50), p.addr, b"who am i").await;
+    assert_eq!(String::from_utf8_lossy(&answer), ip(71, 13).to_string());
+}

@@ -298,3 +298,25 @@ fn idle_is_capped() {
     assert_eq!(effective_idle(Duration::from_secs(10)), Duration::from_secs(10));
     assert_eq!(effective_idle(Duration::from_secs(3600)), UDP_IDLE_CAP);
 }
+
+#[tokio::test]
+async fn flow_sockets_leave_from_the_proxy_bind_ip() {
+    let backend = UdpSocket::bind((ip(76, 90), 0)).await.expect("bind backend");
+    let routing =
+        routing_for(&config("udp", 7209, "round_robin", "source_addr", &[backend.local_addr().unwrap()], ""));
+    let p = start_proxy(SocketAddr::new(ip(74, 9), 7209), &routing, Limits::default()).await;
+    let c = client(77, 90).await;
+    c.send_to(b"ping", p.addr).await.expect("send");
+    let mut buf = vec![0u8; 64];
+    let (n, from) = tokio::time::timeout(WAIT, backend.recv_from(&mut buf))
+        .await
+        .expect("datagram in time")
+        .expect("recv");
+    assert_eq!(&buf[..n], b"ping");
+    assert_eq!(from.ip(), ip(74, 9), "the flow socket must be bound to the proxy's IP");
+    // The reply still reaches the client through the flow.
+    backend.send_to(b"pong", from).await.expect("reply");
+    let (n, via) =
+        tokio::time::timeout(WAIT, c.recv_from(&mut buf)).await.expect("reply in time").expect("recv");
+    assert_eq!((&buf[..n], via), (&b"pong"[..], p.addr));
+}
