@@ -353,7 +353,7 @@ async fn three_nodes_elect_replicate_and_survive_the_leader_being_killed() {
 
     // Once every node applied everything, they publish the same ring digest.
     let last_index = backends.applied_index;
-    eventually("equal ring digests", Duration::from_secs(10), || async {
+    eventually("equal ring digests", Duration::from_secs(30), || async {
         let mut digests = Vec::new();
         for id in &all {
             let s = local_status(&fleet.grpc(*id)).await.map_err(|e| e.to_string())?;
@@ -483,7 +483,7 @@ async fn a_node_added_later_catches_up_from_a_snapshot_and_members_can_be_remove
             .log_index;
     }
     // The leader snapshotted and purged the head of its log, so node 4 can only join by snapshot.
-    eventually("leader purges its log", Duration::from_secs(20), || async {
+    eventually("leader purges its log", Duration::from_secs(30), || async {
         let (_, body) = http_get(&fleet.http(leader), "/api/v1/state");
         let state: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
         let purged = state["purged_index"].as_u64().unwrap_or(0);
@@ -524,7 +524,7 @@ async fn a_node_added_later_catches_up_from_a_snapshot_and_members_can_be_remove
     assert_eq!(voters, vec![1, 2, 3, 4]);
     assert_eq!(added.nodes.iter().find(|n| n.id == 4).map(|n| n.http_addr.as_str()), Some("127.0.0.44:7401"));
     let leader_digest = local_status(&fleet.grpc(leader)).await.expect("leader status").ring_digest;
-    eventually("node 4 has the replicated state", Duration::from_secs(20), || async {
+    eventually("node 4 has the replicated state", Duration::from_secs(30), || async {
         let s = local_status(&fleet.grpc(4)).await.map_err(|e| e.to_string())?;
         if s.voter && s.config_version == 1 && s.applied_index >= last_index && s.ring_digest == leader_digest
         {

@@ -1138,7 +1138,15 @@ async fn stop_finishes_open_requests_refuses_new_connections_and_returns() {
     let got = within("held response", pending).await.unwrap();
     assert_eq!((got.status, got.backend()), (StatusCode::OK, "b1"));
     within("serve to return", task).await.unwrap();
-    assert!(idle.ready().await.is_err() || idle.is_closed(), "the idle connection was closed");
+    // The client's connection task notices the close a moment later: wait for it, with a deadline.
+    let deadline = Instant::now() + T;
+    while !idle.is_closed() {
+        if idle.ready().await.is_err() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the idle connection was not closed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
