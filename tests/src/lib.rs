@@ -223,8 +223,16 @@ impl Cluster {
     }
 
     /// Wait until every running node reports the same leader, that leader is itself running and says
-    /// so, and return its id. (Right after a SIGKILL the survivors still name the dead leader.)
+    /// so, and return its id. (Right after a SIGKILL the survivors still name the dead leader.) On
+    /// failure the error carries the tail of every node's log.
     pub async fn wait_for_leader(&mut self, timeout: Duration) -> Result<u64> {
+        match self.agreed_leader(timeout).await {
+            Ok(l) => Ok(l),
+            Err(e) => Err(anyhow!("{e:#}\n{}", self.logs())),
+        }
+    }
+
+    async fn agreed_leader(&mut self, timeout: Duration) -> Result<u64> {
         let running: Vec<(u64, String)> = self
             .nodes
             .iter_mut()
@@ -370,6 +378,11 @@ impl Drop for BackendProc {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A response header as text ("" when absent or not text), e.g. `header(&h, "x-backend")`.
+pub fn header(headers: &hyper::HeaderMap, name: &str) -> String {
+    headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
 }
 
 /// One HTTP/1.1 GET on a fresh connection: (status, headers, body).

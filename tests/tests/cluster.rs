@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Result};
+use anyhow::{bail, ensure, Result};
 use lbfleet_tests::{admin, marked_config, marker_of, wait_until, Cluster};
 
 const ELECTION: Duration = Duration::from_secs(20);
@@ -19,7 +19,7 @@ async fn follower_of(c: &mut Cluster, leader: u64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_node_cluster_forms_and_every_node_agrees() -> Result<()> {
     let mut c = Cluster::start(31, 3, &[])?;
-    let leader = c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    let leader = c.wait_for_leader(ELECTION).await?;
     let want: BTreeSet<u64> = [1, 2, 3].into();
     for n in &c.nodes {
         let st = wait_until("a full status with every member reachable", ELECTION, || async {
@@ -73,7 +73,7 @@ async fn leader_sigkill_elects_a_new_leader_and_the_old_one_catches_up() -> Resu
 
     c.node(old).kill9();
     let killed_at = Instant::now();
-    let new = c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    let new = c.wait_for_leader(ELECTION).await?;
     let failover = killed_at.elapsed();
     assert_ne!(new, old, "the killed node cannot still be leader");
     eprintln!("failover after SIGKILL of leader {old}: new leader {new} in {failover:?}");
@@ -141,7 +141,7 @@ async fn sigkill_of_every_node_mid_write_stream_loses_no_acknowledged_write() ->
     for n in &mut c.nodes {
         n.start()?;
     }
-    c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    c.wait_for_leader(ELECTION).await?;
     for addr in &addrs {
         let got = admin::get_config(addr, false).await?;
         assert!(
@@ -168,7 +168,7 @@ async fn five_nodes_survive_two_losses_and_fail_clearly_without_quorum() -> Resu
     let other = c.nodes.iter().map(|n| n.id).find(|id| *id != leader).unwrap();
     c.node(leader).kill9();
     c.node(other).kill9();
-    let new = c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    let new = c.wait_for_leader(ELECTION).await?;
     let survivor = c.node(new).grpc_addr();
     let acked2 = write_configs(&survivor, 50, 2).await?;
     assert!(acked2.0 > acked.0);

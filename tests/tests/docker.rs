@@ -84,7 +84,7 @@ async fn compose_cluster_forms_routes_consistently_and_fails_over() -> Result<()
         })
         .await?;
         ensure!(status == 200);
-        seen.push(headers.get("x-backend").and_then(|v| v.to_str().ok()).unwrap_or("").to_string());
+        seen.push(lbfleet_tests::header(&headers, "x-backend"));
     }
     ensure!(seen.iter().all(|b| b == &seen[0]) && !seen[0].is_empty(), "nodes disagree: {seen:?}");
 

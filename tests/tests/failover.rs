@@ -22,7 +22,7 @@ async fn answers(c: &Cluster, port: u16) -> Result<Vec<(u16, String, String)>> {
     let mut out = Vec::new();
     for n in &c.nodes {
         let (status, headers, body) = http_get(&format!("{}:{port}", n.ip), "/", &[]).await?;
-        let backend = headers.get("x-backend").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let backend = lbfleet_tests::header(&headers, "x-backend");
         out.push((status, backend, String::from_utf8_lossy(&body).to_string()));
     }
     Ok(out)

@@ -90,15 +90,31 @@ async fn wait_fleet(c: &Cluster, backend: &str, healthy: bool, timeout: Duration
     .await
 }
 
+/// Two demo backends on 127.0.<net>.1:19001 and .2:19002, three nodes on 127.0.<net>.1N with a leader,
+/// and the health-checked pool over both backends applied.
+struct Setup {
+    b1: String,
+    b2: String,
+    backend1: BackendProc,
+    _backend2: BackendProc,
+    c: Cluster,
+    leader: u64,
+}
+
+async fn setup(net: u8) -> Result<Setup> {
+    let (b1, b2) = (format!("127.0.{net}.1:19001"), format!("127.0.{net}.2:19002"));
+    let backend1 = BackendProc::start("backend-1", &b1).await?;
+    let _backend2 = BackendProc::start("backend-2", &b2).await?;
+    let mut c = Cluster::start(net, 3, &[])?;
+    let leader = c.wait_for_leader(ELECTION).await?;
+    admin::apply_toml(&c.nodes[0].grpc_addr(), &config(&[&b1, &b2])).await?;
+    Ok(Setup { b1, b2, backend1, _backend2, c, leader })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_backend_goes_down_fleet_wide_and_comes_back_after_rise_checks() -> Result<()> {
-    let net = 81;
-    let (b1, b2) = ("127.0.81.1:19001", "127.0.81.2:19002");
-    let mut backend1 = BackendProc::start("backend-1", b1).await?;
-    let _backend2 = BackendProc::start("backend-2", b2).await?;
-    let mut c = Cluster::start(net, 3, &[])?;
-    c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
-    admin::apply_toml(&c.nodes[0].grpc_addr(), &config(&[b1, b2])).await?;
+    let Setup { b1, b2, mut backend1, _backend2, c, leader: _ } = setup(81).await?;
+    let (b1, b2) = (b1.as_str(), b2.as_str());
 
     // Every node sees both up and its up vote is committed.
     let nodes: Vec<(u64, String)> = c.nodes.iter().map(|n| (n.id, n.http_addr())).collect();
@@ -183,7 +199,7 @@ async fn one_node_that_cannot_reach_a_backend_does_not_eject_it_for_the_fleet() 
     let _backend1 = BackendProc::start_with("backend-1", b1, &["--refuse-from", &blind_ip]).await?;
     let _backend2 = BackendProc::start("backend-2", b2).await?;
     let mut c = Cluster::start(net, 3, &[])?;
-    c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    c.wait_for_leader(ELECTION).await?;
     let listener = "[[listener]]\nname = \"web\"\nprotocol = \"http\"\nport = 18080\npool = \"web\"\n";
     let toml = config(&[b1, b2]).replace("policy = \"maglev\"", "policy = \"round_robin\"") + listener;
     admin::apply_toml(&c.nodes[0].grpc_addr(), &toml).await?;
@@ -243,7 +259,7 @@ async fn one_node_that_cannot_reach_a_backend_does_not_eject_it_for_the_fleet() 
         for _ in 0..6 {
             let (status, headers, _) = http_get(&front, "/", &[]).await?;
             ensure!(status == 200, "node {}: status {status}", n.id);
-            let by = headers.get("x-backend").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let by = lbfleet_tests::header(&headers, "x-backend");
             seen.insert(by);
         }
         let want: Vec<&str> = if n.id == blind { vec!["backend-2"] } else { vec!["backend-1", "backend-2"] };
@@ -257,7 +273,7 @@ async fn submit_health_vote_validates_and_forwards_to_the_leader() -> Result<()>
     let net = 84;
     let b1 = "127.0.84.1:19001";
     let mut c = Cluster::start(net, 3, &[])?;
-    let leader = c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    let leader = c.wait_for_leader(ELECTION).await?;
     // No backend process: the checkers will vote it down, which this test does not wait for.
     admin::apply_toml(&c.nodes[0].grpc_addr(), &config(&[b1])).await?;
     let follower = c.nodes.iter().find(|n| n.id != leader).expect("a follower").grpc_addr();
@@ -291,12 +307,8 @@ async fn submit_health_vote_validates_and_forwards_to_the_leader() -> Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vote_made_without_quorum_is_retried_until_it_commits() -> Result<()> {
     let net = 83;
-    let (b1, b2) = ("127.0.83.1:19001", "127.0.83.2:19002");
-    let mut backend1 = BackendProc::start("backend-1", b1).await?;
-    let _backend2 = BackendProc::start("backend-2", b2).await?;
-    let mut c = Cluster::start(net, 3, &[])?;
-    let leader = c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
-    admin::apply_toml(&c.nodes[0].grpc_addr(), &config(&[b1, b2])).await?;
+    let Setup { b1, b2: _, mut backend1, _backend2, mut c, leader } = setup(net).await?;
+    let b1 = b1.as_str();
     // A follower, so that without the others it knows no leader and its vote never reaches a log.
     let lone = c.nodes.iter().find(|n| n.id != leader).expect("a follower").id;
     let others: Vec<u64> = c.nodes.iter().map(|n| n.id).filter(|id| *id != lone).collect();
@@ -376,7 +388,7 @@ async fn connect_failures_eject_a_backend_only_on_the_node_that_saw_them() -> Re
     // backend-1 is never started: every connect to it is refused.
     let _backend2 = BackendProc::start("backend-2", b2).await?;
     let mut c = Cluster::start(net, 3, &[])?;
-    c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    c.wait_for_leader(ELECTION).await?;
     let toml = format!(
         "[[pool]]\nname = \"web\"\npolicy = \"round_robin\"\n[[pool.backend]]\naddr = \"{b1}\"\n\
          [[pool.backend]]\naddr = \"{b2}\"\n[pool.health]\nkind = \"none\"\n\
@@ -418,13 +430,8 @@ async fn connect_failures_eject_a_backend_only_on_the_node_that_saw_them() -> Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_replaces_its_stale_vote() -> Result<()> {
-    let net = 86;
-    let (b1, b2) = ("127.0.86.1:19001", "127.0.86.2:19002");
-    let mut backend1 = BackendProc::start("backend-1", b1).await?;
-    let _backend2 = BackendProc::start("backend-2", b2).await?;
-    let mut c = Cluster::start(net, 3, &[])?;
-    c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
-    admin::apply_toml(&c.nodes[0].grpc_addr(), &config(&[b1, b2])).await?;
+    let Setup { b1, b2: _, mut backend1, _backend2, mut c, leader: _ } = setup(86).await?;
+    let b1 = b1.as_str();
     let n1 = c.node(1).http_addr();
     let votes_are = |want: [Option<bool>; 3]| {
         let n1 = n1.clone();

@@ -35,7 +35,7 @@ fn config(backends: &[BackendProc]) -> String {
 }
 
 fn backend_of(headers: &hyper::HeaderMap) -> String {
-    headers.get("x-backend").and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+    lbfleet_tests::header(headers, "x-backend")
 }
 
 /// Which backend each node sends `user` to (asserting a 200 from each, proxied by that node).
@@ -58,7 +58,7 @@ async fn every_node_sends_a_key_to_the_same_backend_and_honours_every_sticky_coo
         return Ok(());
     }
     let mut c = Cluster::start(NET, 3, &[])?;
-    c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    c.wait_for_leader(ELECTION).await?;
     let mut backends = Vec::new();
     for k in 1..=3 {
         backends

@@ -133,7 +133,7 @@ async fn udp_ask(client: &UdpSocket, to: SocketAddr, msg: &str) -> Result<String
 /// Start a 3-node cluster on `net`, apply `toml`, and wait until every node proxies both listeners.
 async fn cluster_serving(net: u8, toml: &str) -> Result<Cluster> {
     let mut c = Cluster::start(net, 3, &[])?;
-    c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    c.wait_for_leader(ELECTION).await?;
     let via = c.nodes[0].grpc_addr();
     wait_until("the config to be applied", ELECTION, || async { Ok(admin::apply_toml(&via, toml).await?) })
         .await?;

@@ -51,7 +51,7 @@ async fn wait_down(addr: &str, id: u64, down: bool) -> Result<pb::StatusResponse
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_is_marked_down_and_up_again_when_it_returns() -> Result<()> {
     let mut c = Cluster::start(91, 3, &[])?;
-    let leader = c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    let leader = c.wait_for_leader(ELECTION).await?;
     let leader_addr = c.node(leader).grpc_addr();
     let victim = c.nodes.iter().map(|n| n.id).find(|id| *id != leader).expect("a follower");
     // Nobody is down while everyone answers.
@@ -103,7 +103,7 @@ async fn a_new_leader_marks_the_killed_leader_down_exactly_once() -> Result<()> 
     let old = c.wait_for_leader(ELECTION).await?;
     let old_term = admin::local_status(&c.node(old).grpc_addr()).await?.term;
     c.node(old).kill9();
-    let new = c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    let new = c.wait_for_leader(ELECTION).await?;
     assert_ne!(new, old);
     let new_addr = c.node(new).grpc_addr();
     wait_down(&new_addr, old, true).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
@@ -243,7 +243,7 @@ async fn local_in_flight(addr: &str) -> Result<u64> {
 /// Start a cluster on `net`, apply `cfg` and wait until node 1 proxies TCP on `port`.
 async fn serving(net: u8, cfg: &str, port: u16) -> Result<Cluster> {
     let mut c = Cluster::start(net, 3, &[])?;
-    c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    c.wait_for_leader(ELECTION).await?;
     let via = c.nodes[0].grpc_addr();
     wait_until("the config applied", ELECTION, || async { Ok(admin::apply_toml(&via, cfg).await?) }).await?;
     let front = format!("{}:{port}", c.nodes[0].ip);

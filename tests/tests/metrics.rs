@@ -38,7 +38,7 @@ async fn metrics_count_a_nodes_responses_and_show_its_backends_and_listeners() -
         return Ok(());
     }
     let mut c = Cluster::start(NET, 1, &[])?;
-    c.wait_for_leader(ELECTION).await.map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    c.wait_for_leader(ELECTION).await?;
     let backend = BackendProc::start("backend-1", &format!("127.0.{NET}.101:9001")).await?;
     admin::apply_toml(&c.nodes[0].grpc_addr(), &config(&backend.addr)).await.context("apply config")?;
     let ip = c.nodes[0].ip;
