@@ -11,8 +11,9 @@ use crate::NodeId;
 /// One change of the replicated state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
-    /// Replace the whole cluster config. Validated again inside `apply`; a rejected config leaves the
-    /// previous one in force.
+    /// Replace the whole cluster config. Validated once, by the node that proposes it (a rejected
+    /// config is never proposed and leaves the previous one in force); `apply` puts it in force as
+    /// committed, whatever the rules of the binary that replays it.
     ApplyConfig { config: ClusterConfig },
     /// A node's view of one backend changed.
     HealthVote {
@@ -27,10 +28,13 @@ pub enum Command {
     SetDrain { pool: String, backend: String, draining: bool },
     /// Activate or deactivate a standby backend.
     SetStandby { pool: String, backend: String, active: bool },
-    /// An lbnode was added to the membership (recorded for status and vote accounting).
-    NodeJoined { id: NodeId, addr: String, http_addr: String },
-    /// An lbnode left the membership; its health votes stop counting.
-    NodeLeft { id: NodeId },
+    /// Retired tag 4 (once `NodeJoined`, never proposed: members come from Raft membership entries).
+    /// Kept so that every later variant keeps the postcard tag stored logs hold; `apply` refuses it.
+    #[doc(hidden)]
+    Retired4,
+    /// Retired tag 5 (once `NodeLeft`, never proposed). See [`Command::Retired4`].
+    #[doc(hidden)]
+    Retired5,
     /// A decision of the leader (autoscaling, node liveness, hook results). `apply` refuses it when a
     /// leader of a later term has already decided something, so a deposed leader cannot act twice.
     /// Every accepted decision is recorded in the replicated event log with `why`.
@@ -56,8 +60,8 @@ impl Command {
             Command::HealthVote { .. } => "health_vote",
             Command::SetDrain { .. } => "set_drain",
             Command::SetStandby { .. } => "set_standby",
-            Command::NodeJoined { .. } => "node_joined",
-            Command::NodeLeft { .. } => "node_left",
+            Command::Retired4 => "retired_4",
+            Command::Retired5 => "retired_5",
             Command::Leader { .. } => "leader",
         }
     }

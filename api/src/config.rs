@@ -414,12 +414,6 @@ impl ClusterConfig {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     }
-
-    /// Re-check a typed config (used by `apply`, which must not trust the proposer).
-    pub fn validate(&self) -> Result<(), ConfigErrors> {
-        let raw = RawConfig::from(self);
-        raw.validate().map(|_| ())
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1143,99 +1137,6 @@ fn validate_listener(p: &mut Problems, place: &str, rl: &RawListener) -> Option<
     })
 }
 
-// Typed → raw, so a typed config can be re-validated with the same rules (inside `apply`).
-impl From<&ClusterConfig> for RawConfig {
-    fn from(c: &ClusterConfig) -> Self {
-        let fmt_d = |d: Duration| Some(humantime::format_duration(d).to_string());
-        RawConfig {
-            pool: c
-                .pool
-                .iter()
-                .map(|p| RawPool {
-                    name: Some(p.name.clone()),
-                    policy: Some(p.policy.as_str().to_string()),
-                    hash_key: Some(p.hash_key.to_string()),
-                    table_size: Some(p.table_size),
-                    sticky_cookie: p.sticky_cookie.clone(),
-                    health: Some(RawHealth {
-                        kind: Some(
-                            match p.health.kind {
-                                HealthKind::Http => "http",
-                                HealthKind::Tcp => "tcp",
-                                HealthKind::None => "none",
-                            }
-                            .to_string(),
-                        ),
-                        path: Some(p.health.path.clone()),
-                        interval: fmt_d(p.health.interval),
-                        timeout: fmt_d(p.health.timeout),
-                        rise: Some(p.health.rise as i64),
-                        fall: Some(p.health.fall as i64),
-                        expect_status: Some([
-                            p.health.expect_status[0] as i64,
-                            p.health.expect_status[1] as i64,
-                        ]),
-                        quorum: p.health.quorum.map(i64::from),
-                    }),
-                    outlier: Some(RawOutlier {
-                        consecutive_5xx: Some(p.outlier.consecutive_5xx as i64),
-                        consecutive_connect_failures: Some(p.outlier.consecutive_connect_failures as i64),
-                        base_ejection: fmt_d(p.outlier.base_ejection),
-                        max_ejection: fmt_d(p.outlier.max_ejection),
-                        max_ejection_percent: Some(p.outlier.max_ejection_percent as i64),
-                    }),
-                    scale: p.scale.as_ref().map(|a| RawScale {
-                        min_active: Some(a.min_active as i64),
-                        max_active: Some(a.max_active as i64),
-                        high_watermark: Some(a.high_watermark as i64),
-                        low_watermark: Some(a.low_watermark as i64),
-                        window: fmt_d(a.window),
-                        scale_out_cmd: a.scale_out_cmd.clone(),
-                        scale_in_cmd: a.scale_in_cmd.clone(),
-                    }),
-                    backend: p
-                        .backend
-                        .iter()
-                        .map(|b| RawBackend {
-                            addr: Some(b.addr.to_string()),
-                            weight: Some(b.weight as i64),
-                            backup: b.backup,
-                            standby: b.standby,
-                        })
-                        .collect(),
-                })
-                .collect(),
-            listener: c
-                .listener
-                .iter()
-                .map(|l| RawListener {
-                    name: Some(l.name.clone()),
-                    protocol: Some(l.protocol.as_str().to_string()),
-                    port: Some(l.port as i64),
-                    pool: Some(l.pool.clone()),
-                    redirect: l.redirect,
-                    proxy_protocol: l.proxy_protocol.map(i64::from),
-                    timeouts: Some(RawTimeouts {
-                        connect: fmt_d(l.timeouts.connect),
-                        request_header: fmt_d(l.timeouts.request_header),
-                        idle: fmt_d(l.timeouts.idle),
-                        upstream_response: fmt_d(l.timeouts.upstream_response),
-                    }),
-                    route: l
-                        .route
-                        .iter()
-                        .map(|r| RawRoute {
-                            host: r.host.clone(),
-                            path_prefix: r.path_prefix.clone(),
-                            pool: Some(r.pool.clone()),
-                        })
-                        .collect(),
-                })
-                .collect(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1291,7 +1192,6 @@ pool = "web"
         assert_eq!(parse(&c.to_json(), Format::Json).unwrap(), c);
         let bytes = postcard::to_allocvec(&c).unwrap();
         assert_eq!(postcard::from_bytes::<ClusterConfig>(&bytes).unwrap(), c);
-        c.validate().unwrap();
     }
 
     #[test]

@@ -6,12 +6,18 @@
 //! - [`config`]: the cluster config model (TOML and JSON share one schema), parsing and validation that
 //!   reports every problem at once, each naming its place.
 //! - [`command`]: the commands replicated through the Raft log and the result of applying one.
+//! - [`state`]: [`state::ClusterState`], the replicated state, and its deterministic `apply`; the
+//!   member address record [`state::LbNode`].
+//! - [`view`]: the views (node status, members, backends) every surface shows, with their protobuf
+//!   conversions.
 //!
-//! Data enters as text (`config::parse`) or as protobuf messages and leaves as typed values; nothing here
-//! opens a socket or a file.
+//! Data enters as text (`config::parse`, the one place a config is validated) or as protobuf messages
+//! and leaves as typed values; nothing here opens a socket or a file.
 
 pub mod command;
 pub mod config;
+pub mod state;
+pub mod view;
 
 /// Generated protobuf and gRPC code.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

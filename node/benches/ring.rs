@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use lbfleet_api::config::Policy;
-use lbfleet_node::dataplane::policy::{BackendHandle, BuildParams, PolicySelector};
-use lbfleet_node::dataplane::ring::{HashRing, Maglev};
-use lbfleet_node::dataplane::{hash_ip, hash_key_bytes};
+use lbfleet_node::balance::ketama::HashRing;
+use lbfleet_node::balance::maglev::Maglev;
+use lbfleet_node::balance::policy::{BackendHandle, BuildParams, PolicySelector};
+use lbfleet_node::balance::{hash_ip, hash_key_bytes};
 
 const M: u64 = 65_537;
 

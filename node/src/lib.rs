@@ -30,12 +30,15 @@
 //!   snapshot.
 
 pub mod admin;
+pub mod balance;
 pub mod channels;
 pub mod cluster;
 pub mod config;
-pub mod dataplane;
 pub mod health;
 pub mod leader;
 pub mod load;
+pub mod net;
 pub mod node;
+pub mod proxy;
 pub mod raft;
+pub mod shutdown;

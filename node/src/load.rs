@@ -21,8 +21,10 @@ use lbfleet_api::pb::admin_client::AdminClient;
 use lbfleet_api::NodeId;
 use tokio::time::Instant;
 
-use crate::cluster::{stopped, Cluster};
-use crate::dataplane::Routing;
+use crate::balance::Routing;
+use crate::proxy::ProxyContext;
+use crate::raft::{Leader, RaftNode};
+use crate::shutdown::Shutdown;
 
 /// How often each node reports to the leader.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
@@ -121,30 +123,36 @@ impl LoadBoard {
 
 /// Every [`REPORT_INTERVAL`], send this node's load to the leader it knows (or record it locally when
 /// it leads), until shutdown. Failures are logged at debug level and retried on the next tick.
-pub async fn run_reporter(cluster: Cluster, board: LoadBoard) {
-    let mut shutdown = cluster.shutdown.clone();
+pub async fn run_reporter(
+    raft: RaftNode,
+    dataplane: Arc<ProxyContext>,
+    board: LoadBoard,
+    mut shutdown: Shutdown,
+) {
     let mut tick = tokio::time::interval(REPORT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stopped(&mut shutdown) => return,
+            _ = shutdown.wait() => return,
         }
-        let metrics = cluster.metrics();
-        let Some(leader) = metrics.current_leader else { continue };
-        let report = local_report(cluster.id, &cluster.dataplane.routing.load(), now_ms());
-        if leader == cluster.id {
-            board.record(report, Instant::now());
+        if raft.metrics().current_leader.is_none() {
             continue;
         }
-        let Some(node) = metrics.membership_config.membership().get_node(&leader).cloned() else { continue };
-        let channel = match cluster.admin_channels.get(&node.addr) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!("cannot report load to leader {leader}: {e}");
-                continue;
-            }
-        };
+        let report = local_report(raft.id, &dataplane.routing.load(), now_ms());
+        let (leader, channel) =
+            match tokio::time::timeout(REPORT_INTERVAL, raft.proposer().leader_channel()).await {
+                Ok(Ok(Leader::Me)) => {
+                    board.record(report, Instant::now());
+                    continue;
+                }
+                Ok(Ok(Leader::Other { id, channel })) => (id, channel),
+                Ok(Err(e)) => {
+                    tracing::debug!("cannot report load: {e}");
+                    continue;
+                }
+                Err(_) => continue,
+            };
         let mut request = tonic::Request::new(report);
         request.set_timeout(REPORT_INTERVAL);
         match tokio::time::timeout(REPORT_INTERVAL, AdminClient::new(channel).report_load(request)).await {
@@ -161,7 +169,7 @@ mod tests {
     use super::*;
     use lbfleet_api::command::Command;
     use lbfleet_api::config::{parse, Format};
-    use lbfleet_raft_store::state::ClusterState;
+    use lbfleet_api::state::ClusterState;
 
     fn report(node: NodeId, loads: &[(&str, &str, u64)]) -> pb::LoadReport {
         pb::LoadReport {

@@ -12,19 +12,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use lbfleet_raft_store::{AppliedState, Raft, StateMachineStore};
+use lbfleet_api::state::ClusterState;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::grpc::AdminService;
 use crate::channels::ChannelCache;
-use crate::cluster::{stopped, Cluster};
+use crate::cluster::Cluster;
 use crate::config::NodeConfig;
-use crate::dataplane::listeners::ListenerStatuses;
-use crate::dataplane::ProxyContext;
+use crate::proxy::listeners::ListenerStatuses;
+use crate::proxy::ProxyContext;
 use crate::raft::service::RaftService;
-use crate::raft::{bootstrap, new_raft, Bootstrap};
+use crate::raft::{bootstrap, Bootstrap, Raft};
+use crate::shutdown::{self, Shutdown, Trigger};
 
 /// How long in-flight requests may take to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
@@ -32,7 +32,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 /// A running lbnode.
 pub struct Node {
     cluster: Cluster,
-    shutdown_tx: watch::Sender<bool>,
+    shutdown_tx: Trigger,
     grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     http: Option<JoinHandle<()>>,
     /// The listener manager (routing snapshot updates and proxies).
@@ -66,48 +66,56 @@ impl Node {
         let grpc_addr = grpc_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
 
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-        let (log_store, sm_store) = lbfleet_raft_store::open(&config.data_dir)?;
-        let raft = new_raft(&config, log_store, sm_store.clone()).await?;
-
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (shutdown_tx, shutdown_rx) = shutdown::channel();
+        let channels = ChannelCache::new();
+        let node = crate::raft::start(&config, channels.clone()).await?;
+        let raft = node.raft().clone();
         let cluster = Cluster {
-            id: config.id,
-            me: config.advertised(),
-            raft: raft.clone(),
-            store: sm_store.clone(),
-            write_timeout: config.write_timeout,
-            admin_channels: ChannelCache::new(),
+            raft: node.clone(),
+            admin_channels: channels.clone(),
             shutdown: shutdown_rx.clone(),
             dataplane: Arc::new(ProxyContext::new(config.id, config.bind)),
             listeners: ListenerStatuses::default(),
             loads: crate::load::LoadBoard::default(),
         };
-        let dataplane = tokio::spawn(crate::dataplane::listeners::run(
+        let dataplane = tokio::spawn(crate::proxy::listeners::run(
             Arc::clone(&cluster.dataplane),
-            sm_store.subscribe(),
+            node.watch_model(),
             shutdown_rx.clone(),
             Arc::clone(&cluster.listeners),
             dataplane,
         ));
 
-        let health = tokio::spawn(crate::health::run(cluster.clone()));
+        let health = tokio::spawn(crate::health::run(
+            node.clone(),
+            Arc::clone(&cluster.dataplane),
+            shutdown_rx.clone(),
+        ));
         // Both end on the shutdown signal; nothing waits for them.
-        tokio::spawn(crate::load::run_reporter(cluster.clone(), cluster.loads.clone()));
-        tokio::spawn(crate::leader::run(cluster.clone()));
+        tokio::spawn(crate::load::run_reporter(
+            node.clone(),
+            Arc::clone(&cluster.dataplane),
+            cluster.loads.clone(),
+            shutdown_rx.clone(),
+        ));
+        tokio::spawn(crate::leader::run(crate::leader::Duties {
+            raft: node.clone(),
+            channels: channels.clone(),
+            loads: cluster.loads.clone(),
+            shutdown: shutdown_rx.clone(),
+        }));
 
         let grpc = {
             let mut stop = shutdown_rx.clone();
             let router = tonic::transport::Server::builder()
-                .add_service(RaftService::new(raft.clone()).into_server())
+                .add_service(RaftService::new(raft.clone(), node.proposer().clone()).into_server())
                 .add_service(AdminService::new(cluster.clone(), config.http_port).into_server());
             // Accepted sockets get TCP_NODELAY here: the builder's setting applies only when tonic
             // binds the listener itself.
             let incoming =
                 tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
             tokio::spawn(async move {
-                router.serve_with_incoming_shutdown(incoming, async move { stopped(&mut stop).await }).await
+                router.serve_with_incoming_shutdown(incoming, async move { stop.wait().await }).await
             })
         };
         let http =
@@ -121,9 +129,9 @@ impl Node {
         );
 
         let bootstrap = {
-            let (raft, store) = (raft.clone(), sm_store.clone());
+            let node = node.clone();
             tokio::spawn(async move {
-                match bootstrap(&raft, &store, &config).await {
+                match bootstrap(&node, &config).await {
                     Ok(Bootstrap::Initialized(voters)) => {
                         tracing::info!(?voters, "initialized a new cluster")
                     }
@@ -157,21 +165,16 @@ impl Node {
     }
 
     pub fn raft(&self) -> &Raft {
-        &self.cluster.raft
+        self.cluster.raft.raft()
     }
 
-    pub fn store(&self) -> &StateMachineStore {
-        &self.cluster.store
-    }
-
-    /// The applied state, republished after every apply batch and snapshot install. This is where a
-    /// consumer (e.g. the data plane rebuilding its routing snapshot) hooks in.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<AppliedState>> {
-        self.cluster.store.subscribe()
+    /// The applied model.
+    pub fn model(&self) -> Arc<ClusterState> {
+        self.cluster.raft.model()
     }
 
     /// Becomes `true` when the node starts shutting down; tasks spawned beside the node end on it.
-    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+    pub fn shutdown_signal(&self) -> Shutdown {
         self.shutdown_tx.subscribe()
     }
 
@@ -208,8 +211,8 @@ impl Node {
 
     /// Stop accepting, finish in-flight requests (bounded), shut Raft down and close the store.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        tracing::info!(id = self.cluster.id, "shutting down");
-        let _ = self.shutdown_tx.send(true);
+        tracing::info!(id = self.cluster.id(), "shutting down");
+        self.shutdown_tx.trigger();
         self.bootstrap.abort();
         if let Some(health) = self.health.take() {
             // It ends on the shutdown signal; its checkers and vote calls are not worth waiting for.
@@ -232,7 +235,7 @@ impl Node {
         if let Some(dp) = self.dataplane.take() {
             // The listener manager bounds its own grace for open connections.
             let abort = dp.abort_handle();
-            if tokio::time::timeout(crate::dataplane::listeners::SHUTDOWN_GRACE + DRAIN_TIMEOUT, dp)
+            if tokio::time::timeout(crate::proxy::listeners::SHUTDOWN_GRACE + DRAIN_TIMEOUT, dp)
                 .await
                 .is_err()
             {
@@ -247,6 +250,7 @@ impl Node {
         }
         self.cluster
             .raft
+            .raft()
             .shutdown()
             .await
             .map_err(|e| anyhow::anyhow!("Raft did not shut down cleanly: {e}"))?;

@@ -2,7 +2,6 @@
 //!
 //! Layout:
 //! - [`types`]: `TypeConfig` (node id, node address, entry payload) and common aliases.
-//! - [`state`]: `ClusterState` and its pure, deterministic `apply(command)`.
 //! - [`engine`]: the narrow seam over sled (the only module that names sled): one database per
 //!   node, two trees, postcard values, big-endian keys, explicit flushes.
 //! - [`log_store`]: [`LogStore`], openraft's `RaftLogStorage` (vote, committed, log entries,
@@ -10,10 +9,15 @@
 //! - [`state_machine`]: [`StateMachineStore`], openraft's `RaftStateMachine` (apply, snapshots with
 //!   postcard), and [`AppliedState`], the applied state published to the rest of the node.
 //!
+//! The replicated model itself (`ClusterState` and its deterministic `apply`) is pure and lives in
+//! `lbfleet_api::state`; this crate only stores it.
+//!
 //! Data enters through [`open`] (one directory, one sled database) and through openraft calling
 //! the storage traits; it leaves through the same traits and through
 //! [`StateMachineStore::current`] / [`StateMachineStore::subscribe`], which hand out the latest
-//! [`AppliedState`] as an `Arc` swapped after every apply batch and snapshot install.
+//! [`AppliedState`] as an `Arc` swapped after every apply batch and snapshot install, and
+//! [`StateMachineStore::subscribe_model`], which hands out only the model (`lbfleet_api::state::Committed`),
+//! republished when it changed.
 //!
 //! On disk (`dir/` is a sled database, see [`engine`] for the exact keys):
 //! - tree `log`: log entries under `L` + big-endian index, and the vote, committed log id and
@@ -24,7 +28,6 @@
 
 pub mod engine;
 pub mod log_store;
-pub mod state;
 pub mod state_machine;
 pub mod types;
 

@@ -31,9 +31,10 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Mutex};
 
+use lbfleet_api::state::{ClusterState, Committed};
+
 use crate::engine::{Engine, Space};
-use crate::state::{ClusterState, NodeRecord};
-use crate::types::{CommandResult, Entry, LogId, NodeId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::types::{CommandResult, Entry, LbNode, LogId, NodeId, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::StoreError;
 
 const APPLIED: &[u8] = b"applied";
@@ -41,9 +42,13 @@ const SNAPSHOT: &[u8] = b"snapshot";
 const SNAPSHOT_SEQ: &[u8] = b"snapshot_seq";
 
 /// The state machine as of one applied log id. Also the content of a snapshot.
+///
+/// The model is held in an `Arc` (encoded as the value itself, so the bytes are those of a plain
+/// `ClusterState`): an apply batch of blank entries does not copy it, and readers of the model
+/// ([`StateMachineStore::subscribe_model`]) share it without a copy.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppliedState {
-    pub state: ClusterState,
+    pub state: Arc<ClusterState>,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
 }
@@ -65,6 +70,8 @@ struct Inner {
     engine: Engine,
     /// The latest applied state; the sender keeps it, receivers are handed out by `subscribe`.
     current: watch::Sender<Arc<AppliedState>>,
+    /// The latest model alone, sent only when it changed (not on blank or no-op batches).
+    model: watch::Sender<Committed>,
     /// Serializes snapshot writes (a build racing an install must not overwrite a newer snapshot)
     /// and the snapshot counter.
     snapshot_lock: Mutex<()>,
@@ -92,8 +99,35 @@ impl StateMachineStore {
                 state = decode_snapshot_data(&engine, &s.meta, &s.data)?;
             }
         }
+        let (model, _) = watch::channel(committed(&state));
         let (current, _) = watch::channel(Arc::new(state));
-        Ok(StateMachineStore { inner: Arc::new(Inner { engine, current, snapshot_lock: Mutex::new(()) }) })
+        Ok(StateMachineStore {
+            inner: Arc::new(Inner { engine, current, model, snapshot_lock: Mutex::new(()) }),
+        })
+    }
+
+    /// Publish a new applied state; the model channel only if the model changed.
+    fn publish(&self, st: AppliedState) {
+        let model = committed(&st);
+        self.inner.current.send_replace(Arc::new(st));
+        self.inner.model.send_if_modified(|m| {
+            let changed = !Arc::ptr_eq(&m.state, &model.state);
+            if changed {
+                *m = model;
+            }
+            changed
+        });
+    }
+
+    /// The latest applied model.
+    pub fn current_model(&self) -> Arc<ClusterState> {
+        self.inner.model.borrow().state.clone()
+    }
+
+    /// Notified when the applied model changes (an apply batch that changed it, a snapshot install),
+    /// with the log index of that batch's last entry.
+    pub fn subscribe_model(&self) -> watch::Receiver<Committed> {
+        self.inner.model.subscribe()
     }
 
     /// Latest applied state; updated (Arc swapped) after every apply batch and snapshot install.
@@ -120,6 +154,10 @@ impl StateMachineStore {
     }
 }
 
+fn committed(st: &AppliedState) -> Committed {
+    Committed { index: st.last_applied.map_or(0, |l| l.index), state: st.state.clone() }
+}
+
 /// Decode snapshot bytes; the meta is authoritative for the applied log id and membership.
 fn decode_snapshot_data(
     engine: &Engine,
@@ -137,14 +175,11 @@ pub fn apply_entry(st: &mut AppliedState, entry: &Entry) -> CommandResult {
     st.last_applied = Some(entry.log_id);
     match &entry.payload {
         EntryPayload::Blank => CommandResult::Ok,
-        EntryPayload::Normal(cmd) => st.state.apply(cmd, entry.log_id.index),
+        EntryPayload::Normal(cmd) => Arc::make_mut(&mut st.state).apply(cmd, entry.log_id.index),
         EntryPayload::Membership(m) => {
             let voters: BTreeSet<NodeId> = m.voter_ids().collect();
-            let nodes: BTreeMap<NodeId, NodeRecord> = m
-                .nodes()
-                .map(|(id, n)| (*id, NodeRecord { addr: n.addr.clone(), http_addr: n.http_addr.clone() }))
-                .collect();
-            st.state.apply_membership(voters, nodes);
+            let nodes: BTreeMap<NodeId, LbNode> = m.nodes().map(|(id, n)| (*id, n.clone())).collect();
+            Arc::make_mut(&mut st.state).apply_membership(voters, nodes);
             st.membership = StoredMembership::new(Some(entry.log_id), m.clone());
             CommandResult::Ok
         }
@@ -211,7 +246,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut b = engine.batch(Space::StateMachine);
         b.put_bytes(APPLIED, engine.encode("applied state", &st).map_err(write)?);
         engine.commit(b, "writing the applied state").map_err(write)?;
-        self.inner.current.send_replace(Arc::new(st));
+        self.publish(st);
         Ok(results)
     }
 
@@ -237,7 +272,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         b.put_bytes(APPLIED, engine.encode("applied state", &st).map_err(err)?);
         engine.commit(b, &format!("installing snapshot {}", meta.snapshot_id)).map_err(err)?;
         engine.flush(&format!("installed snapshot {}", meta.snapshot_id)).await.map_err(err)?;
-        self.inner.current.send_replace(Arc::new(st));
+        self.publish(st);
         tracing::info!(snapshot = %meta.snapshot_id, "snapshot installed");
         Ok(())
     }
@@ -251,7 +286,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::LbNode;
     use lbfleet_api::command::Command;
     use openraft::Membership;
 
@@ -278,7 +312,7 @@ mod tests {
         assert_eq!(apply_entry(&mut st, &membership_entry(1, &[1, 2], &[3])), CommandResult::Ok);
         assert_eq!(st.state.voters, BTreeSet::from([1, 2]));
         assert_eq!(st.state.nodes.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
-        assert_eq!(st.state.nodes[&3], NodeRecord { addr: "a3".into(), http_addr: "h3".into() });
+        assert_eq!(st.state.nodes[&3], LbNode { addr: "a3".into(), http_addr: "h3".into() });
         assert_eq!(st.membership.log_id(), &Some(log_id(1, 1)));
         assert_eq!(st.last_applied, Some(log_id(1, 1)));
 
@@ -287,9 +321,29 @@ mod tests {
         assert_eq!(st.last_applied, Some(log_id(1, 2)));
         assert_eq!(st.membership.log_id(), &Some(log_id(1, 1)));
 
-        let left = Entry { log_id: log_id(1, 3), payload: EntryPayload::Normal(Command::NodeLeft { id: 3 }) };
-        assert_eq!(apply_entry(&mut st, &left), CommandResult::Ok);
-        assert!(!st.state.nodes.contains_key(&3));
+        let vote = Command::HealthVote {
+            node: 3,
+            pool: "web".into(),
+            backend: "b".into(),
+            healthy: false,
+            observed_at_ms: 0,
+        };
+        let before = st.state.clone();
+        let refused = Entry { log_id: log_id(1, 3), payload: EntryPayload::Normal(vote) };
+        assert!(matches!(apply_entry(&mut st, &refused), CommandResult::Rejected { .. }));
+        assert_eq!(st.state, before, "a refused command changes nothing");
+        assert_eq!(st.last_applied, Some(log_id(1, 3)));
+    }
+
+    #[test]
+    fn the_model_is_shared_and_encoded_as_a_plain_cluster_state() {
+        let mut st = AppliedState::default();
+        apply_entry(&mut st, &membership_entry(1, &[1, 2], &[3]));
+        let shared = st.state.clone();
+        apply_entry(&mut st, &Entry { log_id: log_id(1, 2), payload: EntryPayload::Blank });
+        assert!(Arc::ptr_eq(&shared, &st.state), "a blank entry does not copy the model");
+        let plain = (ClusterState::clone(&st.state), st.last_applied, st.membership.clone());
+        assert_eq!(postcard::to_allocvec(&st).unwrap(), postcard::to_allocvec(&plain).unwrap());
     }
 
     #[test]

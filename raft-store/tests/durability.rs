@@ -11,7 +11,6 @@ use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
 use lbfleet_api::config::{parse, ClusterConfig, Format};
-use lbfleet_raft_store::state::NodeRecord;
 use lbfleet_raft_store::{
     open, AppliedState, Command, CommandResult, Entry, LbNode, LogId, LogStore, StateMachineStore,
     StoreError, Vote,
@@ -172,7 +171,7 @@ async fn apply_results_membership_and_published_state() {
     assert_eq!(cur.state.voters, BTreeSet::from([1, 2, 3]));
     assert_eq!(
         cur.state.nodes.get(&2),
-        Some(&NodeRecord { addr: "127.0.0.12:7400".into(), http_addr: "127.0.0.12:7401".into() })
+        Some(&LbNode { addr: "127.0.0.12:7400".into(), http_addr: "127.0.0.12:7401".into() })
     );
     assert_eq!(cur.state.config_version, 1);
     assert!(cur.state.backend("web", "127.0.0.1:9002").unwrap().draining);

@@ -1,9 +1,12 @@
 //! The `Admin` gRPC service. Every node accepts every call:
 //!
-//! - writes (`ApplyConfig`, `SetDrain`, `AddNode`, `RemoveNode`) and linearizable reads (`GetConfig`,
-//!   `ListBackends` without `stale`) run on the leader; a follower forwards them over a cached channel
-//!   and returns the leader's answer, so a client never sees "forward to leader". With no leader
-//!   known the request waits up to [`LEADER_WAIT`] for one, then fails with `unavailable`.
+//! - writes of commands (`ApplyConfig`, `SetDrain`, `SubmitHealthVote`) go through the node's one
+//!   write path, [`crate::raft::Proposer`], and linearizable reads (`GetConfig`, `ListBackends`,
+//!   `Events` without `stale`) through its `read_linearizable`, then answer from this node's state;
+//!   a client never sees "forward to leader". With no leader known a request waits up to
+//!   [`LEADER_WAIT`] for one, then fails with `unavailable`.
+//! - membership changes (`AddNode`, `RemoveNode`) are not log commands but openraft calls on the
+//!   leader: a follower forwards them to the leader's `Admin` service (at most [`MAX_HOPS`] times).
 //! - on the leader, each write waits at most `write_timeout` for a quorum; past it the answer is
 //!   `unavailable("no quorum: …")` (the entry may still commit later if a quorum comes back).
 //! - `stale` reads, `LocalStatus`, `ListNodes` and `Watch` answer from this node alone; `Status`
@@ -21,8 +24,9 @@ use lbfleet_api::config::{parse, Format};
 use lbfleet_api::pb::admin_client::AdminClient;
 use lbfleet_api::pb::admin_server::{Admin, AdminServer};
 use lbfleet_api::pb::{self};
+use lbfleet_api::state::LbNode;
+use lbfleet_api::view::{backend_views, Member, NodeStatus};
 use lbfleet_api::NodeId;
-use lbfleet_raft_store::{LbNode, RaftMetrics};
 use openraft::ChangeMembers;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -30,12 +34,14 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::{
-    backend_status, no_quorum, node_info, node_status, read_failure, rejected, unreachable_status,
-    validate_new_node, watch_event, write_failure, Failure, WatchKey, HOPS_HEADER, LEADER_WAIT, MAX_HOPS,
-    STATUS_TIMEOUT,
+    no_quorum, propose_failure, rejected, validate_new_node, watch_event, write_failure, Failure, WatchKey,
+    HOPS_HEADER, STATUS_TIMEOUT,
 };
 use crate::channels::is_transport_failure;
-use crate::cluster::{backend_views, members, members_of, stopped, Cluster, Member};
+use crate::cluster::Cluster;
+use crate::raft::handle::{members, members_of};
+use crate::raft::proposer::{Leader, LEADER_WAIT, MAX_HOPS};
+use crate::raft::Proposed;
 
 /// The admin service of one node.
 #[derive(Clone)]
@@ -75,71 +81,22 @@ impl AdminService {
     }
 
     fn id(&self) -> NodeId {
-        self.cluster.id
+        self.cluster.id()
     }
 
     /// How long a forwarded request may take: the leader's own bounds (an `AddNode` waits up to
     /// three write timeouts: catch-up counts double, then the promotion) plus its leader wait.
     fn forward_timeout(&self) -> Duration {
-        self.cluster.write_timeout * 3 + LEADER_WAIT
+        self.cluster.raft.proposer().forward_timeout()
     }
 
-    /// Wait until some leader is known, at most until `deadline`.
-    async fn wait_for_leader(
-        &self,
-        metrics: &mut tokio::sync::watch::Receiver<RaftMetrics>,
-        deadline: Instant,
-    ) -> Result<NodeId, Status> {
-        loop {
-            let (leader, why) = {
-                let m = metrics.borrow_and_update();
-                let why = if m.membership_config.membership().nodes().next().is_none() {
-                    format!(
-                        "node {} is not a member of a cluster yet (start the lowest node with --peers, or add \
-                         this one with `lbctl nodes add`)",
-                        self.id()
-                    )
-                } else {
-                    format!("node {} sees no leader in term {} ({:?})", self.id(), m.current_term, m.state)
-                };
-                if m.state == openraft::ServerState::Shutdown {
-                    return Err(Status::unavailable(format!("node {} is shutting down", self.id())));
-                }
-                (m.current_leader, why)
-            };
-            if let Some(l) = leader {
-                return Ok(l);
-            }
-            match tokio::time::timeout_at(deadline, metrics.changed()).await {
-                Ok(Ok(())) => continue,
-                Ok(Err(_)) => {
-                    return Err(Status::unavailable(format!("node {} is shutting down", self.id())))
-                }
-                Err(_) => {
-                    return Err(Status::unavailable(format!(
-                        "no leader yet: {why}; waited {}",
-                        humantime::format_duration(LEADER_WAIT)
-                    )))
-                }
-            }
-        }
+    fn write_timeout(&self) -> Duration {
+        self.cluster.raft.proposer().write_timeout()
     }
 
-    fn leader_client(&self, leader: NodeId) -> Result<AdminClient<Channel>, Status> {
-        let metrics = self.cluster.metrics();
-        let node = metrics.membership_config.membership().get_node(&leader).cloned().ok_or_else(|| {
-            Status::unavailable(format!("leader {leader} is not in this node's membership view yet"))
-        })?;
-        let channel = self
-            .cluster
-            .admin_channels
-            .get(&node.addr)
-            .map_err(|e| Status::unavailable(format!("cannot reach leader {leader}: {e}")))?;
-        Ok(AdminClient::new(channel))
-    }
-
-    /// Run `local` if this node leads, else `remote` against the leader. Retries while leadership
-    /// moves or the leader known here cannot be reached, until [`LEADER_WAIT`] has passed.
+    /// Run `local` if this node leads, else `remote` against the leader's `Admin` service (membership
+    /// changes only; commands go through the proposer). Retries while leadership moves or the leader
+    /// known here cannot be reached, until [`LEADER_WAIT`] has passed.
     async fn on_leader<T, L, LF, R, RF>(&self, hops: u32, local: L, remote: R) -> Result<T, Status>
     where
         L: Fn() -> LF,
@@ -148,10 +105,11 @@ impl AdminService {
         RF: Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + LEADER_WAIT;
-        let mut metrics = self.cluster.raft.metrics();
+        let mut metrics = self.cluster.raft.watch_metrics();
         loop {
-            let leader = self.wait_for_leader(&mut metrics, deadline).await?;
-            let retry_because = if leader == self.id() {
+            let leader =
+                self.cluster.raft.proposer().leader(&mut metrics, deadline).await.map_err(propose_failure)?;
+            let retry_because = if let Leader::Me = leader {
                 match local().await {
                     Ok(v) => return Ok(v),
                     Err(Failure::Status(s)) => return Err(s),
@@ -159,23 +117,22 @@ impl AdminService {
                         format!("node {} lost leadership (new leader: {leader:?})", self.id())
                     }
                 }
-            } else {
+            } else if let Leader::Other { id: leader, channel } = leader {
                 if hops >= MAX_HOPS {
                     return Err(Status::unavailable(format!(
                         "leadership is moving: request forwarded {hops} times without reaching the leader; retry"
                     )));
                 }
-                match self.leader_client(leader) {
-                    // E.g. the leader known here was just removed: wait for the next one.
-                    Err(s) => s.message().to_string(),
-                    Ok(client) => match remote(client, forwarded((), hops, self.forward_timeout())).await {
-                        Ok(v) => return Ok(v),
-                        Err(s) if is_transport_failure(&s) => {
-                            format!("leader {leader} is unreachable: {}", s.message())
-                        }
-                        Err(s) => return Err(s),
-                    },
+                let client = AdminClient::new(channel);
+                match remote(client, forwarded((), hops, self.forward_timeout())).await {
+                    Ok(v) => return Ok(v),
+                    Err(s) if is_transport_failure(&s) => {
+                        format!("leader {leader} is unreachable: {}", s.message())
+                    }
+                    Err(s) => return Err(s),
                 }
+            } else {
+                unreachable!("a leader is this node or another")
             };
             tracing::debug!("retrying on the leader: {retry_because}");
             if Instant::now() >= deadline {
@@ -187,44 +144,34 @@ impl AdminService {
         }
     }
 
-    /// Propose `cmd` on this node (the leader), bounded by the write timeout.
-    async fn write_local(&self, cmd: Command) -> Result<(CommandResult, u64), Failure> {
-        let what = cmd.kind();
-        match tokio::time::timeout(self.cluster.write_timeout, self.cluster.raft.client_write(cmd)).await {
-            Err(_) => Err(self.no_quorum(what).into()),
-            Ok(Err(e)) => Err(write_failure(e)),
-            Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
-        }
+    /// Propose `cmd` through the node's one write path; `Rejected` results become statuses by
+    /// `on_rejected`.
+    async fn propose(&self, cmd: Command, hops: u32) -> Result<Proposed, Status> {
+        self.cluster.raft.proposer().propose_hops(cmd, hops).await.map_err(propose_failure)
+    }
+
+    /// Make the next read of this node's state linearizable.
+    async fn read_linearizable(&self) -> Result<(), Status> {
+        self.cluster.raft.proposer().read_linearizable().await.map_err(propose_failure)
     }
 
     fn no_quorum(&self, what: &str) -> Status {
-        no_quorum(what, self.cluster.write_timeout, self.id(), self.cluster.metrics().current_term)
-    }
-
-    /// Confirm leadership with a quorum and wait until the read index is applied.
-    async fn linearizable_local(&self) -> Result<(), Failure> {
-        match tokio::time::timeout(self.cluster.write_timeout, self.cluster.raft.ensure_linearizable()).await
-        {
-            Err(_) => Err(self.no_quorum("linearizable read").into()),
-            Ok(Err(e)) => Err(read_failure(e)),
-            Ok(Ok(_)) => Ok(()),
-        }
+        no_quorum(what, self.write_timeout(), self.id(), self.cluster.raft.metrics().current_term)
     }
 
     fn config_response(&self) -> pb::GetConfigResponse {
-        let applied = self.cluster.applied();
+        let model = self.cluster.raft.model();
         pb::GetConfigResponse {
-            config_json: applied.state.config.as_ref().map(|c| c.to_json()).unwrap_or_default(),
-            version: applied.state.config_version,
-            applied_index: applied.last_applied.map(|l| l.index).unwrap_or(0),
+            config_json: model.config.as_ref().map(|c| c.to_json()).unwrap_or_default(),
+            version: model.config_version,
+            applied_index: self.cluster.raft.applied_index(),
             answered_by: self.id(),
         }
     }
 
     fn events_response(&self, req: &pb::EventsRequest) -> pb::EventsResponse {
-        let applied = self.cluster.applied();
-        let mut events: Vec<pb::EventRecord> = applied
-            .state
+        let model = self.cluster.raft.model();
+        let mut events: Vec<pb::EventRecord> = model
             .events
             .iter()
             .filter(|e| e.index > req.since_index)
@@ -244,10 +191,10 @@ impl AdminService {
     }
 
     fn backends_response(&self) -> pb::ListBackendsResponse {
-        let applied = self.cluster.applied();
+        let model = self.cluster.raft.model();
         pb::ListBackendsResponse {
-            backends: backend_views(&applied.state).iter().map(backend_status).collect(),
-            applied_index: applied.last_applied.map(|l| l.index).unwrap_or(0),
+            backends: backend_views(&model).iter().map(pb::BackendStatus::from).collect(),
+            applied_index: self.cluster.raft.applied_index(),
         }
     }
 
@@ -258,8 +205,8 @@ impl AdminService {
         node: LbNode,
         learner_only: bool,
     ) -> Result<pb::MembershipResponse, Failure> {
-        let raft = &self.cluster.raft;
-        let metrics = self.cluster.metrics();
+        let raft = self.cluster.raft.raft();
+        let metrics = self.cluster.raft.metrics();
         if metrics.current_leader != Some(self.id()) {
             return Err(Failure::NotLeader { leader: metrics.current_leader });
         }
@@ -275,13 +222,19 @@ impl AdminService {
             }
             Some(_) => {}
             None => {
-                let catch_up = self.cluster.write_timeout * 2;
+                let catch_up = self.write_timeout() * 2;
                 match tokio::time::timeout(catch_up, raft.add_learner(id, node.clone(), true)).await {
                     Ok(Ok(resp)) => last = Some(resp),
                     Ok(Err(e)) => return Err(write_failure(e)),
                     Err(_) => {
-                        let added =
-                            self.cluster.metrics().membership_config.membership().get_node(&id).is_some();
+                        let added = self
+                            .cluster
+                            .raft
+                            .metrics()
+                            .membership_config
+                            .membership()
+                            .get_node(&id)
+                            .is_some();
                         return Err(if added {
                             Status::deadline_exceeded(format!(
                                 "node {id} was added as a learner but has not caught up within {}; is lbnode \
@@ -300,9 +253,7 @@ impl AdminService {
         let is_voter = membership.voter_ids().any(|v| v == id);
         if !learner_only && !is_voter {
             let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
-            match tokio::time::timeout(self.cluster.write_timeout, raft.change_membership(change, false))
-                .await
-            {
+            match tokio::time::timeout(self.write_timeout(), raft.change_membership(change, false)).await {
                 Ok(Ok(resp)) => last = Some(resp),
                 Ok(Err(e)) => return Err(write_failure(e)),
                 Err(_) => return Err(self.no_quorum("promote to voter").into()),
@@ -312,8 +263,8 @@ impl AdminService {
     }
 
     async fn remove_node_local(&self, id: NodeId) -> Result<pb::MembershipResponse, Failure> {
-        let raft = &self.cluster.raft;
-        let metrics = self.cluster.metrics();
+        let raft = self.cluster.raft.raft();
+        let metrics = self.cluster.raft.metrics();
         if metrics.current_leader != Some(self.id()) {
             return Err(Failure::NotLeader { leader: metrics.current_leader });
         }
@@ -327,40 +278,37 @@ impl AdminService {
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
-        match tokio::time::timeout(self.cluster.write_timeout, raft.change_membership(change, false)).await {
+        match tokio::time::timeout(self.write_timeout(), raft.change_membership(change, false)).await {
             Ok(Ok(resp)) => Ok(self.membership_response(Some(resp))),
             Ok(Err(e)) => Err(write_failure(e)),
             Err(_) => Err(self.no_quorum("remove node").into()),
         }
     }
 
-    fn membership_response(
-        &self,
-        resp: Option<openraft::raft::ClientWriteResponse<lbfleet_raft_store::TypeConfig>>,
-    ) -> pb::MembershipResponse {
+    fn membership_response(&self, resp: Option<crate::raft::ClientWriteResponse>) -> pb::MembershipResponse {
         let (nodes, log_index) = match resp {
             Some(r) => {
                 let nodes = match &r.membership {
                     Some(m) => members_of(m),
-                    None => members(&self.cluster.metrics().membership_config),
+                    None => members(&self.cluster.raft.metrics().membership_config),
                 };
                 (nodes, r.log_id.index)
             }
             None => {
-                let m = self.cluster.metrics();
+                let m = self.cluster.raft.metrics();
                 (members(&m.membership_config), m.membership_config.log_id().map(|l| l.index).unwrap_or(0))
             }
         };
-        pb::MembershipResponse { nodes: nodes.iter().map(node_info).collect(), log_index }
+        pb::MembershipResponse { nodes: nodes.iter().map(pb::NodeInfo::from).collect(), log_index }
     }
 
     async fn member_status(&self, member: &Member) -> pb::NodeStatus {
         if member.id == self.id() {
-            return node_status(&self.cluster.local_view());
+            return pb::NodeStatus::from(&self.cluster.local_view());
         }
         let channel = match self.cluster.admin_channels.get(&member.addr) {
             Ok(c) => c,
-            Err(e) => return unreachable_status(member, e),
+            Err(e) => return unreachable(member, e),
         };
         let mut request = Request::new(pb::LocalStatusRequest {});
         request.set_timeout(STATUS_TIMEOUT);
@@ -370,15 +318,17 @@ impl AdminService {
                 s.reachable = true;
                 s
             }
-            Ok(Err(status)) => {
-                unreachable_status(member, format!("{:?}: {}", status.code(), status.message()))
-            }
-            Err(_) => unreachable_status(
+            Ok(Err(status)) => unreachable(member, format!("{:?}: {}", status.code(), status.message())),
+            Err(_) => unreachable(
                 member,
                 format!("no answer within {}", humantime::format_duration(STATUS_TIMEOUT)),
             ),
         }
     }
+}
+
+fn unreachable(member: &Member, error: String) -> pb::NodeStatus {
+    pb::NodeStatus::from(&NodeStatus::unreachable(member, error))
 }
 
 fn invalid(msg: impl Into<String>) -> Status {
@@ -391,10 +341,10 @@ impl Admin for AdminService {
         &self,
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let metrics = self.cluster.metrics();
+        let metrics = self.cluster.raft.metrics();
         let mut all = members(&metrics.membership_config);
         if !all.iter().any(|m| m.id == self.id()) {
-            let me = &self.cluster.me;
+            let me = &self.cluster.raft.me;
             all.insert(
                 0,
                 Member {
@@ -407,7 +357,8 @@ impl Admin for AdminService {
         }
         let mut nodes = join_all(all.iter().map(|m| self.member_status(m))).await;
         // Down is the leader's committed verdict, shown also for the nodes that cannot answer.
-        let down = &self.cluster.applied().state.down_nodes;
+        let model = self.cluster.raft.model();
+        let down = &model.down_nodes;
         for n in &mut nodes {
             n.down = down.contains(&n.id);
         }
@@ -416,7 +367,7 @@ impl Admin for AdminService {
             term: metrics.current_term,
             answered_by: self.id(),
             nodes,
-            config_version: self.cluster.applied().state.config_version,
+            config_version: model.config_version,
         }))
     }
 
@@ -424,7 +375,7 @@ impl Admin for AdminService {
         &self,
         _request: Request<pb::LocalStatusRequest>,
     ) -> Result<Response<pb::NodeStatus>, Status> {
-        Ok(Response::new(node_status(&self.cluster.local_view())))
+        Ok(Response::new(pb::NodeStatus::from(&self.cluster.local_view())))
     }
 
     async fn apply_config(
@@ -435,61 +386,36 @@ impl Admin for AdminService {
         let req = request.into_inner();
         let format: Format = req.format.parse().map_err(|e: String| invalid(format!("format: {e}")))?;
         let config = parse(&req.body, format).map_err(|e| invalid(e.to_string()))?;
-        let req = &req;
-        let config = &config;
-        let resp = self
-            .on_leader(
-                hops,
-                || async move {
-                    match self.write_local(Command::ApplyConfig { config: config.clone() }).await? {
-                        (CommandResult::ConfigApplied { version }, log_index) => {
-                            Ok(pb::ApplyConfigResponse { version, log_index })
-                        }
-                        (CommandResult::Rejected { errors }, _) => Err(rejected(&errors).into()),
-                        (other, _) => {
-                            Err(Status::internal(format!("unexpected apply result {other:?}")).into())
-                        }
-                    }
-                },
-                |mut client, fwd| async move {
-                    client.apply_config(fwd.map(|()| req.clone())).await.map(Response::into_inner)
-                },
-            )
-            .await?;
-        Ok(Response::new(resp))
+        let version = |p: Proposed| match p.result {
+            CommandResult::ConfigApplied { version } => {
+                Ok(pb::ApplyConfigResponse { version, log_index: p.log_index })
+            }
+            CommandResult::Rejected { errors } => Err(rejected(&errors)),
+            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+        };
+        let _ = &req;
+        Ok(Response::new(version(self.propose(Command::ApplyConfig { config }, hops).await?)?))
     }
 
     async fn get_config(
         &self,
         request: Request<pb::GetConfigRequest>,
     ) -> Result<Response<pb::GetConfigResponse>, Status> {
-        let hops = hops(&request);
         let req = request.into_inner();
         if req.stale {
             return Ok(Response::new(self.config_response()));
         }
-        let resp = self
-            .on_leader(
-                hops,
-                || async {
-                    self.linearizable_local().await?;
-                    Ok(self.config_response())
-                },
-                |mut client, fwd| async move {
-                    client.get_config(fwd.map(|()| req)).await.map(Response::into_inner)
-                },
-            )
-            .await?;
-        Ok(Response::new(resp))
+        self.read_linearizable().await?;
+        Ok(Response::new(self.config_response()))
     }
 
     async fn list_nodes(
         &self,
         _request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let metrics = self.cluster.metrics();
+        let metrics = self.cluster.raft.metrics();
         Ok(Response::new(pb::ListNodesResponse {
-            nodes: members(&metrics.membership_config).iter().map(node_info).collect(),
+            nodes: members(&metrics.membership_config).iter().map(pb::NodeInfo::from).collect(),
             leader: metrics.current_leader,
         }))
     }
@@ -539,24 +465,12 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListBackendsRequest>,
     ) -> Result<Response<pb::ListBackendsResponse>, Status> {
-        let hops = hops(&request);
         let req = request.into_inner();
         if req.stale {
             return Ok(Response::new(self.backends_response()));
         }
-        let resp = self
-            .on_leader(
-                hops,
-                || async {
-                    self.linearizable_local().await?;
-                    Ok(self.backends_response())
-                },
-                |mut client, fwd| async move {
-                    client.list_backends(fwd.map(|()| req)).await.map(Response::into_inner)
-                },
-            )
-            .await?;
-        Ok(Response::new(resp))
+        self.read_linearizable().await?;
+        Ok(Response::new(self.backends_response()))
     }
 
     async fn set_drain(
@@ -571,27 +485,11 @@ impl Admin for AdminService {
         if req.backend.trim().is_empty() {
             return Err(invalid("backend: empty backend address"));
         }
-        let req = &req;
-        let resp = self
-            .on_leader(
-                hops,
-                || async move {
-                    let cmd = Command::SetDrain {
-                        pool: req.pool.clone(),
-                        backend: req.backend.clone(),
-                        draining: req.draining,
-                    };
-                    match self.write_local(cmd).await? {
-                        (CommandResult::Rejected { errors }, _) => Err(rejected(&errors).into()),
-                        (_, log_index) => Ok(pb::WriteResponse { log_index }),
-                    }
-                },
-                |mut client, fwd| async move {
-                    client.set_drain(fwd.map(|()| req.clone())).await.map(Response::into_inner)
-                },
-            )
-            .await?;
-        Ok(Response::new(resp))
+        let cmd = Command::SetDrain { pool: req.pool, backend: req.backend, draining: req.draining };
+        match self.propose(cmd, hops).await? {
+            Proposed { result: CommandResult::Rejected { errors }, .. } => Err(rejected(&errors)),
+            Proposed { log_index, .. } => Ok(Response::new(pb::WriteResponse { log_index })),
+        }
     }
 
     type WatchStream = WatchStream;
@@ -601,8 +499,8 @@ impl Admin for AdminService {
         _request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let mut applied = self.cluster.store.subscribe();
-        let mut metrics = self.cluster.raft.metrics();
+        let mut applied = self.cluster.raft.watch_model();
+        let mut metrics = self.cluster.raft.watch_metrics();
         let mut shutdown = self.cluster.shutdown.clone();
         tokio::spawn(async move {
             let mut last: Option<WatchKey> = None;
@@ -611,7 +509,7 @@ impl Admin for AdminService {
                     let a = applied.borrow_and_update();
                     let m = metrics.borrow_and_update();
                     WatchKey {
-                        applied_index: a.last_applied.map(|l| l.index).unwrap_or(0),
+                        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
                         config_version: a.state.config_version,
                         leader: m.current_leader,
                         term: m.current_term,
@@ -627,7 +525,7 @@ impl Admin for AdminService {
                     r = applied.changed() => if r.is_err() { return },
                     r = metrics.changed() => if r.is_err() { return },
                     _ = tx.closed() => return,
-                    _ = stopped(&mut shutdown) => return,
+                    _ = shutdown.wait() => return,
                 }
             }
         });
@@ -638,24 +536,12 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::EventsRequest>,
     ) -> Result<Response<pb::EventsResponse>, Status> {
-        let hops = hops(&request);
         let req = request.into_inner();
         if req.stale {
             return Ok(Response::new(self.events_response(&req)));
         }
-        let resp = self
-            .on_leader(
-                hops,
-                || async {
-                    self.linearizable_local().await?;
-                    Ok(self.events_response(&req))
-                },
-                |mut client, fwd| async move {
-                    client.events(fwd.map(|()| req)).await.map(Response::into_inner)
-                },
-            )
-            .await?;
-        Ok(Response::new(resp))
+        self.read_linearizable().await?;
+        Ok(Response::new(self.events_response(&req)))
     }
 
     async fn local_load(
@@ -671,7 +557,7 @@ impl Admin for AdminService {
         request: Request<pb::LoadReport>,
     ) -> Result<Response<pb::ReportLoadResponse>, Status> {
         let report = request.into_inner();
-        let metrics = self.cluster.metrics();
+        let metrics = self.cluster.raft.metrics();
         if metrics.state != openraft::ServerState::Leader {
             return Ok(Response::new(pb::ReportLoadResponse { accepted: false }));
         }
@@ -701,8 +587,7 @@ impl Admin for AdminService {
             return Err(invalid("backend: empty backend address"));
         }
         {
-            let applied = self.cluster.applied();
-            let state = &applied.state;
+            let state = self.cluster.raft.model();
             if !state.backends.contains_key(&req.pool) {
                 return Err(Status::not_found(format!("no pool named \"{}\"", req.pool)));
             }
@@ -713,30 +598,18 @@ impl Admin for AdminService {
                 )));
             }
         }
-        let req = &req;
-        let resp = self
-            .on_leader(
-                hops,
-                || async move {
-                    let cmd = Command::HealthVote {
-                        node: req.node,
-                        pool: req.pool.clone(),
-                        backend: req.backend.clone(),
-                        healthy: req.healthy,
-                        observed_at_ms: req.observed_at_ms,
-                    };
-                    match self.write_local(cmd).await? {
-                        (CommandResult::Rejected { errors }, _) => {
-                            Err(Status::failed_precondition(errors.join("; ")).into())
-                        }
-                        (_, log_index) => Ok(pb::WriteResponse { log_index }),
-                    }
-                },
-                |mut client, fwd| async move {
-                    client.submit_health_vote(fwd.map(|()| req.clone())).await.map(Response::into_inner)
-                },
-            )
-            .await?;
-        Ok(Response::new(resp))
+        let cmd = Command::HealthVote {
+            node: req.node,
+            pool: req.pool,
+            backend: req.backend,
+            healthy: req.healthy,
+            observed_at_ms: req.observed_at_ms,
+        };
+        match self.propose(cmd, hops).await? {
+            Proposed { result: CommandResult::Rejected { errors }, .. } => {
+                Err(Status::failed_precondition(errors.join("; ")))
+            }
+            Proposed { log_index, .. } => Ok(Response::new(pb::WriteResponse { log_index })),
+        }
     }
 }

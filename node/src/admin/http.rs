@@ -21,20 +21,22 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use lbfleet_raft_store::AppliedState;
+use lbfleet_api::state::ClusterState;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
-use crate::cluster::{backend_views, members, stopped, Cluster, LocalView, Member};
-use crate::dataplane::listeners::ListenerStatus;
-use crate::dataplane::metrics::GaugeSources;
-use crate::dataplane::Routing;
+use lbfleet_api::view::{backend_views, Member, NodeStatus as LocalView};
+
+use crate::balance::Routing;
+use crate::cluster::Cluster;
+use crate::proxy::counters::GaugeSources;
+use crate::proxy::listeners::ListenerStatus;
+use crate::shutdown::Shutdown;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Serve until `shutdown` becomes true, then let open connections finish (at most 2 s).
-pub async fn serve(listener: TcpListener, cluster: Cluster, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, cluster: Cluster, mut shutdown: Shutdown) {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
@@ -60,7 +62,7 @@ pub async fn serve(listener: TcpListener, cluster: Cluster, mut shutdown: watch:
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = stopped(&mut shutdown) => break,
+            _ = shutdown.wait() => break,
         }
     }
     drop(listener);
@@ -88,19 +90,20 @@ fn handle(cluster: &Cluster, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match path {
         "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", format!("ok {}\n", view.role)),
         "/api/v1/state" => {
-            let metrics = cluster.metrics();
+            let metrics = cluster.raft.metrics();
             let routing = cluster.dataplane.routing.load();
-            let mut body = state_json(&view, &cluster.applied(), &members(&metrics.membership_config));
+            let model = cluster.raft.model();
+            let mut body =
+                state_json(&view, &model, &crate::raft::handle::members(&metrics.membership_config));
             add_dataplane(&mut body, &routing, &cluster.listener_statuses());
             body["local_health"] = json!(cluster.dataplane.outlier.snapshot());
-            body["health_votes"] = crate::health::committed_votes_json(&cluster.applied().state);
+            body["health_votes"] = crate::health::committed_votes_json(&model);
             text(StatusCode::OK, "application/json", format!("{body:#}\n"))
         }
         "/metrics" => {
-            let applied = cluster.applied();
-            let backends = backend_views(&applied.state);
+            let backends = backend_views(&cluster.raft.model());
             let healthy = backends.iter().filter(|b| b.healthy).count();
-            let voters = cluster.metrics().membership_config.membership().voter_ids().count();
+            let voters = cluster.raft.metrics().membership_config.membership().voter_ids().count();
             let routing = cluster.dataplane.routing.load();
             let listeners = cluster.listener_statuses();
             let dataplane = super::metrics::Dataplane {
@@ -131,7 +134,7 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 }
 
 /// The `/api/v1/state` document.
-pub fn state_json(view: &LocalView, applied: &AppliedState, nodes: &[Member]) -> serde_json::Value {
+pub fn state_json(view: &LocalView, state: &ClusterState, nodes: &[Member]) -> serde_json::Value {
     json!({
         "node_id": view.id,
         "addr": view.addr,
@@ -146,8 +149,8 @@ pub fn state_json(view: &LocalView, applied: &AppliedState, nodes: &[Member]) ->
         "purged_index": view.purged_index,
         "config_version": view.config_version,
         "ring_digest": view.ring_digest,
-        "config": applied.state.config,
-        "backends": backend_views(&applied.state),
+        "config": state.config,
+        "backends": backend_views(state),
         "nodes": nodes,
     })
 }
@@ -178,18 +181,20 @@ mod tests {
 
     #[test]
     fn state_json_has_the_documented_fields() {
-        let mut applied = AppliedState::default();
+        let mut state = ClusterState::default();
         let config = parse(
             "[[pool]]\nname = \"web\"\npolicy = \"maglev\"\n[[pool.backend]]\naddr = \"127.0.0.1:9001\"\n",
             Format::Toml,
         )
         .unwrap();
-        applied.state.apply(&Command::ApplyConfig { config }, 1);
+        state.apply(&Command::ApplyConfig { config }, 1);
         let view = LocalView {
             id: 1,
             addr: "127.0.0.11:7400".into(),
             http_addr: "127.0.0.11:7401".into(),
-            role: "leader",
+            role: "leader".into(),
+            reachable: true,
+            error: None,
             term: 2,
             leader: Some(1),
             applied_index: 5,
@@ -203,7 +208,7 @@ mod tests {
         };
         let nodes =
             vec![Member { id: 1, addr: view.addr.clone(), http_addr: view.http_addr.clone(), voter: true }];
-        let v = state_json(&view, &applied, &nodes);
+        let v = state_json(&view, &state, &nodes);
         assert_eq!(v["node_id"], 1);
         assert_eq!(v["role"], "leader");
         assert_eq!(v["leader"], 1);

@@ -2,14 +2,14 @@
 //!
 //! The registry is built per scrape from a [`LocalView`]: the values already live in openraft's
 //! metrics and the applied state, so nothing is kept twice. The data plane's counters live in
-//! [`crate::dataplane::metrics`] and are encoded together with these (one text, one `# EOF`).
+//! [`crate::proxy::counters`] and are encoded together with these (one text, one `# EOF`).
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::cluster::LocalView;
-use crate::dataplane::metrics::{register_gauges, DataplaneMetrics, GaugeSources};
+use crate::proxy::counters::{register_gauges, DataplaneMetrics, GaugeSources};
+use lbfleet_api::view::NodeStatus as LocalView;
 
 /// The data plane's part of the text: its counters and what its gauges are read from.
 pub struct Dataplane<'a> {
@@ -93,14 +93,16 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::listeners::ListenerStatus;
+    use crate::proxy::listeners::ListenerStatus;
 
     fn view() -> LocalView {
         LocalView {
             id: 2,
             addr: "127.0.0.12:7400".into(),
             http_addr: "127.0.0.12:7401".into(),
-            role: "leader",
+            role: "leader".into(),
+            reachable: true,
+            error: None,
             term: 7,
             leader: Some(2),
             applied_index: 42,
@@ -117,8 +119,8 @@ mod tests {
     #[test]
     fn renders_every_gauge_with_the_node_label() {
         let v = view();
-        let routing = crate::dataplane::Routing::empty();
-        let outlier = crate::health::OutlierTracker::new();
+        let routing = crate::balance::Routing::empty();
+        let outlier = crate::balance::OutlierTracker::new();
         let counters = DataplaneMetrics::default();
         let dataplane = Dataplane {
             counters: &counters,
@@ -145,7 +147,7 @@ mod tests {
     fn renders_dataplane_counters_and_gauges_with_their_labels() {
         use lbfleet_api::command::Command;
         use lbfleet_api::config::{parse, Format};
-        use lbfleet_raft_store::state::ClusterState;
+        use lbfleet_api::state::ClusterState;
 
         let config = parse(
             "[[pool]]\nname = \"web\"\npolicy = \"maglev\"\n[[pool.backend]]\naddr = \"127.0.0.1:9001\"\n\
@@ -156,7 +158,7 @@ mod tests {
         .unwrap();
         let mut state = ClusterState::default();
         state.apply(&Command::ApplyConfig { config }, 1);
-        let routing = crate::dataplane::Routing::build(&state, 1, &crate::dataplane::Routing::empty());
+        let routing = crate::balance::Routing::build(&state, 1, &crate::balance::Routing::empty());
         let b1: std::net::SocketAddr = "127.0.0.1:9001".parse().unwrap();
         let b2: std::net::SocketAddr = "127.0.0.1:9002".parse().unwrap();
         let _busy = routing.pool("web").unwrap().backends().iter().find(|b| b.addr() == b1).unwrap().track();
@@ -168,8 +170,8 @@ mod tests {
         counters.tcp_connection("l4", "web", b2);
         counters.udp_flow("dns", "web", b1);
         counters.udp_drop_counter("dns", "table_full").inc();
-        let outlier = crate::health::OutlierTracker::new();
-        let mut backends = crate::cluster::backend_views(&state);
+        let outlier = crate::balance::OutlierTracker::new();
+        let mut backends = lbfleet_api::view::backend_views(&state);
         backends[1].healthy = false;
         let listeners = [ListenerStatus {
             name: "front".into(),

@@ -1,12 +1,14 @@
 //! The admin surfaces of a node: the gRPC `Admin` service that `lbctl` speaks ([`grpc`]) and the
 //! admin HTTP server with health, state JSON, Prometheus metrics and a dashboard ([`http`]).
 //!
-//! This module holds what both need and that has no I/O of its own: how Raft errors become gRPC
-//! statuses ([`write_failure`], [`read_failure`]), and how plain views become protobuf messages.
+//! This module holds what both need and that has no I/O of its own: how proposal and Raft errors
+//! become gRPC statuses ([`propose_failure`], [`write_failure`]) and the `Watch` events. The views
+//! themselves and their protobuf conversions are `lbfleet_api::view`.
 //!
-//! Writes and linearizable reads are served by the leader. A follower forwards them over a cached
-//! channel; the forwarded request carries [`HOPS_HEADER`] so that a request cannot bounce between
-//! nodes while leadership moves.
+//! Commands and linearizable reads go through the node's proposer (`crate::raft::proposer`), which
+//! forwards to the leader itself. Membership changes are forwarded by the `Admin` service; the
+//! forwarded request carries [`HOPS_HEADER`] so that a request cannot bounce between nodes while
+//! leadership moves.
 
 pub mod grpc;
 pub mod http;
@@ -15,19 +17,15 @@ pub mod metrics;
 use std::time::Duration;
 
 use lbfleet_api::pb;
+use lbfleet_api::state::LbNode;
 use lbfleet_api::NodeId;
-use lbfleet_raft_store::LbNode;
-use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, Fatal, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, Fatal, RaftError};
 use tonic::Status;
 
-use crate::cluster::{BackendView, LocalView, Member};
+use crate::raft::ProposeError;
 
 /// gRPC metadata key counting how many times a request was forwarded.
 pub const HOPS_HEADER: &str = "lbfleet-forward-hops";
-/// A request is forwarded at most this many times.
-pub const MAX_HOPS: u32 = 2;
-/// How long a request waits for a leader to be known before it is refused.
-pub const LEADER_WAIT: Duration = Duration::from_secs(3);
 /// How long the cluster-wide status waits for each member's answer.
 pub const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -46,7 +44,7 @@ impl From<Status> for Failure {
     }
 }
 
-/// Map a failed `client_write` / `change_membership` / `add_learner`.
+/// Map a failed `change_membership` / `add_learner`.
 pub fn write_failure(e: RaftError<NodeId, ClientWriteError<NodeId, LbNode>>) -> Failure {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
@@ -65,16 +63,19 @@ pub fn write_failure(e: RaftError<NodeId, ClientWriteError<NodeId, LbNode>>) -> 
     }
 }
 
-/// Map a failed `ensure_linearizable`.
-pub fn read_failure(e: RaftError<NodeId, CheckIsLeaderError<NodeId, LbNode>>) -> Failure {
+/// How a failed proposal or linearizable read is told to a client. An outcome that is unknown (the
+/// proposal reached the leader but its answer was lost) is `deadline_exceeded` with a message saying
+/// it may have been applied; every other failure means nothing was written.
+pub fn propose_failure(e: ProposeError) -> Status {
     match e {
-        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => {
-            Failure::NotLeader { leader: f.leader_id }
-        }
-        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => {
-            Failure::Status(Status::unavailable(format!("no quorum: leadership not confirmed: {q}")))
-        }
-        RaftError::Fatal(f) => Failure::Status(fatal_status(&f)),
+        ProposeError::Unknown { .. } => Status::deadline_exceeded(e.to_string()),
+        ProposeError::Fatal { .. } => Status::internal(e.to_string()),
+        ProposeError::ShuttingDown(_) => Status::unavailable("this node is shutting down"),
+        ProposeError::NotLeader { .. }
+        | ProposeError::NoLeader(_)
+        | ProposeError::NoQuorum { .. }
+        | ProposeError::NotConfirmed { .. }
+        | ProposeError::Lagging { .. } => Status::unavailable(e.to_string()),
     }
 }
 
@@ -132,57 +133,6 @@ pub fn validate_new_node(
         }
     };
     Ok(LbNode { addr: addr.to_string(), http_addr })
-}
-
-pub fn node_status(v: &LocalView) -> pb::NodeStatus {
-    pb::NodeStatus {
-        id: v.id,
-        addr: v.addr.clone(),
-        http_addr: v.http_addr.clone(),
-        role: v.role.to_string(),
-        reachable: true,
-        applied_index: v.applied_index,
-        ring_digest: v.ring_digest.clone(),
-        term: v.term,
-        leader: v.leader,
-        voter: v.voter,
-        config_version: v.config_version,
-        error: String::new(),
-        down: v.down,
-        snapshot_index: Some(v.snapshot_index),
-        purged_index: Some(v.purged_index),
-    }
-}
-
-/// A member that did not answer.
-pub fn unreachable_status(m: &Member, error: String) -> pb::NodeStatus {
-    pb::NodeStatus {
-        id: m.id,
-        addr: m.addr.clone(),
-        http_addr: m.http_addr.clone(),
-        role: "unknown".into(),
-        reachable: false,
-        voter: m.voter,
-        error,
-        ..Default::default()
-    }
-}
-
-pub fn node_info(m: &Member) -> pb::NodeInfo {
-    pb::NodeInfo { id: m.id, addr: m.addr.clone(), http_addr: m.http_addr.clone(), voter: m.voter }
-}
-
-pub fn backend_status(b: &BackendView) -> pb::BackendStatus {
-    pb::BackendStatus {
-        pool: b.pool.clone(),
-        addr: b.addr.clone(),
-        weight: b.weight,
-        healthy: b.healthy,
-        draining: b.draining,
-        active: b.active,
-        backup: b.backup,
-        standby: b.standby,
-    }
 }
 
 /// What a `Watch` stream reports; an event is sent whenever it changes.

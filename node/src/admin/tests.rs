@@ -1,5 +1,6 @@
 use super::*;
-use openraft::error::{EmptyMembership, ForwardToLeader, InProgress, LearnerNotFound, QuorumNotEnough};
+use lbfleet_api::view::BackendView;
+use openraft::error::{EmptyMembership, ForwardToLeader, InProgress, LearnerNotFound};
 
 #[test]
 fn forward_to_leader_is_never_a_client_answer() {
@@ -8,11 +9,6 @@ fn forward_to_leader_is_never_a_client_answer() {
         leader_node: None,
     }));
     assert!(matches!(write_failure(e), Failure::NotLeader { leader: Some(3) }));
-    let e = RaftError::APIError(CheckIsLeaderError::ForwardToLeader(ForwardToLeader::<NodeId, LbNode> {
-        leader_id: None,
-        leader_node: None,
-    }));
-    assert!(matches!(read_failure(e), Failure::NotLeader { leader: None }));
 }
 
 fn status_of(f: Failure) -> Status {
@@ -44,13 +40,21 @@ fn membership_errors_map_to_client_errors() {
 
 #[test]
 fn lost_quorum_and_shutdown_are_unavailable() {
-    let q = RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(QuorumNotEnough {
-        cluster: "{1,2,3}".into(),
-        got: [1].into(),
-    }));
-    let s = status_of(read_failure(q));
+    let q = ProposeError::NotConfirmed { waited: Duration::from_secs(2), leader: 1, term: 4 };
+    let s = propose_failure(q);
     assert_eq!(s.code(), tonic::Code::Unavailable);
     assert!(s.message().starts_with("no quorum"), "{}", s.message());
+    let nq = ProposeError::NoQuorum {
+        what: "set_drain".into(),
+        waited: Duration::from_secs(2),
+        leader: 1,
+        term: 4,
+    };
+    assert_eq!(propose_failure(nq).code(), tonic::Code::Unavailable);
+    let unknown = ProposeError::Unknown { what: "set_drain".into(), leader: 2, message: "lost".into() };
+    let s = propose_failure(unknown);
+    assert_eq!(s.code(), tonic::Code::DeadlineExceeded, "an unknown outcome is not a refusal");
+    assert!(s.message().contains("may have been applied"), "{}", s.message());
     let stopped: RaftError<NodeId, ClientWriteError<NodeId, LbNode>> = RaftError::Fatal(Fatal::Stopped);
     assert_eq!(status_of(write_failure(stopped)).code(), tonic::Code::Unavailable);
 }
@@ -119,7 +123,7 @@ fn backend_statuses_copy_every_field() {
         backup: true,
         standby: false,
     };
-    let s = backend_status(&v);
+    let s = pb::BackendStatus::from(&v);
     assert_eq!(
         (s.pool.as_str(), s.addr.as_str(), s.weight, s.healthy, s.draining, s.active, s.backup, s.standby),
         ("web", "127.0.0.1:9001", 3, false, true, true, true, false)

@@ -28,9 +28,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::outlier::OutlierTracker;
-use super::state::{LocalState, RiseFall};
-use crate::dataplane::upstream_socket::connect_tcp;
+use crate::balance::local_check::{LocalState, RiseFall};
+use crate::balance::OutlierTracker;
+use crate::net::connect_tcp;
 
 /// Probes running at once on one node, over every pool.
 pub const MAX_CONCURRENT_PROBES: usize = 64;

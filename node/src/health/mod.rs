@@ -10,7 +10,7 @@
 //!   retuning checkers, updating the tracker), collects the checkers' transitions and sends votes.
 //!
 //! Data enters as the committed config (what to check, how) and probe results; it leaves as health
-//! votes (Raft log entries through the admin service and the leader) and as the node-local usability
+//! votes (Raft log entries through the node's proposer) and as the node-local usability
 //! the proxies read on every pick.
 //!
 //! # How local and fleet-wide health interact
@@ -39,22 +39,19 @@
 //!   committed state plus the current local view.
 
 pub mod checker;
-pub mod outlier;
-pub mod state;
 pub mod vote;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lbfleet_raft_store::AppliedState;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
-pub use outlier::OutlierTracker;
-pub use state::LocalState;
-
-use crate::cluster::{stopped, Cluster};
+use crate::balance::LocalState;
+use crate::proxy::ProxyContext;
+use crate::raft::RaftNode;
+use crate::shutdown::Shutdown;
 use checker::{CheckEnv, Checkers, Transition, MAX_CONCURRENT_PROBES};
 use vote::{BackendKey, VotePlan};
 
@@ -63,7 +60,7 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 
 /// The committed health votes of every backend, for `/api/v1/state` (`health_votes`): pool, backend,
 /// fleet-wide health and each node's recorded vote (`healthy`, and the log `index` that recorded it).
-pub fn committed_votes_json(state: &lbfleet_raft_store::state::ClusterState) -> serde_json::Value {
+pub fn committed_votes_json(state: &lbfleet_api::state::ClusterState) -> serde_json::Value {
     let rows: Vec<serde_json::Value> = state
         .backends
         .iter()
@@ -84,14 +81,13 @@ pub fn committed_votes_json(state: &lbfleet_raft_store::state::ClusterState) -> 
 }
 
 /// The node's health task: runs until the node shuts down.
-pub async fn run(cluster: Cluster) {
-    let mut applied: watch::Receiver<Arc<AppliedState>> = cluster.store.subscribe();
-    let mut stop = cluster.shutdown.clone();
-    let tracker = Arc::clone(&cluster.dataplane.outlier);
+pub async fn run(raft: RaftNode, dataplane: Arc<ProxyContext>, mut stop: Shutdown) {
+    let mut applied = raft.watch_model();
+    let tracker = Arc::clone(&dataplane.outlier);
     let (events_tx, mut events) = mpsc::unbounded_channel::<Transition>();
     let (done_tx, mut done) = mpsc::unbounded_channel::<(BackendKey, Result<u64, String>)>();
     let mut checkers = Checkers::new(CheckEnv {
-        bind_ip: cluster.dataplane.bind_ip,
+        bind_ip: dataplane.bind_ip,
         permits: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
         tracker: Arc::clone(&tracker),
         events: events_tx,
@@ -99,7 +95,6 @@ pub async fn run(cluster: Cluster) {
     let mut views: BTreeMap<BackendKey, LocalState> = BTreeMap::new();
     let mut plan = VotePlan::default();
     let mut config_version = None;
-    let grpc_addr = cluster.me.addr.clone();
 
     loop {
         let current = applied.borrow_and_update().clone();
@@ -115,13 +110,12 @@ pub async fn run(cluster: Cluster) {
             plan.retain(|(pool, backend)| current.state.backend(pool, backend).is_some());
         }
 
-        let wanted = vote::wanted_votes(cluster.id, &views, &current.state);
+        let wanted = vote::wanted_votes(raft.id, &views, &current.state);
         for (key, healthy) in plan.due(wanted, Instant::now()) {
-            let (channels, addr, id, tx) =
-                (cluster.admin_channels.clone(), grpc_addr.clone(), cluster.id, done_tx.clone());
+            let (proposer, id, tx) = (raft.proposer().clone(), raft.id, done_tx.clone());
             tracing::info!(pool = %key.0, backend = %key.1, healthy, "sending health vote");
             tokio::spawn(async move {
-                let r = vote::submit(&channels, &addr, id, &key, healthy).await;
+                let r = vote::submit(&proposer, id, &key, healthy).await;
                 let _ = tx.send((key, r));
             });
         }
@@ -143,7 +137,7 @@ pub async fn run(cluster: Cluster) {
                 plan.finished(&key, result.is_ok(), Instant::now());
             }
             _ = tokio::time::sleep_until(wake) => {}
-            _ = stopped(&mut stop) => break,
+            _ = stop.wait() => break,
         }
     }
     checkers.shutdown();

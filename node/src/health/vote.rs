@@ -1,6 +1,6 @@
 //! Health votes: making the committed vote of this node agree with its local view.
 //!
-//! A node proposes `SubmitHealthVote` for a backend when its local view of it changes (Unknown → Up
+//! A node proposes a `HealthVote` for a backend when its local view of it changes (Unknown → Up
 //! or Down, Up ↔ Down) and, as a reconcile, whenever the committed state lacks this node's vote or
 //! records a different one (after a restart, after the leader marked this node down and up again,
 //! which drops its votes, or after a vote that was lost for want of a quorum). The pure part is
@@ -14,13 +14,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use lbfleet_api::command::{Command, CommandResult};
 use lbfleet_api::config::HealthKind;
-use lbfleet_api::pb;
+use lbfleet_api::state::ClusterState;
 use lbfleet_api::NodeId;
-use lbfleet_raft_store::state::ClusterState;
 use tokio::time::Instant;
 
-use super::state::LocalState;
+use crate::balance::LocalState;
+use crate::raft::{Proposed, Proposer};
 
 /// First retry delay after a failed vote; doubles per failure up to [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -137,31 +138,24 @@ impl VotePlan {
     }
 }
 
-/// Send one vote through this node's admin service (`grpc_addr`), which forwards it to the leader.
+/// Propose one vote of this node; `Ok` with the log index once it is committed and counted.
 pub async fn submit(
-    channels: &crate::channels::ChannelCache,
-    grpc_addr: &str,
+    proposer: &Proposer,
     node: NodeId,
     key: &BackendKey,
     healthy: bool,
 ) -> Result<u64, String> {
-    let channel = channels.get(grpc_addr)?;
-    let mut client = pb::admin_client::AdminClient::new(channel);
     let observed_at_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let mut request = tonic::Request::new(pb::HealthVoteRequest {
-        node,
-        pool: key.0.clone(),
-        backend: key.1.clone(),
-        healthy,
-        observed_at_ms,
-    });
-    request.set_timeout(VOTE_TIMEOUT);
-    match client.submit_health_vote(request).await {
-        Ok(r) => Ok(r.into_inner().log_index),
-        Err(s) => Err(format!("{:?}: {}", s.code(), s.message())),
+    let cmd =
+        Command::HealthVote { node, pool: key.0.clone(), backend: key.1.clone(), healthy, observed_at_ms };
+    match tokio::time::timeout(VOTE_TIMEOUT, proposer.propose(cmd)).await {
+        Err(_) => Err(format!("no answer within {}", humantime::format_duration(VOTE_TIMEOUT))),
+        Ok(Ok(Proposed { result: CommandResult::Rejected { errors }, .. })) => Err(errors.join("; ")),
+        Ok(Ok(p)) => Ok(p.log_index),
+        Ok(Err(e)) => Err(e.to_string()),
     }
 }
 
@@ -170,7 +164,7 @@ mod tests {
     use super::*;
     use lbfleet_api::command::{Command, LeaderAction};
     use lbfleet_api::config::{parse, Format};
-    use lbfleet_raft_store::state::NodeRecord;
+    use lbfleet_api::state::LbNode;
 
     fn key(b: &str) -> BackendKey {
         ("web".to_string(), b.to_string())
@@ -178,7 +172,7 @@ mod tests {
 
     fn state() -> ClusterState {
         let mut s = ClusterState::default();
-        s.apply_membership([1, 2, 3].into(), (1..=3).map(|i| (i, NodeRecord::default())).collect());
+        s.apply_membership([1, 2, 3].into(), (1..=3).map(|i| (i, LbNode::default())).collect());
         let config = parse(
             "[[pool]]\nname = \"web\"\npolicy = \"maglev\"\n[[pool.backend]]\naddr = \"127.0.0.1:9001\"\n\
              [[pool.backend]]\naddr = \"127.0.0.1:9002\"\n",

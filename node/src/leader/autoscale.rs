@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use lbfleet_api::config::Pool;
-use lbfleet_raft_store::state::BackendState;
+use lbfleet_api::state::BackendState;
 
 /// What the leader remembers about one pool between ticks (per term; a new leader starts empty).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

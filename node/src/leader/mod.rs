@@ -26,14 +26,15 @@ use futures::future::join_all;
 use lbfleet_api::command::{Command, CommandResult, LeaderAction};
 use lbfleet_api::pb;
 use lbfleet_api::pb::admin_client::AdminClient;
+use lbfleet_api::state::BackendState;
 use lbfleet_api::NodeId;
-use lbfleet_raft_store::state::BackendState;
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use tokio::time::Instant;
 
-use crate::cluster::{stopped, Cluster};
-use crate::load::{now_ms, STALE_AFTER};
+use crate::channels::ChannelCache;
+use crate::load::{now_ms, LoadBoard, STALE_AFTER};
+use crate::raft::{leads, ProposeError, Proposed, RaftNode};
+use crate::shutdown::Shutdown;
 use autoscale::PoolTrack;
 use liveness::Liveness;
 
@@ -42,9 +43,20 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// How long one liveness probe may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
 
+/// What the leader duties need.
+#[derive(Clone)]
+pub struct Duties {
+    pub raft: RaftNode,
+    /// Channels to the members' admin services (liveness probes).
+    pub channels: ChannelCache,
+    /// The latest load report of each node (recorded by the admin service and the load reporter).
+    pub loads: LoadBoard,
+    pub shutdown: Shutdown,
+}
+
 /// Run the leader duties whenever this node leads, until shutdown.
-pub async fn run(cluster: Cluster) {
-    let mut metrics = cluster.raft.metrics();
+pub async fn run(cluster: Duties) {
+    let mut metrics = cluster.raft.watch_metrics();
     let mut shutdown = cluster.shutdown.clone();
     loop {
         let term = loop {
@@ -57,7 +69,7 @@ pub async fn run(cluster: Cluster) {
             }
             tokio::select! {
                 r = metrics.changed() => if r.is_err() { return },
-                _ = stopped(&mut shutdown) => return,
+                _ = shutdown.wait() => return,
             }
         };
         tracing::info!(term, "leader duties start");
@@ -68,13 +80,13 @@ pub async fn run(cluster: Cluster) {
         tokio::select! {
             _ = duties(&cluster, term) => {}
             _ = lost => {}
-            _ = stopped(&mut shutdown) => return,
+            _ = shutdown.wait() => return,
         }
         tracing::info!(term, "leader duties stop");
         // Duties may end on a refused write before the metrics show the change: give them a moment.
         tokio::select! {
             _ = tokio::time::timeout(TICK, metrics.changed()) => {}
-            _ = stopped(&mut shutdown) => return,
+            _ = shutdown.wait() => return,
         }
     }
 }
@@ -82,14 +94,9 @@ pub async fn run(cluster: Cluster) {
 /// Why the duties of a term end.
 struct NotLeader;
 
-/// Whether these metrics say this node still leads `term` (and may act for it).
-fn leads(m: &lbfleet_raft_store::RaftMetrics, term: u64) -> bool {
-    m.state == ServerState::Leader && m.current_term == term
-}
-
 /// One term's duties; returns when this node is found not to lead `term` any more.
-async fn duties(cluster: &Cluster, term: u64) {
-    let me = cluster.id;
+async fn duties(cluster: &Duties, term: u64) {
+    let me = cluster.raft.id;
     let mut live = Liveness::default();
     let mut tracks: BTreeMap<String, PoolTrack> = BTreeMap::new();
     let mut caught_up = false;
@@ -98,16 +105,15 @@ async fn duties(cluster: &Cluster, term: u64) {
     loop {
         tick.tick().await;
         if !caught_up {
-            match tokio::time::timeout(cluster.write_timeout, cluster.raft.ensure_linearizable()).await {
-                Ok(Ok(_)) => caught_up = true,
-                Ok(Err(e)) => {
+            match cluster.raft.proposer().read_index_local().await {
+                Ok(_) => caught_up = true,
+                Err(e) => {
                     tracing::debug!(term, "leadership not confirmed yet: {e}");
                     continue;
                 }
-                Err(_) => continue,
             }
         }
-        let metrics = cluster.metrics();
+        let metrics = cluster.raft.metrics();
         if !leads(&metrics, term) {
             return;
         }
@@ -125,8 +131,8 @@ async fn duties(cluster: &Cluster, term: u64) {
         live.retain(&ids);
         cluster.loads.retain(&ids);
 
-        let applied = cluster.applied();
-        let state = &applied.state;
+        let applied = cluster.raft.model();
+        let state = &*applied;
         let mut decisions: Vec<(LeaderAction, String, Option<String>)> = Vec::new();
         for d in live.decide(me, &ids, &state.down_nodes) {
             decisions.push((LeaderAction::SetNodeDown { id: d.id, down: d.down }, d.why, None));
@@ -182,8 +188,8 @@ async fn duties(cluster: &Cluster, term: u64) {
 }
 
 /// Ask one member for its `LocalStatus`: `Ok` if it answered at all.
-async fn probe(cluster: &Cluster, addr: &str) -> Result<(), String> {
-    let channel = cluster.admin_channels.get(addr)?;
+async fn probe(cluster: &Duties, addr: &str) -> Result<(), String> {
+    let channel = cluster.channels.get(addr)?;
     let mut request = tonic::Request::new(pb::LocalStatusRequest {});
     request.set_timeout(PROBE_TIMEOUT);
     match tokio::time::timeout(PROBE_TIMEOUT, AdminClient::new(channel).local_status(request)).await {
@@ -195,42 +201,31 @@ async fn probe(cluster: &Cluster, addr: &str) -> Result<(), String> {
 
 /// Propose one decision of this leader in `term`. `Ok(true)` when it was applied, `Ok(false)` when it
 /// was refused or not committed in time, `Err` when this node does not lead `term` any more.
-async fn propose(cluster: &Cluster, term: u64, action: LeaderAction, why: String) -> Result<bool, NotLeader> {
-    if !leads(&cluster.metrics(), term) {
+async fn propose(cluster: &Duties, term: u64, action: LeaderAction, why: String) -> Result<bool, NotLeader> {
+    if !cluster.raft.leads(term) {
         return Err(NotLeader);
     }
     let cmd = Command::Leader {
         term,
-        leader: cluster.id,
+        leader: cluster.raft.id,
         at_ms: now_ms(),
         action: action.clone(),
         why: why.clone(),
     };
-    match tokio::time::timeout(cluster.write_timeout, cluster.raft.client_write(cmd)).await {
-        Ok(Ok(resp)) => match resp.data {
-            CommandResult::Rejected { errors } => {
-                tracing::warn!(term, ?action, "leader decision refused: {}", errors.join("; "));
-                Ok(false)
-            }
-            _ => {
-                tracing::info!(term, ?action, index = resp.log_id.index, "leader decision: {why}");
-                Ok(true)
-            }
-        },
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) | Ok(Err(RaftError::Fatal(_))) => {
-            Err(NotLeader)
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(term, ?action, "leader decision failed: {e}");
+    match cluster.raft.proposer().propose_local(cmd).await {
+        Ok(Proposed { result: CommandResult::Rejected { errors }, .. }) => {
+            tracing::warn!(term, ?action, "leader decision refused: {}", errors.join("; "));
             Ok(false)
         }
-        Err(_) => {
-            tracing::warn!(
-                term,
-                ?action,
-                "leader decision not committed within {}",
-                humantime::format_duration(cluster.write_timeout)
-            );
+        Ok(p) => {
+            tracing::info!(term, ?action, index = p.log_index, "leader decision: {why}");
+            Ok(true)
+        }
+        Err(ProposeError::NotLeader { .. } | ProposeError::ShuttingDown(_) | ProposeError::Fatal { .. }) => {
+            Err(NotLeader)
+        }
+        Err(e) => {
+            tracing::warn!(term, ?action, "leader decision failed: {e}");
             Ok(false)
         }
     }
@@ -238,7 +233,7 @@ async fn propose(cluster: &Cluster, term: u64, action: LeaderAction, why: String
 
 /// Run a scale hook and record its outcome as a decision of `term` (refused if a later leader has
 /// decided since).
-async fn run_hook(cluster: Cluster, term: u64, command: String, pool: String, backend: String) {
+async fn run_hook(cluster: Duties, term: u64, command: String, pool: String, backend: String) {
     let outcome = hooks::run(&command, &pool, &backend, hooks::HOOK_TIMEOUT).await;
     let why = if outcome.output.is_empty() { "(no output)".to_string() } else { outcome.output.clone() };
     let action = LeaderAction::HookResult {

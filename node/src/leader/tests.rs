@@ -27,11 +27,11 @@ async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 fn active(node: &Node, backend: &str) -> bool {
-    node.store().current().state.backend("web", backend).is_some_and(|b| b.active)
+    node.model().backend("web", backend).is_some_and(|b| b.active)
 }
 
 fn events(node: &Node) -> Vec<String> {
-    node.store().current().state.events.iter().map(|e| format!("{} | {}", e.what, e.why)).collect()
+    node.model().events.iter().map(|e| format!("{} | {}", e.what, e.why)).collect()
 }
 
 #[test]
@@ -209,7 +209,7 @@ async fn no_standby_is_activated_twice_across_a_leader_change() {
     let (_, term_b) = leader_of(&nodes).expect("a new leader");
     assert!(term_b > term_a);
 
-    let state = survivor.store().current().state.clone();
+    let state = lbfleet_api::state::ClusterState::clone(&survivor.model());
     let steps: Vec<_> = state.events.iter().filter(|e| e.what.starts_with("activated standby")).collect();
     assert_eq!(steps.len(), 2, "{:#?}", state.events);
     assert!(steps[0].what.contains(S1) && steps[0].term == term_a, "{steps:#?}");

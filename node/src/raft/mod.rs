@@ -2,7 +2,12 @@
 //! service that receives Raft RPCs, and the one-time bootstrap of a new cluster.
 //!
 //! - [`network`]: `RaftNetworkFactory`/`RaftNetwork` over gRPC, one cached channel per peer.
-//! - [`service`]: the `Raft` gRPC service; decodes postcard payloads and hands them to openraft.
+//! - [`service`]: the `Raft` gRPC service; decodes postcard payloads and hands them to openraft, and
+//!   answers followers' forwarded proposals and read-index requests.
+//! - [`proposer`]: the one write path ([`Proposer`]: `propose`, `read_linearizable`, typed errors).
+//! - [`handle`]: [`RaftNode`], what the rest of the node uses of its Raft member (metrics, the applied
+//!   model as `Arc<ClusterState>`, the local view, the proposer). Only this module names the storage
+//!   crate.
 //!
 //! # Bootstrap (exactly once per cluster)
 //!
@@ -16,14 +21,23 @@
 //! `--peers` would try to form a fresh cluster; it is refused by the others (their term and log are
 //! ahead) but the wiped node should be re-added with `RemoveNode` + `AddNode` instead.
 
+pub mod handle;
 pub mod network;
+pub mod proposer;
 pub mod service;
+
+pub use handle::{leads, RaftNode};
+pub use lbfleet_raft_store::{Raft, RaftMetrics};
+
+/// What a membership change on the leader answers.
+pub type ClientWriteResponse = openraft::raft::ClientWriteResponse<lbfleet_raft_store::TypeConfig>;
+pub use proposer::{Leader, ProposeError, Proposed, Proposer};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use lbfleet_api::NodeId;
-use lbfleet_raft_store::{LbNode, Raft, StateMachineStore};
+use lbfleet_raft_store::LbNode;
 use openraft::error::{InitializeError, RaftError};
 use openraft::{Config, SnapshotPolicy};
 
@@ -79,14 +93,14 @@ pub enum Bootstrap {
 
 /// Form the cluster if this node is the one that must (see the module docs).
 pub async fn bootstrap(
-    raft: &Raft,
-    store: &StateMachineStore,
+    node: &RaftNode,
     config: &NodeConfig,
 ) -> Result<Bootstrap, RaftError<NodeId, InitializeError<NodeId, LbNode>>> {
     let Some(members) = bootstrap_members(config) else {
         return Ok(Bootstrap::Waiting);
     };
-    let has_membership = store.current().membership.membership().nodes().next().is_some();
+    let raft = node.raft();
+    let has_membership = !node.members().is_empty();
     if has_membership || raft.is_initialized().await? {
         return Ok(Bootstrap::AlreadyInitialized);
     }
@@ -98,11 +112,22 @@ pub async fn bootstrap(
     }
 }
 
+/// Open the store in `config.data_dir`, start Raft over it, and make the node's Raft handle (with
+/// its proposer, which forwards over `channels`).
+pub async fn start(config: &NodeConfig, channels: crate::channels::ChannelCache) -> anyhow::Result<RaftNode> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
+    let (log_store, sm_store) = lbfleet_raft_store::open(&config.data_dir)?;
+    let raft = new_raft(config, log_store, sm_store.clone()).await?;
+    let proposer = Proposer::new(config.id, raft.clone(), config.write_timeout, channels);
+    Ok(RaftNode::new(config.id, config.advertised(), raft, sm_store, proposer))
+}
+
 /// Create the openraft instance over the given storage and a gRPC network.
 pub async fn new_raft(
     config: &NodeConfig,
     log_store: lbfleet_raft_store::LogStore,
-    sm_store: StateMachineStore,
+    sm_store: lbfleet_raft_store::StateMachineStore,
 ) -> anyhow::Result<Raft> {
     let raft_config = Arc::new(raft_config(&config.raft).map_err(anyhow::Error::msg)?);
     let network = network::GrpcNetworkFactory::new(config.id);

@@ -3,6 +3,9 @@
 //! Each call decodes a postcard-encoded openraft request, hands it to the local `Raft`, and returns
 //! the postcard encoding of its `Result`. Bytes that do not decode are answered with
 //! `invalid_argument` naming the RPC; nothing a peer sends can panic this node.
+//!
+//! `Propose` and `ReadIndex` are the leader's end of [`super::proposer`]: a follower's proposal or
+//! linearizable read, answered by this node's own [`Proposer`].
 
 use lbfleet_api::pb::{raft_server, RaftPayload};
 use lbfleet_raft_store::{Raft, TypeConfig};
@@ -11,17 +14,19 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use super::proposer::{Forwarded, Proposer};
 use crate::raft::MAX_RAFT_MESSAGE_BYTES;
 
 /// Serves Raft RPCs from peers.
 #[derive(Clone)]
 pub struct RaftService {
     raft: Raft,
+    proposer: Proposer,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft) -> Self {
-        RaftService { raft }
+    pub fn new(raft: Raft, proposer: Proposer) -> Self {
+        RaftService { raft, proposer }
     }
 
     /// The tonic server for this service, accepting messages up to [`MAX_RAFT_MESSAGE_BYTES`].
@@ -63,6 +68,18 @@ impl raft_server::Raft for RaftService {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode("InstallSnapshot", &request.get_ref().data)?;
         let result = self.raft.install_snapshot(rpc).await;
         encode("InstallSnapshot", &result)
+    }
+
+    async fn propose(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let fwd: Forwarded = decode("Propose", &request.get_ref().data)?;
+        let result = self.proposer.propose_hops(fwd.command, fwd.hops).await;
+        encode("Propose", &result)
+    }
+
+    async fn read_index(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let () = decode("ReadIndex", &request.get_ref().data)?;
+        let result = self.proposer.read_index_local().await;
+        encode("ReadIndex", &result)
     }
 }
 

@@ -1,7 +1,7 @@
 use super::*;
 use lbfleet_api::command::{Command, CommandResult, LeaderAction};
 use lbfleet_api::config::{parse, ClusterConfig, Format};
-use lbfleet_raft_store::state::ClusterState;
+use lbfleet_api::state::ClusterState;
 
 const P1: &str = "127.0.0.1:9001";
 const P2: &str = "127.0.0.1:9002";

@@ -1,6 +1,4 @@
-//! Consistent-hash structures: the Maglev lookup table and a Ketama-style hash ring.
-//!
-//! # Maglev
+//! The Maglev lookup table.
 //!
 //! [`Maglev`] is the lookup table of Maglev hashing (Eisenbud et al., "Maglev: A Fast and Reliable
 //! Software Network Load Balancer", NSDI 2016, section 3.4). The table has `M` slots, `M` prime. Each
@@ -46,58 +44,16 @@
 //! [`Maglev::digest`] is 16 hex digits of XXH3 over `M`, the sorted backend keys and the table entries
 //! (which index that sorted list): the table expressed in backend keys. Two nodes with the same table
 //! print the same digest.
-//!
-//! # Hash ring
-//!
-//! [`HashRing`] is a consistent-hash ring in the manner of libketama: each backend places points on a
-//! 64-bit circle, as many as its share of the total weight calls for (160 per unit of weight, the whole
-//! ring capped at [`RING_MAX_POINTS`]); a key goes to the first point at or after its hash. Point `i` of a
-//! backend sits at `xxh3(key ++ "#" ++ i as u32 LE, RING_SEED)`. Ties between points are broken by key
-//! order. Fallback continues clockwise, each backend once.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use lbfleet_api::config::{is_prime, MAX_TABLE_SIZE};
 
-use super::hash::{hash_with_seed, Digest, OFFSET_SEED, RING_SEED, SKIP_SEED};
-
-/// Points per unit of weight on the hash ring (libketama uses 160 per server).
-pub const RING_POINTS_PER_WEIGHT: u64 = 160;
-/// Most points a hash ring holds; beyond this, point counts are scaled down in proportion to weight.
-pub const RING_MAX_POINTS: u64 = 1 << 17;
+use super::backend_set::{sorted_order, RingError, Seen};
+use super::hash::{hash_with_seed, Digest, OFFSET_SEED, SKIP_SEED};
 
 const EMPTY: u32 = u32::MAX;
-
-/// A backend set that cannot be turned into a table or a ring.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RingError {
-    #[error("table size {0} is not a prime (Maglev needs a prime table size)")]
-    NotPrime(u64),
-    #[error("table size {0} is above the maximum of {MAX_TABLE_SIZE}")]
-    TooLarge(u64),
-    #[error("{backends} backends do not fit a table of {table_size} slots")]
-    TooManyBackends { backends: usize, table_size: u64 },
-    #[error("backend \"{0}\" has weight 0")]
-    ZeroWeight(String),
-    #[error("backend \"{0}\" is listed twice")]
-    DuplicateKey(String),
-}
-
-/// Positions of `backends` sorted by key, after checking keys are distinct and weights non-zero.
-fn sorted_order<K: AsRef<str>>(backends: &[(K, u32)]) -> Result<Vec<usize>, RingError> {
-    let mut order: Vec<usize> = (0..backends.len()).collect();
-    order.sort_by(|&a, &b| backends[a].0.as_ref().cmp(backends[b].0.as_ref()));
-    for w in order.windows(2) {
-        if backends[w[0]].0.as_ref() == backends[w[1]].0.as_ref() {
-            return Err(RingError::DuplicateKey(backends[w[0]].0.as_ref().to_string()));
-        }
-    }
-    if let Some((k, _)) = backends.iter().find(|(_, w)| *w == 0) {
-        return Err(RingError::ZeroWeight(k.as_ref().to_string()));
-    }
-    Ok(order)
-}
 
 /// The Maglev lookup table of one backend set. See the module documentation.
 #[derive(Debug, Clone)]
@@ -301,163 +257,6 @@ impl Iterator for MaglevFallback<'_> {
     }
 }
 
-/// A consistent-hash ring with points in proportion to weight. See the module documentation.
-#[derive(Debug, Clone)]
-pub struct HashRing {
-    keys: Vec<String>,
-    to_input: Vec<usize>,
-    /// Point positions, sorted.
-    points: Vec<u64>,
-    /// Owner of each point, indexing `keys`.
-    owners: Vec<u32>,
-    digest: String,
-}
-
-impl HashRing {
-    /// Build the ring of `backends` (stable key, weight). Independent of the order of `backends`;
-    /// answers with positions in `backends`.
-    pub fn build<K: AsRef<str>>(backends: &[(K, u32)]) -> Result<HashRing, RingError> {
-        let order = sorted_order(backends)?;
-        let keys: Vec<String> = order.iter().map(|&i| backends[i].0.as_ref().to_string()).collect();
-        let weights: Vec<u64> = order.iter().map(|&i| u64::from(backends[i].1)).collect();
-        let total: u64 = weights.iter().sum();
-        let budget = (total * RING_POINTS_PER_WEIGHT).min(RING_MAX_POINTS);
-        let mut pts: Vec<(u64, u32)> = Vec::new();
-        let mut buf = Vec::new();
-        for (i, k) in keys.iter().enumerate() {
-            // round(w * budget / total), at least one point.
-            let count = ((weights[i] * budget * 2 + total) / (2 * total)).max(1);
-            for p in 0..count {
-                buf.clear();
-                buf.extend_from_slice(k.as_bytes());
-                buf.push(b'#');
-                buf.extend_from_slice(&(p as u32).to_le_bytes());
-                pts.push((hash_with_seed(&buf, RING_SEED), i as u32));
-            }
-        }
-        pts.sort_unstable();
-        let (points, owners): (Vec<u64>, Vec<u32>) = pts.into_iter().unzip();
-        let mut d = Digest::new("ring-v1");
-        d.u64(keys.len() as u64);
-        for k in &keys {
-            d.bytes(k.as_bytes());
-        }
-        for (p, o) in points.iter().zip(&owners) {
-            d.u64(*p);
-            d.u64(u64::from(*o));
-        }
-        Ok(HashRing { keys, to_input: order, points, owners, digest: d.finish() })
-    }
-
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
-    /// Number of points on the ring.
-    pub fn points(&self) -> usize {
-        self.points.len()
-    }
-
-    /// Backend keys in sorted order.
-    pub fn keys(&self) -> &[String] {
-        &self.keys
-    }
-
-    /// 16 hex digits identifying the ring in terms of backend keys.
-    pub fn digest(&self) -> &str {
-        &self.digest
-    }
-
-    fn start(&self, hash: u64) -> usize {
-        let i = self.points.partition_point(|&p| p < hash);
-        if i == self.points.len() {
-            0
-        } else {
-            i
-        }
-    }
-
-    /// The backend (position in the slice given to `build`) owning the first point at or after `hash`.
-    pub fn lookup(&self, hash: u64) -> Option<usize> {
-        if self.points.is_empty() {
-            return None;
-        }
-        Some(self.to_input[self.owners[self.start(hash)] as usize])
-    }
-
-    /// The backend of [`HashRing::lookup`] first, then each other backend once, clockwise.
-    pub fn fallback(&self, hash: u64) -> RingFallback<'_> {
-        let pos = if self.points.is_empty() { 0 } else { self.start(hash) };
-        RingFallback { ring: self, pos, probed: 0, remaining: self.keys.len(), seen: Seen::default() }
-    }
-}
-
-/// Iterator of [`HashRing::fallback`].
-#[derive(Debug, Clone)]
-pub struct RingFallback<'a> {
-    ring: &'a HashRing,
-    pos: usize,
-    probed: usize,
-    remaining: usize,
-    seen: Seen,
-}
-
-impl Iterator for RingFallback<'_> {
-    type Item = usize;
-
-    fn next(&mut self) -> Option<usize> {
-        let owners = &self.ring.owners;
-        while self.remaining > 0 && self.probed < owners.len() {
-            let o = owners[self.pos] as usize;
-            self.pos += 1;
-            if self.pos == owners.len() {
-                self.pos = 0;
-            }
-            self.probed += 1;
-            if self.seen.insert(o) {
-                self.remaining -= 1;
-                return Some(self.ring.to_input[o]);
-            }
-        }
-        None
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (usize::from(self.remaining > 0), Some(self.remaining))
-    }
-}
-
-/// A set of small integers: inline for the first 256, on the heap beyond (allocated only if needed).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Seen {
-    inline: [u64; 4],
-    spill: Vec<u64>,
-}
-
-impl Seen {
-    /// Insert `i`; true if it was not there yet.
-    #[inline]
-    pub(crate) fn insert(&mut self, i: usize) -> bool {
-        let (word, bit) = (i / 64, 1u64 << (i % 64));
-        let w = if word < 4 {
-            &mut self.inline[word]
-        } else {
-            let j = word - 4;
-            if j >= self.spill.len() {
-                self.spill.resize(j + 1, 0);
-            }
-            &mut self.spill[j]
-        };
-        let fresh = *w & bit == 0;
-        *w |= bit;
-        fresh
-    }
-}
-
 /// Fraction of keys whose backend changed between two tables of the same size (for tests and reports);
 /// `None` when the sizes differ.
 pub fn moved_fraction(before: &Maglev, after: &Maglev) -> Option<f64> {
@@ -476,6 +275,7 @@ pub fn moved_fraction(before: &Maglev, after: &Maglev) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balance::ketama::HashRing;
     use proptest::prelude::*;
 
     const M: u64 = 65_537;
@@ -660,43 +460,6 @@ mod tests {
         zero[1].1 = 0;
         assert_eq!(HashRing::build(&zero).unwrap_err(), RingError::ZeroWeight(zero[1].0.clone()));
         assert!(HashRing::build(&none).unwrap().lookup(3).is_none());
-    }
-
-    #[test]
-    fn ring_spreads_keys_by_weight_and_moves_few_on_removal() {
-        let mut set = backends(10);
-        set[0].1 = 3;
-        let ring = HashRing::build(&set).unwrap();
-        let mut counts = [0usize; 10];
-        let keys = 200_000u64;
-        for i in 0..keys {
-            counts[ring.lookup(crate::dataplane::hash::hash_key_bytes(&i.to_le_bytes())).unwrap()] += 1;
-        }
-        let share = |c: usize| c as f64 / keys as f64;
-        // Ideal: 3/12 for the heavy one, 1/12 for the others; 160 points per unit keep it within ~25%.
-        assert!((share(counts[0]) - 0.25).abs() < 0.05, "{counts:?}");
-        for c in &counts[1..] {
-            assert!((share(*c) - 1.0 / 12.0).abs() < 0.025, "{counts:?}");
-        }
-        let mut less = set.clone();
-        less.remove(5);
-        let smaller = HashRing::build(&less).unwrap();
-        let moved = (0..keys)
-            .map(|i| crate::dataplane::hash::hash_key_bytes(&i.to_le_bytes()))
-            .filter(|&h| set[ring.lookup(h).unwrap()].0 != less[smaller.lookup(h).unwrap()].0)
-            .count();
-        // Only the removed backend's keys move.
-        assert_eq!(moved, counts[5]);
-    }
-
-    #[test]
-    fn seen_spills_beyond_256() {
-        let mut s = Seen::default();
-        assert!(s.insert(3));
-        assert!(!s.insert(3));
-        assert!(s.insert(1000));
-        assert!(!s.insert(1000));
-        assert!(s.insert(999));
     }
 
     proptest! {

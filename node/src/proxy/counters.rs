@@ -24,8 +24,8 @@ use prometheus_client::registry::Registry;
 
 use super::listeners::ListenerStatus;
 use super::Routing;
-use crate::cluster::BackendView;
-use crate::health::OutlierTracker;
+use crate::balance::OutlierTracker;
+use lbfleet_api::view::BackendView;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {

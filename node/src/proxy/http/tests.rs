@@ -24,7 +24,7 @@ use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use lbfleet_api::command::{Command, CommandResult};
 use lbfleet_api::config::{parse, Format};
-use lbfleet_raft_store::state::{ClusterState, NodeRecord};
+use lbfleet_api::state::{ClusterState, LbNode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
@@ -33,8 +33,10 @@ use xxhash_rust::xxh3::Xxh3;
 
 use super::upstream::{PoolLimits, Upstreams};
 use super::{serve_with, Options};
-use crate::dataplane::routing::{Routing, SharedRouting};
-use crate::dataplane::{hash_ip, hash_key_bytes, ProxyContext};
+use crate::balance::routing::{Routing, SharedRouting};
+use crate::balance::{hash_ip, hash_key_bytes};
+use crate::proxy::ProxyContext;
+use crate::shutdown::Trigger;
 
 /// Deadline of any single wait in these tests.
 const T: Duration = Duration::from_secs(20);
@@ -276,7 +278,7 @@ impl Body for Generated {
 fn state_with(config: &str) -> ClusterState {
     let config = parse(config, Format::Toml).unwrap_or_else(|e| panic!("test config: {e}\n{config}"));
     let mut s = ClusterState::default();
-    s.apply_membership([1, 2, 3].into(), (1..=3).map(|i| (i, NodeRecord::default())).collect());
+    s.apply_membership([1, 2, 3].into(), (1..=3).map(|i| (i, LbNode::default())).collect());
     let r = s.apply(&Command::ApplyConfig { config }, 1);
     assert!(matches!(r, CommandResult::ConfigApplied { .. }), "{r:?}");
     s
@@ -286,7 +288,7 @@ struct Proxy {
     addr: SocketAddr,
     routing: SharedRouting,
     ctx: Arc<ProxyContext>,
-    stop: watch::Sender<bool>,
+    stop: Trigger,
     task: Option<JoinHandle<()>>,
 }
 
@@ -316,7 +318,7 @@ impl Proxy {
             outlier: Default::default(),
             metrics: Default::default(),
         });
-        let (stop, stop_rx) = watch::channel(false);
+        let (stop, stop_rx) = crate::shutdown::channel();
         let task = tokio::spawn(serve_with("web".into(), listener, Arc::clone(&ctx), stop_rx, opts));
         Proxy { addr, routing, ctx, stop, task: Some(task) }
     }
@@ -328,7 +330,7 @@ impl Proxy {
 
     /// The data-plane counters of the proxy, as `/metrics` shows them.
     fn counters(&self) -> String {
-        crate::dataplane::metrics::counters_text(&self.ctx.metrics)
+        crate::proxy::counters::counters_text(&self.ctx.metrics)
     }
 
     /// The backend the pool `pool` picks first for `key`.
@@ -1123,7 +1125,7 @@ async fn stop_finishes_open_requests_refuses_new_connections_and_returns() {
     assert_eq!(send(&mut idle, request("GET", "/warm", &[], b"")).await.status, StatusCode::OK);
     let pending = tokio::spawn(async move { send(&mut held, request("GET", "/hold", &[], b"")).await });
     wait_for("the held request to reach the backend", || b.paths().contains(&"/hold".to_string())).await;
-    p.stop.send(true).unwrap();
+    p.stop.trigger();
     // New connections are refused once the listener socket is closed.
     let addr = p.addr;
     let deadline = Instant::now() + T;
@@ -1159,7 +1161,7 @@ async fn stop_closes_what_is_still_open_after_the_grace() {
     let mut held = h1(p.addr, None).await;
     let pending = tokio::spawn(async move { held.send_request(request("GET", "/hold", &[], b"")).await });
     wait_for("the held request to reach the backend", || b.paths().contains(&"/hold".to_string())).await;
-    p.stop.send(true).unwrap();
+    p.stop.trigger();
     within("serve to return after the grace", p.task.take().unwrap()).await.unwrap();
     assert!(within("held request to fail", pending).await.unwrap().is_err());
 }

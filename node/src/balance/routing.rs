@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use lbfleet_api::config::{Listener, Pool};
-use lbfleet_raft_store::state::ClusterState;
+use lbfleet_api::state::ClusterState;
 
 use super::hash::Digest;
 use super::PoolSelector;

@@ -1,177 +1,20 @@
-//! The data plane's pure core: which backend of a pool gets a request.
-//!
-//! Layout:
-//! - [`hash`]: fixed-seed hashing of request keys (bytes, client IP, client address, flow) and digests.
-//! - [`ring`]: the Maglev lookup table and the Ketama-style hash ring.
-//! - [`policy`]: the [`Selection`] trait, the eight policies, [`BackendHandle`] with its in-flight count
-//!   and the [`InFlight`] guard.
-//! - [`routing`]: the immutable routing snapshot (pools, selectors, listeners) built after every applied
-//!   change and swapped atomically ([`SharedRouting`]); its digest is what each node publishes.
-//! - [`metrics`]: the data-plane counters and scrape-time gauges of `/metrics`.
-//! - [`listeners`]: follows the applied state, swaps the snapshot and binds/stops listeners.
-//! - [`http`], [`tcp`], [`udp`]: the proxies, one task per listener, reading the snapshot per connection;
-//!   [`proxy_protocol`]: the PROXY protocol header a TCP listener may send to backends;
-//!   [`upstream_socket`]: the sockets the proxies and probes open to backends, from the node's IP.
-//! - this file: which backends of a pool are eligible, computed from the committed state alike on every
-//!   node ([`EligibleSet`]), and [`PoolSelector`], the immutable per-pool snapshot the proxies hold in an
-//!   `Arc` and swap atomically when the eligible set changes.
+//! [`PoolSelector`]: the immutable per-pool snapshot the proxies hold in an `Arc` and swap atomically
+//! when the pool's eligible set changes, and [`Picks`], its ordered fallback sequence of backends.
 //!
 //! Data enters as a [`Pool`] of the committed config plus that pool's [`BackendState`]s from
 //! `ClusterState::backends`; it leaves as an ordered fallback sequence of [`BackendHandle`]s per request.
 //! Nothing here opens a socket, reads a clock or waits.
-//!
-//! Eligibility (the same on every node, since it reads only committed state):
-//! - a backend *serves* when it is healthy fleet-wide, not draining, and active (a standby backend only
-//!   once activated);
-//! - `backup = true` backends serve only while no primary serves (HAProxy's `backup`; every serving
-//!   backup is used then, like HAProxy's `option allbackups`).
-//!
-//! Node-local passive ejection (a backend this node just failed to reach) is *not* part of the eligible
-//! set: a proxy skips such backends at pick time ([`PoolSelector::pick_usable`]), which moves only the
-//! keys of the skipped backend, and only on this node, while every other key keeps its backend.
-
-pub mod hash;
-pub mod http;
-pub mod listeners;
-pub mod metrics;
-pub mod policy;
-pub mod proxy_protocol;
-pub mod ring;
-pub mod routing;
-pub mod tcp;
-pub mod udp;
-pub mod upstream_socket;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use lbfleet_api::config::{Backend, Policy, Pool};
-use lbfleet_raft_store::state::{BackendState, ClusterState};
+use lbfleet_api::config::{Policy, Pool};
+use lbfleet_api::state::{BackendState, ClusterState};
 
-pub use routing::{Routing, SharedRouting};
-
-/// What every proxy task of this node shares.
-#[derive(Debug)]
-pub struct ProxyContext {
-    pub node_id: u64,
-    /// This node's IP: listeners bind `bind_ip:port`, and connections to backends leave from it
-    /// ([`upstream_socket`]).
-    pub bind_ip: std::net::IpAddr,
-    /// The current routing snapshot, swapped on every applied change.
-    pub routing: SharedRouting,
-    /// Node-local usability of backends (passive ejection, this node's active-check view): proxies pick
-    /// with `pick_usable(key, |b| outlier.is_usable(pool, b.addr()))` and report each attempt's outcome.
-    pub outlier: std::sync::Arc<crate::health::OutlierTracker>,
-    /// The data-plane counters shown on `/metrics`.
-    pub metrics: std::sync::Arc<metrics::DataplaneMetrics>,
-}
-
-impl ProxyContext {
-    pub fn new(node_id: u64, bind_ip: std::net::IpAddr) -> ProxyContext {
-        ProxyContext {
-            node_id,
-            bind_ip,
-            routing: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(Routing::empty())),
-            outlier: std::sync::Arc::new(crate::health::OutlierTracker::new()),
-            metrics: Default::default(),
-        }
-    }
-}
-
-pub use hash::{hash_flow, hash_ip, hash_key_bytes, hash_socket_addr};
-pub use policy::{BackendHandle, BuildError, BuildParams, InFlight, PolicyPick, PolicySelector, Selection};
-
-/// Whether `backend` may take new requests according to its committed runtime state: healthy fleet-wide,
-/// not draining, and active. With no state on record (not expected once a config is applied), a backend
-/// counts as fresh: healthy, not draining, active unless it is a standby.
-pub fn is_serving(backend: &Backend, state: Option<&BackendState>) -> bool {
-    match state {
-        Some(st) => st.healthy && !st.draining && st.active,
-        None => !backend.standby,
-    }
-}
-
-/// Which group of a pool's backends is serving.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tier {
-    /// At least one primary (non-backup) backend serves; only primaries are used.
-    Primary,
-    /// No primary serves; the serving backups are used.
-    Backup,
-    /// Nothing serves.
-    Empty,
-}
-
-/// One backend of an [`EligibleSet`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EligibleBackend {
-    pub addr: SocketAddr,
-    /// `Backend::key()`: the address string.
-    pub key: String,
-    pub weight: u32,
-}
-
-/// Everything a pool's selector is built from: a pure function of the pool's config and its committed
-/// backend states. Equal sets give equal selectors (and equal digests), so a caller compares the new set
-/// with the current selector's and rebuilds only when they differ ([`PoolSelector::refresh`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EligibleSet {
-    pub policy: Policy,
-    pub table_size: u64,
-    pub tier: Tier,
-    /// Sorted by key.
-    pub backends: Vec<EligibleBackend>,
-}
-
-impl EligibleSet {
-    /// The eligible set of `pool` given its backends' states (`ClusterState::backends[pool.name]`).
-    pub fn compute(pool: &Pool, states: Option<&BTreeMap<String, BackendState>>) -> EligibleSet {
-        let serving: Vec<(&Backend, String)> = pool
-            .backend
-            .iter()
-            .map(|b| (b, b.key()))
-            .filter(|(b, key)| is_serving(b, states.and_then(|s| s.get(key))))
-            .collect();
-        let primaries = serving.iter().filter(|(b, _)| !b.backup).count();
-        let tier = if primaries > 0 {
-            Tier::Primary
-        } else if !serving.is_empty() {
-            Tier::Backup
-        } else {
-            Tier::Empty
-        };
-        let mut backends: Vec<EligibleBackend> = serving
-            .into_iter()
-            .filter(|(b, _)| b.backup == (tier == Tier::Backup))
-            .map(|(b, key)| EligibleBackend { addr: b.addr, key, weight: b.weight })
-            .collect();
-        backends.sort_by(|a, b| a.key.cmp(&b.key));
-        EligibleSet { policy: pool.policy, table_size: pool.table_size, tier, backends }
-    }
-
-    /// The eligible set of `pool` in a committed [`ClusterState`].
-    pub fn from_state(pool: &Pool, state: &ClusterState) -> EligibleSet {
-        Self::compute(pool, state.backends.get(&pool.name))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.backends.is_empty()
-    }
-
-    /// 16 hex digits over the policy and the (key, weight) pairs.
-    fn digest(&self) -> String {
-        let mut d = hash::Digest::new("set-v1");
-        d.bytes(self.policy.as_str().as_bytes());
-        d.u64(self.backends.len() as u64);
-        for b in &self.backends {
-            d.bytes(b.key.as_bytes());
-            d.u64(u64::from(b.weight));
-        }
-        d.finish()
-    }
-}
+use super::eligible::{EligibleSet, Tier};
+use super::policy::{BackendHandle, BuildError, BuildParams, PolicyPick, PolicySelector};
 
 /// A pool whose selector cannot be built (not expected for a validated config).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -354,9 +197,10 @@ impl<'a> Iterator for Picks<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balance::{hash_key_bytes, InFlight};
     use lbfleet_api::command::Command;
     use lbfleet_api::config::{parse, Format};
-    use lbfleet_raft_store::state::NodeRecord;
+    use lbfleet_api::state::LbNode;
 
     fn pool(policy: &str, backends: &[(&str, u32, &str)]) -> Pool {
         let mut t = format!("[[pool]]\nname = \"web\"\npolicy = \"{policy}\"\ntable_size = 1009\n");
@@ -368,7 +212,7 @@ mod tests {
 
     fn state(p: &Pool) -> ClusterState {
         let mut s = ClusterState::default();
-        s.apply_membership([1, 2, 3].into(), (1..=3).map(|i| (i, NodeRecord::default())).collect());
+        s.apply_membership([1, 2, 3].into(), (1..=3).map(|i| (i, LbNode::default())).collect());
         let config = lbfleet_api::config::ClusterConfig { pool: vec![p.clone()], listener: vec![] };
         s.apply(&Command::ApplyConfig { config }, 1);
         s

@@ -1,5 +1,6 @@
-//! Pure request-to-backend decisions of the HTTP proxy: which pool a request goes to (routes), which key
-//! a hash policy hashes, which backend a sticky cookie names, and the bounded list of backends to try.
+//! Pure request-to-backend decisions of the proxies: which pool an HTTP request goes to (routes), which
+//! key a hash policy hashes (HTTP: [`request_key`]; TCP and UDP: [`l4_key`]), which backend a sticky
+//! cookie names (and the cookie value that names one), and the bounded list of backends to try.
 //! No I/O; unit-tested below against real selectors built from a `ClusterState`.
 //!
 //! Hash keys (pool `hash_key`):
@@ -16,11 +17,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hyper::header::HeaderMap;
+use hyper::header::{self, HeaderMap};
 use lbfleet_api::config::{HashKey, Listener};
 
-use super::headers::{cookie, host_without_port, parse_sticky};
-use crate::dataplane::{hash_ip, hash_key_bytes, hash_socket_addr, BackendHandle, PoolSelector};
+use super::hash::{hash_flow, hash_ip, hash_key_bytes, hash_socket_addr};
+use super::{BackendHandle, PoolSelector};
 
 /// The pool of the first route of `listener` matching the request, else the listener's pool.
 /// A route's host matches the request host without its port, case-insensitively; its path prefix is a
@@ -94,15 +95,73 @@ where
     out
 }
 
+/// The request key of a connection from `client` to a listener on `listener_port`, for a pool hashing
+/// on `hash_key`. HTTP-only keys (header, cookie, path) cannot be read at L4 (the config validation
+/// refuses them on tcp/udp listeners) and fall back to the client IP.
+pub fn l4_key(hash_key: &HashKey, client: SocketAddr, listener_port: u16, protocol: u8) -> u64 {
+    match hash_key {
+        HashKey::SourceAddr => hash_socket_addr(client),
+        HashKey::Flow => hash_flow(client, listener_port, protocol),
+        HashKey::SourceIp | HashKey::Header(_) | HashKey::Cookie(_) | HashKey::Path => hash_ip(client.ip()),
+    }
+}
+
+/// `b` without leading and trailing ASCII whitespace.
+pub fn trim(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+/// The value of cookie `name` (case-sensitive) in the request's `Cookie` header(s), the first if repeated.
+/// Surrounding double quotes are kept: the value is used as opaque bytes.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers.get_all(header::COOKIE).iter().flat_map(|v| v.as_bytes().split(|b| *b == b';')).find_map(|pair| {
+        let pair = trim(pair);
+        let eq = pair.iter().position(|b| *b == b'=')?;
+        (trim(&pair[..eq]) == name.as_bytes()).then(|| trim(&pair[eq + 1..]))
+    })
+}
+
+/// The sticky-cookie value naming a backend: 16 hex digits of the fleet-wide key hash of its key (its
+/// address string). Every node computes the same value, so any node honours a cookie another node set.
+pub fn sticky_value(backend_key: &str) -> String {
+    format!("{:016x}", hash_key_bytes(backend_key.as_bytes()))
+}
+
+/// Parse a sticky-cookie value (exactly 16 hex digits).
+pub fn parse_sticky(value: &[u8]) -> Option<u64> {
+    if value.len() != 16 || !value.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let s = std::str::from_utf8(value).ok()?;
+    u64::from_str_radix(s, 16).ok()
+}
+
+/// `host` without its port: `example.com:8080` → `example.com`, `[::1]:80` → `[::1]`.
+pub fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.rfind(':') {
+        // A bare IPv6 address (not valid in Host, but seen) has several colons: leave it whole.
+        Some(i) if !host[..i].contains(':') => &host[..i],
+        _ => host,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use hyper::header::{HeaderName, HeaderValue};
     use lbfleet_api::command::Command;
     use lbfleet_api::config::{parse, Format, Pool};
-    use lbfleet_raft_store::state::ClusterState;
+    use lbfleet_api::state::ClusterState;
 
-    use super::super::headers::sticky_value;
+    use super::sticky_value;
 
     fn config(text: &str) -> lbfleet_api::config::ClusterConfig {
         parse(text, Format::Toml).unwrap_or_else(|e| panic!("{e}"))

@@ -11,16 +11,31 @@
 //! answering) has its votes dropped until it is marked up again and votes anew. A pool may set its own
 //! quorum (`health.quorum`, a number of down votes).
 //!
+//! Invariants (stable across releases; changing one is a change of the log format):
+//! - `apply` reads nothing but the state, the command and the log index: no clock, no random number,
+//!   no validation rule of the running binary. The same log gives the same state on every version.
+//! - `ApplyConfig` always puts the config in force. What it may contain was decided once, when the
+//!   proposing node validated it; the data plane treats anything it cannot build (a pool whose table it
+//!   cannot make, a listener it cannot bind) as a local error of that pool or listener, not as a
+//!   different replicated state.
+//! - Backend runtime state (drain, standby activation, votes) is keyed by pool name and backend
+//!   address and survives a config that keeps both; duplicate keys collapse into one state.
+//! - A command naming a pool, backend or node that the state does not have is refused and changes
+//!   nothing; the refusal is part of the replicated outcome.
+//!
 //! Leader decisions (`Command::Leader`) are fenced by term: once a decision of term T is applied, any
 //! decision of an earlier term is refused, so a deposed leader cannot repeat or contradict its
 //! successor. Accepted decisions and fleet-wide health changes go to a bounded event log.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use lbfleet_api::command::{Command, CommandResult, LeaderAction};
-use lbfleet_api::config::{Backend, ClusterConfig};
-use lbfleet_api::NodeId;
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, CommandResult, LeaderAction};
+use crate::config::{Backend, ClusterConfig};
+use crate::NodeId;
 
 /// The state every node holds, identical on every node at the same applied index.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,13 +49,21 @@ pub struct ClusterState {
     /// Voting members of the Raft group, as of the last membership entry applied.
     pub voters: BTreeSet<NodeId>,
     /// Every member (voter or learner) with its addresses.
-    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    pub nodes: BTreeMap<NodeId, LbNode>,
     /// Members the leader marked down (stopped answering); their health votes do not count.
     pub down_nodes: BTreeSet<NodeId>,
     /// Highest term of an applied leader decision (fencing for `Command::Leader`).
     pub leader_term: u64,
     /// The most recent events, oldest first, at most [`MAX_EVENTS`].
     pub events: VecDeque<Event>,
+}
+
+/// The committed model as the rest of a node sees it: the state, shared, and the log index of the
+/// entry that last changed it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Committed {
+    pub index: u64,
+    pub state: std::sync::Arc<ClusterState>,
 }
 
 /// How many events the replicated log keeps.
@@ -80,10 +103,20 @@ pub struct HealthVote {
     pub index: u64,
 }
 
+/// Where an lbnode can be reached: the node type of the Raft membership, and the address record of
+/// every member in [`ClusterState::nodes`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRecord {
+pub struct LbNode {
+    /// gRPC address (Raft and admin), `host:port`.
     pub addr: String,
+    /// Admin HTTP address, `host:port`.
     pub http_addr: String,
+}
+
+impl fmt::Display for LbNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.addr)
+    }
 }
 
 impl BackendState {
@@ -156,15 +189,8 @@ impl ClusterState {
                     }
                 }
             }
-            Command::NodeJoined { id, addr, http_addr } => {
-                self.nodes.insert(*id, NodeRecord { addr: addr.clone(), http_addr: http_addr.clone() });
-                CommandResult::Ok
-            }
-            Command::NodeLeft { id } => {
-                self.nodes.remove(id);
-                self.voters.remove(id);
-                self.drop_votes_of_non_members();
-                CommandResult::Ok
+            Command::Retired4 | Command::Retired5 => {
+                rejected(format!("command {} is retired and changes nothing", cmd.kind()))
             }
             Command::Leader { term, leader, at_ms, action, why } => {
                 if *term < self.leader_term {
@@ -241,7 +267,7 @@ impl ClusterState {
     }
 
     /// Record a membership entry: `voters` vote on health, `nodes` are all members with addresses.
-    pub fn apply_membership(&mut self, voters: BTreeSet<NodeId>, nodes: BTreeMap<NodeId, NodeRecord>) {
+    pub fn apply_membership(&mut self, voters: BTreeSet<NodeId>, nodes: BTreeMap<NodeId, LbNode>) {
         self.voters = voters;
         self.nodes = nodes;
         // A node that left is no longer "down": it is gone.
@@ -264,10 +290,11 @@ impl ClusterState {
         }
     }
 
+    /// Put a config in force. The config was validated once, at the edge, by the node that proposed it
+    /// (`config::parse`); `apply` does not re-run the validation rules of the binary that replays the
+    /// entry, because a later release may tighten a rule, and a committed entry must apply the same way
+    /// on every version (see the module doc, "Invariants").
     fn apply_config(&mut self, config: &ClusterConfig) -> CommandResult {
-        if let Err(errs) = config.validate() {
-            return CommandResult::Rejected { errors: errs.messages() };
-        }
         let mut backends = BTreeMap::new();
         for pool in &config.pool {
             let old = self.backends.remove(&pool.name).unwrap_or_default();
@@ -331,7 +358,7 @@ fn rejected(msg: String) -> CommandResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lbfleet_api::config::{parse, Format};
+    use crate::config::{parse, Format};
 
     fn config(backends: &[&str]) -> ClusterConfig {
         let mut t = String::from("[[pool]]\nname = \"web\"\npolicy = \"maglev\"\n");
@@ -344,7 +371,7 @@ mod tests {
 
     fn three_voters() -> ClusterState {
         let mut s = ClusterState::default();
-        let nodes = (1..=3).map(|i| (i, NodeRecord::default())).collect();
+        let nodes = (1..=3).map(|i| (i, LbNode::default())).collect();
         s.apply_membership([1, 2, 3].into(), nodes);
         s
     }
@@ -360,22 +387,61 @@ mod tests {
     }
 
     #[test]
-    fn config_versions_count_up_and_rejection_keeps_the_old_config() {
+    fn config_versions_count_up() {
         let mut s = three_voters();
         let c = config(&["127.0.0.1:9001"]);
         assert_eq!(
             s.apply(&Command::ApplyConfig { config: c.clone() }, 1),
             CommandResult::ConfigApplied { version: 1 }
         );
-        let mut bad = c.clone();
-        bad.pool[0].table_size = 65536;
-        let r = s.apply(&Command::ApplyConfig { config: bad }, 2);
-        assert!(
-            matches!(r, CommandResult::Rejected { ref errors } if errors[0].contains("not prime")),
-            "{r:?}"
+        assert_eq!(
+            s.apply(&Command::ApplyConfig { config: c.clone() }, 2),
+            CommandResult::ConfigApplied { version: 2 }
         );
         assert_eq!(s.config.as_ref(), Some(&c));
-        assert_eq!(s.config_version, 1);
+    }
+
+    /// A committed entry applies the same way whatever validation rules the replaying binary has: here
+    /// a config that today's rules refuse at the edge (a table size that is not prime) was committed
+    /// under an older rule set that allowed it, and it still applies, with the same result on every
+    /// replay.
+    #[test]
+    fn an_entry_committed_under_other_rules_applies_identically() {
+        let mut strict = config(&["127.0.0.1:9001"]);
+        strict.pool[0].table_size = 65536;
+        assert!(
+            parse(&strict.to_toml(), Format::Toml).is_err(),
+            "the current rules refuse this config at the edge"
+        );
+        let log = [Command::ApplyConfig { config: strict.clone() }, vote(1, false), vote(2, false)];
+        let replay = || {
+            let mut s = three_voters();
+            let results: Vec<CommandResult> =
+                log.iter().enumerate().map(|(i, c)| s.apply(c, i as u64 + 1)).collect();
+            (results, postcard::to_allocvec(&s).unwrap(), s)
+        };
+        let (results, bytes, s) = replay();
+        assert_eq!(results[0], CommandResult::ConfigApplied { version: 1 });
+        assert_eq!(s.config.as_ref(), Some(&strict));
+        assert!(!s.backend("web", "127.0.0.1:9001").unwrap().healthy);
+        assert_eq!(replay().1, bytes);
+    }
+
+    /// The postcard tag of each command is part of the stored log: variants keep their position, and
+    /// the retired tags 4 and 5 stay reserved so that `Leader` keeps tag 6.
+    #[test]
+    fn command_tags_are_stable() {
+        let tag = |c: &Command| postcard::to_allocvec(c).unwrap()[0];
+        assert_eq!(tag(&Command::ApplyConfig { config: ClusterConfig::default() }), 0);
+        assert_eq!(tag(&vote(1, true)), 1);
+        assert_eq!(tag(&Command::SetDrain { pool: "p".into(), backend: "b".into(), draining: true }), 2);
+        assert_eq!(tag(&Command::SetStandby { pool: "p".into(), backend: "b".into(), active: true }), 3);
+        assert_eq!(tag(&Command::Retired4), 4);
+        assert_eq!(tag(&Command::Retired5), 5);
+        assert_eq!(tag(&leader(1, LeaderAction::SetNodeDown { id: 1, down: true })), 6);
+        let mut s = three_voters();
+        assert!(matches!(s.apply(&Command::Retired4, 1), CommandResult::Rejected { .. }));
+        assert_eq!(s, three_voters());
     }
 
     #[test]
@@ -397,7 +463,7 @@ mod tests {
         s.apply(&vote(1, false), 2);
         s.apply(&vote(2, false), 3);
         assert!(!s.backend("web", "127.0.0.1:9001").unwrap().healthy);
-        let nodes = [1, 3].into_iter().map(|i| (i, NodeRecord::default())).collect();
+        let nodes = [1, 3].into_iter().map(|i| (i, LbNode::default())).collect();
         s.apply_membership([1, 3].into(), nodes);
         // One of two voters says down: not a majority of two.
         assert!(s.backend("web", "127.0.0.1:9001").unwrap().healthy);
@@ -467,7 +533,7 @@ mod tests {
         let mut s = three_voters();
         s.apply(&leader(1, LeaderAction::SetNodeDown { id: 3, down: true }), 1);
         assert!(s.down_nodes.contains(&3));
-        let nodes = [1, 2].into_iter().map(|i| (i, NodeRecord::default())).collect();
+        let nodes = [1, 2].into_iter().map(|i| (i, LbNode::default())).collect();
         s.apply_membership([1, 2].into(), nodes);
         assert!(s.down_nodes.is_empty());
     }

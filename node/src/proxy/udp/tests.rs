@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::*;
-use crate::dataplane::metrics::{counters_text, value_of};
-use crate::dataplane::routing::SharedRouting;
-use crate::dataplane::tcp::tests::{config, context, ip, reconfigure, routing_for, wait_for, WAIT};
+use crate::balance::routing::SharedRouting;
+use crate::proxy::counters::{counters_text, value_of};
+use crate::proxy::tcp::tests::{config, context, ip, reconfigure, routing_for, wait_for, WAIT};
+use crate::shutdown::Trigger;
 
 /// Largest UDP payload over IPv4.
 const MAX_V4_PAYLOAD: usize = 65_507;
@@ -88,14 +88,14 @@ async fn client(c: u8, d: u8) -> UdpSocket {
 
 struct Proxy {
     addr: SocketAddr,
-    stop: watch::Sender<bool>,
+    stop: Trigger,
     task: JoinHandle<()>,
     ctx: Arc<ProxyContext>,
 }
 
 async fn start_proxy(addr: SocketAddr, routing: &SharedRouting, limits: Limits) -> Proxy {
     let sock = UdpSocket::bind(addr).await.expect("bind proxy");
-    let (stop, rx) = watch::channel(false);
+    let (stop, rx) = crate::shutdown::channel();
     let ctx = context(addr.ip(), routing);
     let task = tokio::spawn(serve_with("l".into(), sock, Arc::clone(&ctx), rx, limits));
     Proxy { addr, stop, task, ctx }
@@ -267,7 +267,7 @@ async fn stop_keeps_existing_flows_refuses_new_ones_and_returns_when_they_expire
     let p = start_proxy(SocketAddr::new(ip(74, 7), 7207), &routing, Limits::default()).await;
     let (old, new) = (client(77, 60).await, client(77, 61).await);
     let first = ask(&old, p.addr, b"a").await;
-    p.stop.send(true).unwrap();
+    p.stop.trigger();
     let r = ask(&old, p.addr, b"b").await;
     assert_eq!(r.upstream_port, first.upstream_port);
     ask_unanswered(&new, p.addr, b"c", Duration::from_millis(300)).await;

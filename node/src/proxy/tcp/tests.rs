@@ -13,15 +13,15 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use lbfleet_api::command::Command;
 use lbfleet_api::config::{parse, Format};
-use lbfleet_raft_store::state::ClusterState;
+use lbfleet_api::state::ClusterState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::*;
-use crate::dataplane::metrics::{counters_text, value_of};
-use crate::dataplane::routing::{Routing, SharedRouting};
+use crate::balance::routing::{Routing, SharedRouting};
+use crate::proxy::counters::{counters_text, value_of};
+use crate::shutdown::Trigger;
 
 /// Generous bound for anything a test waits for on a loaded 2-core machine.
 pub(crate) const WAIT: Duration = Duration::from_secs(20);
@@ -148,14 +148,14 @@ pub(crate) async fn closed_port(ip: IpAddr) -> SocketAddr {
 /// A running TCP proxy for listener `l`.
 struct Proxy {
     addr: SocketAddr,
-    stop: watch::Sender<bool>,
+    stop: Trigger,
     task: JoinHandle<()>,
     ctx: Arc<ProxyContext>,
 }
 
 async fn start_proxy(addr: SocketAddr, routing: &SharedRouting, grace: Duration) -> Proxy {
     let listener = TcpListener::bind(addr).await.expect("bind proxy");
-    let (stop, rx) = watch::channel(false);
+    let (stop, rx) = crate::shutdown::channel();
     let ctx = context(addr.ip(), routing);
     let task = tokio::spawn(serve_with("l".into(), listener, Arc::clone(&ctx), rx, grace));
     Proxy { addr, stop, task, ctx }
@@ -383,7 +383,7 @@ async fn stop_refuses_new_connections_and_lets_open_ones_finish() {
     open.write_all(b"one").await.unwrap();
     open.read_exact(&mut buf[..3]).await.unwrap();
 
-    p.stop.send(true).unwrap();
+    p.stop.trigger();
     wait_for("the listener to refuse new connections", WAIT, || async {
         TcpStream::connect(p.addr).await.is_err().then_some(())
     })
@@ -408,7 +408,7 @@ async fn stop_grace_bounds_how_long_open_connections_run() {
     let mut buf = [0u8; 8];
     open.write_all(b"one").await.unwrap();
     open.read_exact(&mut buf[..3]).await.unwrap();
-    p.stop.send(true).unwrap();
+    p.stop.trigger();
     tokio::time::timeout(WAIT, p.task).await.expect("serve returns after the grace").unwrap();
     let n = tokio::time::timeout(WAIT, open.read(&mut buf)).await.unwrap().unwrap_or(0);
     assert_eq!(n, 0, "the connection is closed after the grace");

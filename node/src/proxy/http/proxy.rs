@@ -30,10 +30,11 @@ use super::body::{Release, ReqBody, RespBody, UpstreamBody};
 use super::headers::{
     add_forwarding, add_via, cookie, request_host, requested_upgrade, sticky_set_cookie, strip_hop_by_hop,
 };
-use super::select::{candidates, request_key, route_pool, sticky_backend};
 use super::upstream::Pooled;
 use super::{ConnInfo, Shared};
-use crate::dataplane::InFlight;
+use crate::balance::key::{candidates, request_key, route_pool, sticky_backend};
+use crate::balance::InFlight;
+use crate::shutdown::Shutdown;
 
 /// Most backend attempts per request (connect failures and retries together).
 pub const MAX_ATTEMPTS: usize = 3;
@@ -354,7 +355,7 @@ async fn splice(
     backend: SocketAddr,
     activity: Arc<Activity>,
     idle: Duration,
-    mut force: tokio::sync::watch::Receiver<bool>,
+    mut force: Shutdown,
     _held: (TaskGuard, InFlight, Pooled),
 ) {
     let (c, b) = match tokio::try_join!(client_up, backend_up) {
@@ -372,7 +373,7 @@ async fn splice(
             }
         }
         _ = activity.idle_for(idle) => tracing::debug!(%backend, "tunnel idle for {idle:?}; closed"),
-        _ = super::raised(&mut force) => {}
+        _ = force.wait() => {}
     }
 }
 

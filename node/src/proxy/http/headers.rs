@@ -6,7 +6,8 @@ use std::net::IpAddr;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Uri, Version};
 
-use crate::dataplane::hash_key_bytes;
+use crate::balance::key::trim;
+pub use crate::balance::key::{cookie, host_without_port, parse_sticky, sticky_value};
 
 /// The pseudonym this proxy uses in `Via`.
 pub const VIA_NAME: &str = "lbfleet";
@@ -164,37 +165,6 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-fn trim(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
-    &b[start..end]
-}
-
-/// The value of cookie `name` (case-sensitive) in the request's `Cookie` header(s), the first if repeated.
-/// Surrounding double quotes are kept: the value is used as opaque bytes.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
-    headers.get_all(header::COOKIE).iter().flat_map(|v| v.as_bytes().split(|b| *b == b';')).find_map(|pair| {
-        let pair = trim(pair);
-        let eq = pair.iter().position(|b| *b == b'=')?;
-        (trim(&pair[..eq]) == name.as_bytes()).then(|| trim(&pair[eq + 1..]))
-    })
-}
-
-/// The sticky-cookie value naming a backend: 16 hex digits of the fleet-wide key hash of its key (its
-/// address string). Every node computes the same value, so any node honours a cookie another node set.
-pub fn sticky_value(backend_key: &str) -> String {
-    format!("{:016x}", hash_key_bytes(backend_key.as_bytes()))
-}
-
-/// Parse a sticky-cookie value (exactly 16 hex digits).
-pub fn parse_sticky(value: &[u8]) -> Option<u64> {
-    if value.len() != 16 || !value.iter().all(u8::is_ascii_hexdigit) {
-        return None;
-    }
-    let s = std::str::from_utf8(value).ok()?;
-    u64::from_str_radix(s, 16).ok()
-}
-
 /// `Set-Cookie` of the sticky cookie.
 pub fn sticky_set_cookie(name: &str, backend_key: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!("{name}={}; Path=/; HttpOnly", sticky_value(backend_key))).ok()
@@ -209,24 +179,10 @@ pub fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str>
     }
 }
 
-/// `host` without its port: `example.com:8080` → `example.com`, `[::1]:80` → `[::1]`.
-pub fn host_without_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return match host.find(']') {
-            Some(end) => &host[..=end],
-            None => host,
-        };
-    }
-    match host.rfind(':') {
-        // A bare IPv6 address (not valid in Host, but seen) has several colons: leave it whole.
-        Some(i) if !host[..i].contains(':') => &host[..i],
-        _ => host,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balance::hash_key_bytes;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -20,7 +20,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
 use super::body::ReqBody;
-use crate::dataplane::upstream_socket::connect_tcp;
+use crate::net::connect_tcp;
 
 /// How long a pooled connection may take to become ready for its next request before it is given up.
 const READY_WAIT: Duration = Duration::from_millis(500);
@@ -65,7 +65,7 @@ pub enum ConnectError {
 }
 
 /// Idle connections of one listener, by backend address. New connections leave from `source`, the
-/// node's IP ([`crate::dataplane::upstream_socket`]).
+/// node's IP ([`crate::net`]).
 #[derive(Debug)]
 pub struct Upstreams {
     limits: PoolLimits,

@@ -27,17 +27,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lbfleet_api::config::HashKey;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::proxy_protocol;
-use super::upstream_socket::connect_tcp;
-use super::{hash_flow, hash_ip, hash_socket_addr, BackendHandle, ProxyContext};
+use super::ProxyContext;
+use crate::balance::key::l4_key;
+use crate::balance::{hash_ip, BackendHandle};
+use crate::net::connect_tcp;
+use crate::shutdown::Shutdown;
 
 /// Backends tried per connection before giving up (the first pick and two fallbacks).
 pub const CONNECT_ATTEMPTS: usize = 3;
@@ -53,7 +54,7 @@ const PROTO_TCP: u8 = 6;
 
 /// Serve the TCP listener `name` on `listener` until `stop` becomes true (or its sender goes away), then
 /// let established connections finish within [`SHUTDOWN_GRACE`].
-pub async fn serve(name: String, listener: TcpListener, ctx: Arc<ProxyContext>, stop: watch::Receiver<bool>) {
+pub async fn serve(name: String, listener: TcpListener, ctx: Arc<ProxyContext>, stop: Shutdown) {
     serve_with(name, listener, ctx, stop, SHUTDOWN_GRACE).await
 }
 
@@ -62,7 +63,7 @@ pub(crate) async fn serve_with(
     name: String,
     listener: TcpListener,
     ctx: Arc<ProxyContext>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
     grace: Duration,
 ) {
     let name: Arc<str> = Arc::from(name);
@@ -72,7 +73,7 @@ pub(crate) async fn serve_with(
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
-            _ = stopped(&mut stop) => break,
+            _ = stop.wait() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let (name, ctx, refusals) = (Arc::clone(&name), Arc::clone(&ctx), Arc::clone(&refusals));
@@ -99,29 +100,13 @@ pub(crate) async fn serve_with(
     info!(listener = %name, "tcp listener stopped");
 }
 
-/// Completes when `stop` holds true or its sender is gone (nobody could stop us any more).
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
-/// The request key of a connection from `client` to a listener on `listener_port`, for a pool hashing
-/// on `hash_key`. HTTP-only keys (header, cookie, path) cannot be read at L4 (the config validation
-/// refuses them on tcp/udp listeners) and fall back to the client IP.
-pub fn l4_key(hash_key: &HashKey, client: SocketAddr, listener_port: u16, protocol: u8) -> u64 {
-    match hash_key {
-        HashKey::SourceAddr => hash_socket_addr(client),
-        HashKey::Flow => hash_flow(client, listener_port, protocol),
-        HashKey::SourceIp | HashKey::Header(_) | HashKey::Cookie(_) | HashKey::Path => hash_ip(client.ip()),
-    }
-}
-
 /// The backends of `pool` to try for `key`, in order: those usable on this node (its active check,
 /// passive ejection; see `crate::health`), or, when none is, the fleet-wide eligible ones rather than
 /// refusing.
 pub(crate) fn candidates(
     ctx: &ProxyContext,
     pool_name: &str,
-    pool: &crate::dataplane::PoolSelector,
+    pool: &crate::balance::PoolSelector,
     key: u64,
 ) -> Vec<Arc<BackendHandle>> {
     let usable: Vec<Arc<BackendHandle>> =

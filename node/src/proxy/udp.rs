@@ -46,15 +46,16 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::metrics::DataplaneMetrics;
-use super::routing::Routing;
-use super::tcp::{candidates, l4_key, stopped};
-use super::{hash_ip, BackendHandle, InFlight, ProxyContext};
+use super::counters::DataplaneMetrics;
+use super::tcp::candidates;
+use super::ProxyContext;
+use crate::balance::key::l4_key;
+use crate::balance::{hash_ip, BackendHandle, InFlight, Routing};
+use crate::shutdown::Shutdown;
 
 /// Most flows one listener tracks at once.
 pub const MAX_FLOWS: usize = 65_536;
@@ -95,7 +96,7 @@ impl Default for Limits {
 
 /// Serve the UDP listener `name` on `socket` until `stop` becomes true (or its sender goes away), then
 /// let existing flows run out within [`SHUTDOWN_GRACE`].
-pub async fn serve(name: String, socket: UdpSocket, ctx: Arc<ProxyContext>, stop: watch::Receiver<bool>) {
+pub async fn serve(name: String, socket: UdpSocket, ctx: Arc<ProxyContext>, stop: Shutdown) {
     serve_with(name, socket, ctx, stop, Limits::default()).await
 }
 
@@ -104,7 +105,7 @@ pub(crate) async fn serve_with(
     name: String,
     socket: UdpSocket,
     ctx: Arc<ProxyContext>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
     limits: Limits,
 ) {
     let socket = Arc::new(socket);
@@ -136,7 +137,7 @@ pub(crate) async fn serve_with(
     let mut deadline = None;
     loop {
         tokio::select! {
-            _ = stopped(&mut stop), if !proxy.stopping => {
+            _ = stop.wait(), if !proxy.stopping => {
                 proxy.stopping = true;
                 deadline = Some(Instant::now() + limits.grace);
                 info!(listener = %proxy.name, flows = proxy.flows.len(), "udp listener stopping: no new flows");
@@ -442,7 +443,7 @@ fn still_valid(routing: &Routing, listener: &str, flow: &Flow) -> bool {
 
 /// A non-blocking UDP socket on an ephemeral port of this node's IP, connected to `backend`.
 fn connect_upstream(bind_ip: IpAddr, backend: SocketAddr) -> io::Result<UdpSocket> {
-    UdpSocket::from_std(super::upstream_socket::udp_socket(bind_ip, backend)?)
+    UdpSocket::from_std(crate::net::udp_socket(bind_ip, backend)?)
 }
 
 /// Send on a connected socket without waiting: one `send` system call. (Tokio's `try_send` answers

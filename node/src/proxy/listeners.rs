@@ -14,14 +14,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lbfleet_api::config::{Listener, Protocol};
-use lbfleet_raft_store::AppliedState;
+use lbfleet_api::state::Committed;
 use serde::Serialize;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::routing::Routing;
 use super::ProxyContext;
+use crate::balance::Routing;
+use crate::shutdown::{Shutdown, Trigger};
 
 /// How often a listener that failed to bind is tried again.
 pub const RETRY_BIND: Duration = Duration::from_secs(2);
@@ -56,7 +57,7 @@ impl Identity {
 }
 
 struct Running {
-    stop: watch::Sender<bool>,
+    stop: Trigger,
     task: JoinHandle<()>,
 }
 
@@ -91,7 +92,7 @@ impl ListenerSet {
         for id in gone {
             if let Some(r) = self.running.remove(&id) {
                 tracing::info!(listener = %id.name, protocol = id.protocol, port = id.port, "listener stopping");
-                let _ = r.stop.send(true);
+                r.stop.trigger();
                 self.retiring.push(r.task);
             }
         }
@@ -123,7 +124,7 @@ impl ListenerSet {
 
     async fn start(&self, ctx: &Arc<ProxyContext>, l: &Listener) -> Result<Running, String> {
         let addr = self.addr(l.port);
-        let (stop, stop_rx) = watch::channel(false);
+        let (stop, stop_rx) = crate::shutdown::channel();
         let name = l.name.clone();
         let ctx = Arc::clone(ctx);
         let bind_err = |e: std::io::Error| {
@@ -194,7 +195,7 @@ impl ListenerSet {
     /// Stop every listener and wait (bounded) for their connections to finish.
     pub async fn shutdown(mut self) {
         for (_, r) in std::mem::take(&mut self.running) {
-            let _ = r.stop.send(true);
+            r.stop.trigger();
             self.retiring.push(r.task);
         }
         let all = futures::future::join_all(self.retiring.drain(..));
@@ -217,11 +218,11 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(sock.into())
 }
 
-/// Follow the applied state until `stop`: rebuild and swap the routing snapshot, reconcile listeners.
+/// Follow the committed model until `stop`: rebuild and swap the routing snapshot, reconcile listeners.
 pub async fn run(
     ctx: Arc<ProxyContext>,
-    mut applied: watch::Receiver<Arc<AppliedState>>,
-    mut stop: watch::Receiver<bool>,
+    mut applied: watch::Receiver<Committed>,
+    mut stop: Shutdown,
     statuses: ListenerStatuses,
     runtime: Option<Handle>,
 ) {
@@ -233,8 +234,7 @@ pub async fn run(
     loop {
         if state_changed {
             let a = applied.borrow_and_update().clone();
-            let index = a.last_applied.map(|l| l.index).unwrap_or(0);
-            let next = Routing::build(&a.state, index, &ctx.routing.load());
+            let next = Routing::build(&a.state, a.index, &ctx.routing.load());
             ctx.routing.store(Arc::new(next));
         }
         let routing = ctx.routing.load_full();
@@ -250,7 +250,7 @@ pub async fn run(
                 state_changed = true;
             }
             _ = retry.tick(), if set.has_failures() => state_changed = false,
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.wait() => break,
         }
     }
     set.shutdown().await;

@@ -5,7 +5,6 @@
 //!   (HTTP/1.1 with keep-alive and HTTP/2 cleartext with prior knowledge on the same port, upgrades,
 //!   idle timeout).
 //! - [`proxy`]: one request: route, pick, connect, send, answer; retries; redirects; upgrades.
-//! - [`select`]: pure: routes, hash keys, the sticky backend, the list of backends to try.
 //! - [`headers`]: pure: hop-by-hop stripping, forwarding headers, cookies, the host.
 //! - [`upstream`]: HTTP/1.1 connections to backends and their per-backend pool.
 //! - [`body`]: the streaming request and response bodies.
@@ -32,7 +31,6 @@ mod activity;
 mod body;
 pub mod headers;
 mod proxy;
-pub mod select;
 pub mod upstream;
 
 #[cfg(test)]
@@ -48,11 +46,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 use self::activity::{Activity, IdleIo, TaskGuard, Tasks};
 use self::upstream::{PoolLimits, Upstreams};
 use super::ProxyContext;
+use crate::shutdown::Shutdown;
 
 /// Longest wait for open connections to finish after `stop`, before they are closed: the whole
 /// shutdown (grace, then [`FORCE_WAIT`]) fits in the listener manager's own wait.
@@ -92,7 +90,7 @@ pub(crate) struct Shared {
     node_header: HeaderValue,
     tasks: Arc<Tasks>,
     /// Becomes true when the grace after `stop` is over: close everything.
-    force: watch::Receiver<bool>,
+    force: Shutdown,
 }
 
 /// One client connection.
@@ -105,7 +103,7 @@ pub(crate) struct ConnInfo {
 /// Serve the HTTP listener `name` on `listener` until `stop` becomes true (or its sender is dropped);
 /// then stop accepting, shut open connections down gracefully and return once they are done, or after
 /// [`SHUTDOWN_GRACE`].
-pub async fn serve(name: String, listener: TcpListener, ctx: Arc<ProxyContext>, stop: watch::Receiver<bool>) {
+pub async fn serve(name: String, listener: TcpListener, ctx: Arc<ProxyContext>, stop: Shutdown) {
     serve_with(name, listener, ctx, stop, Options::default()).await
 }
 
@@ -114,10 +112,10 @@ pub async fn serve_with(
     name: String,
     listener: TcpListener,
     ctx: Arc<ProxyContext>,
-    stop: watch::Receiver<bool>,
+    stop: Shutdown,
     opts: Options,
 ) {
-    let (force_tx, force_rx) = watch::channel(false);
+    let (force_tx, force_rx) = crate::shutdown::channel();
     let tasks = Arc::new(Tasks::default());
     let upstreams = Arc::new(Upstreams::new(opts.pool, ctx.bind_ip));
     let node_header = HeaderValue::from(ctx.node_id);
@@ -142,7 +140,7 @@ pub async fn serve_with(
     let mut stop_rx = stop.clone();
     loop {
         tokio::select! {
-            _ = raised(&mut stop_rx) => break,
+            _ = stop_rx.wait() => break,
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
                     let guard = tasks.enter();
@@ -164,7 +162,7 @@ pub async fn serve_with(
             "connections still open after {:?}; closing them",
             opts.grace
         );
-        let _ = force_tx.send(true);
+        force_tx.trigger();
         let _ = tokio::time::timeout(FORCE_WAIT, tasks.all_done()).await;
     }
     reaper.abort();
@@ -176,7 +174,7 @@ async fn serve_conn(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
     _guard: TaskGuard,
 ) {
     // Timeouts as of the accept; if the listener is gone, its requests get 503 "listener removed".
@@ -212,7 +210,7 @@ async fn serve_conn(
                 }
                 break;
             }
-            _ = raised(&mut stop), if !draining => {
+            _ = stop.wait(), if !draining => {
                 conn.as_mut().graceful_shutdown();
                 draining = true;
             }
@@ -220,12 +218,7 @@ async fn serve_conn(
                 tracing::debug!(%peer, "client connection idle for {:?}; closed", timeouts.idle);
                 break;
             }
-            _ = raised(&mut force) => break,
+            _ = force.wait() => break,
         }
     }
-}
-
-/// Completes when the flag becomes true, or when its sender is gone (which means the same: stop).
-pub(crate) async fn raised(flag: &mut watch::Receiver<bool>) {
-    let _ = flag.wait_for(|v| *v).await;
 }

@@ -16,7 +16,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::oneshot;
 
 use super::upstream::{Pooled, Upstreams};
-use crate::dataplane::InFlight;
+use crate::balance::InFlight;
 
 /// Request body sent to a backend.
 #[derive(Debug)]

@@ -1,0 +1,237 @@
+//! The views every surface shows, defined once: the admin gRPC service converts them to and from
+//! protobuf, the admin HTTP server renders them as JSON, and `lbctl --json` prints them.
+//!
+//! Pure data (serde) and pure functions of the replicated model; the protobuf conversions are here so
+//! that a field added to a view is added to every surface in one place.
+
+use serde::{Deserialize, Serialize};
+
+use crate::pb;
+use crate::state::ClusterState;
+use crate::NodeId;
+
+/// One node as it sees itself (or, with `reachable = false`, a member that did not answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    /// gRPC address (Raft and admin).
+    pub addr: String,
+    /// Admin HTTP address.
+    pub http_addr: String,
+    /// `leader | follower | candidate | learner | shutdown | unknown`.
+    pub role: String,
+    pub reachable: bool,
+    pub voter: bool,
+    pub applied_index: u64,
+    pub ring_digest: String,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub config_version: u64,
+    /// Why the node could not be asked; `None` when it answered.
+    pub error: Option<String>,
+    /// Marked down by the leader (its health votes do not count).
+    pub down: bool,
+    pub last_log_index: u64,
+    /// Last log index covered by this node's latest snapshot (0 when none).
+    pub snapshot_index: u64,
+    /// Log entries up to this index were purged from this node's log (0 when none).
+    pub purged_index: u64,
+}
+
+impl NodeStatus {
+    /// A member that did not answer.
+    pub fn unreachable(m: &Member, error: String) -> NodeStatus {
+        NodeStatus {
+            id: m.id,
+            addr: m.addr.clone(),
+            http_addr: m.http_addr.clone(),
+            role: "unknown".into(),
+            reachable: false,
+            voter: m.voter,
+            applied_index: 0,
+            ring_digest: String::new(),
+            term: 0,
+            leader: None,
+            config_version: 0,
+            error: Some(error),
+            down: false,
+            last_log_index: 0,
+            snapshot_index: 0,
+            purged_index: 0,
+        }
+    }
+}
+
+/// A member of the Raft group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: NodeId,
+    pub addr: String,
+    pub http_addr: String,
+    pub voter: bool,
+}
+
+/// One backend with its committed runtime state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendView {
+    pub pool: String,
+    pub addr: String,
+    pub weight: u32,
+    pub healthy: bool,
+    pub draining: bool,
+    pub active: bool,
+    pub backup: bool,
+    pub standby: bool,
+}
+
+/// Every backend of every pool in config order, with its runtime state.
+pub fn backend_views(state: &ClusterState) -> Vec<BackendView> {
+    let Some(config) = &state.config else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for pool in &config.pool {
+        for b in &pool.backend {
+            let key = b.key();
+            let st = state.backend(&pool.name, &key);
+            out.push(BackendView {
+                pool: pool.name.clone(),
+                addr: key,
+                weight: b.weight,
+                healthy: st.is_none_or(|s| s.healthy),
+                draining: st.is_some_and(|s| s.draining),
+                active: st.map_or(!b.standby, |s| s.active),
+                backup: b.backup,
+                standby: b.standby,
+            });
+        }
+    }
+    out
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+impl From<&NodeStatus> for pb::NodeStatus {
+    fn from(v: &NodeStatus) -> Self {
+        pb::NodeStatus {
+            id: v.id,
+            addr: v.addr.clone(),
+            http_addr: v.http_addr.clone(),
+            role: v.role.clone(),
+            reachable: v.reachable,
+            applied_index: v.applied_index,
+            ring_digest: v.ring_digest.clone(),
+            term: v.term,
+            leader: v.leader,
+            voter: v.voter,
+            config_version: v.config_version,
+            error: v.error.clone().unwrap_or_default(),
+            down: v.down,
+            snapshot_index: v.reachable.then_some(v.snapshot_index),
+            purged_index: v.reachable.then_some(v.purged_index),
+        }
+    }
+}
+
+impl From<&pb::NodeStatus> for NodeStatus {
+    fn from(n: &pb::NodeStatus) -> Self {
+        NodeStatus {
+            id: n.id,
+            addr: n.addr.clone(),
+            http_addr: n.http_addr.clone(),
+            role: if n.role.is_empty() { "unknown".to_string() } else { n.role.clone() },
+            reachable: n.reachable,
+            voter: n.voter,
+            applied_index: n.applied_index,
+            ring_digest: n.ring_digest.clone(),
+            term: n.term,
+            leader: n.leader,
+            config_version: n.config_version,
+            error: non_empty(&n.error),
+            down: n.down,
+            last_log_index: 0,
+            snapshot_index: n.snapshot_index.unwrap_or(0),
+            purged_index: n.purged_index.unwrap_or(0),
+        }
+    }
+}
+
+impl From<&Member> for pb::NodeInfo {
+    fn from(m: &Member) -> Self {
+        pb::NodeInfo { id: m.id, addr: m.addr.clone(), http_addr: m.http_addr.clone(), voter: m.voter }
+    }
+}
+
+impl From<&pb::NodeInfo> for Member {
+    fn from(m: &pb::NodeInfo) -> Self {
+        Member { id: m.id, addr: m.addr.clone(), http_addr: m.http_addr.clone(), voter: m.voter }
+    }
+}
+
+impl From<&BackendView> for pb::BackendStatus {
+    fn from(b: &BackendView) -> Self {
+        pb::BackendStatus {
+            pool: b.pool.clone(),
+            addr: b.addr.clone(),
+            weight: b.weight,
+            healthy: b.healthy,
+            draining: b.draining,
+            active: b.active,
+            backup: b.backup,
+            standby: b.standby,
+        }
+    }
+}
+
+impl From<&pb::BackendStatus> for BackendView {
+    fn from(b: &pb::BackendStatus) -> Self {
+        BackendView {
+            pool: b.pool.clone(),
+            addr: b.addr.clone(),
+            weight: b.weight,
+            healthy: b.healthy,
+            draining: b.draining,
+            active: b.active,
+            backup: b.backup,
+            standby: b.standby,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn views_survive_protobuf() {
+        let n = NodeStatus {
+            id: 2,
+            addr: "127.0.0.12:7400".into(),
+            http_addr: "127.0.0.12:7401".into(),
+            role: "follower".into(),
+            reachable: true,
+            voter: true,
+            applied_index: 9,
+            ring_digest: "abc".into(),
+            term: 3,
+            leader: Some(1),
+            config_version: 2,
+            error: None,
+            down: false,
+            last_log_index: 0,
+            snapshot_index: 4,
+            purged_index: 1,
+        };
+        assert_eq!(NodeStatus::from(&pb::NodeStatus::from(&n)), n);
+        let m = Member { id: 1, addr: "a".into(), http_addr: "h".into(), voter: false };
+        assert_eq!(Member::from(&pb::NodeInfo::from(&m)), m);
+        let u = NodeStatus::unreachable(&m, "timed out".into());
+        let back = NodeStatus::from(&pb::NodeStatus::from(&u));
+        assert_eq!(
+            (back.reachable, back.role.as_str(), back.error.as_deref()),
+            (false, "unknown", Some("timed out"))
+        );
+    }
+}

@@ -1,0 +1,52 @@
+//! The proxies: the sockets of the data plane, thin shells around [`crate::balance`].
+//!
+//! Layout:
+//! - this file: [`ProxyContext`], what every proxy task of this node shares.
+//! - [`listeners`]: follows the committed model, swaps the routing snapshot and binds/stops listeners.
+//! - [`http`], [`tcp`], [`udp`]: the proxies, one task per listener, reading the snapshot per
+//!   connection (HTTP: per request).
+//! - [`proxy_protocol`]: the PROXY protocol header a TCP listener may send to backends.
+//! - [`counters`]: the data-plane counters and scrape-time gauges of `/metrics`.
+//!
+//! Data enters as client connections and datagrams on the listener sockets and leaves towards the
+//! backends that [`crate::balance`] picks, from this node's IP ([`crate::net`]).
+
+pub mod counters;
+pub mod http;
+pub mod listeners;
+pub mod proxy_protocol;
+pub mod tcp;
+pub mod udp;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::balance::{OutlierTracker, Routing, SharedRouting};
+
+/// What every proxy task of this node shares.
+#[derive(Debug)]
+pub struct ProxyContext {
+    pub node_id: u64,
+    /// This node's IP: listeners bind `bind_ip:port`, and connections to backends leave from it
+    /// ([`crate::net`]).
+    pub bind_ip: IpAddr,
+    /// The current routing snapshot, swapped on every applied change.
+    pub routing: SharedRouting,
+    /// Node-local usability of backends (passive ejection, this node's active-check view): proxies pick
+    /// with `pick_usable(key, |b| outlier.is_usable(pool, b.addr()))` and report each attempt's outcome.
+    pub outlier: Arc<OutlierTracker>,
+    /// The data-plane counters shown on `/metrics`.
+    pub metrics: Arc<counters::DataplaneMetrics>,
+}
+
+impl ProxyContext {
+    pub fn new(node_id: u64, bind_ip: IpAddr) -> ProxyContext {
+        ProxyContext {
+            node_id,
+            bind_ip,
+            routing: Arc::new(arc_swap::ArcSwap::from_pointee(Routing::empty())),
+            outlier: Arc::new(OutlierTracker::new()),
+            metrics: Default::default(),
+        }
+    }
+}
