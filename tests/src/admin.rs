@@ -9,9 +9,14 @@ use tonic::transport::Channel;
 
 /// A connected Admin client: 500 ms to connect, 15 s per call.
 pub async fn connect(addr: &str) -> Result<AdminClient<Channel>> {
+    connect_with_timeout(addr, Duration::from_secs(15)).await
+}
+
+/// A connected Admin client: 500 ms to connect, `per_call` for each call.
+pub async fn connect_with_timeout(addr: &str, per_call: Duration) -> Result<AdminClient<Channel>> {
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(15))
+        .timeout(per_call)
         .connect()
         .await
         .with_context(|| format!("connect to {addr}"))?;

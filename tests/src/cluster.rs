@@ -220,11 +220,6 @@ impl Cluster {
         format!("{}:7401", self.ip_of(id))
     }
 
-    /// A connected Admin client of node `id`.
-    pub async fn client(&self, id: u64) -> Result<AdminClient<Channel>> {
-        admin::connect(&self.grpc_addr(id)).await
-    }
-
     /// A node process that is not started yet; `peers` None makes it wait to be added.
     pub fn make_node(&self, id: u64, peers: Option<&str>) -> NodeProc {
         let ip = self.ip_of(id);
