@@ -9,6 +9,11 @@
 //! - the check: after the last round, a linearizable read must show a config version at least the last
 //!   acknowledged one (and its marker when equal): nothing acknowledged was lost.
 //!
+//! Waiting (for a leader, for acknowledged writes, for a killed process to be gone) goes through
+//! `lbfleet_tests::wait_until`, and liveness and signals through `lbfleet_tests::process`, the same
+//! harness the end-to-end tests use; the pid files and detached restarts are `lbctl local`'s
+//! (`lbfleet_cli::local::procs`).
+//!
 //! Known limit: network partitions need network namespaces or containers (docker/compose-*.yml); this
 //! tool injects process faults only.
 
@@ -18,11 +23,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::{Parser, ValueEnum};
 use lbfleet_api::config::{parse, ClusterConfig, Format};
 use lbfleet_cli::client::Admin;
 use lbfleet_cli::local::procs;
+use lbfleet_tests::process::{alive, signal};
+use lbfleet_tests::wait_until;
 use rand::seq::IndexedRandom;
 
 #[derive(Parser, Debug)]
@@ -55,7 +62,7 @@ enum Scenario {
 struct NodeProc {
     name: String,
     pid_file: PathBuf,
-    pid: i32,
+    pid: u32,
     args: Vec<String>,
     exe: PathBuf,
     endpoint: String,
@@ -67,7 +74,10 @@ fn discover(dir: &Path) -> Result<Vec<NodeProc>> {
         if !pf.name.starts_with("node-") {
             continue;
         }
-        let pid = pf.pid.ok_or_else(|| anyhow!("{} holds no valid pid", pf.path.display()))?;
+        let pid = pf
+            .pid
+            .and_then(|p| u32::try_from(p).ok())
+            .ok_or_else(|| anyhow!("{} holds no valid pid", pf.path.display()))?;
         let raw = std::fs::read(format!("/proc/{pid}/cmdline"))
             .with_context(|| format!("{} (pid {pid}) is not running", pf.name))?;
         let mut argv: Vec<String> = raw
@@ -101,9 +111,9 @@ fn discover(dir: &Path) -> Result<Vec<NodeProc>> {
     Ok(nodes)
 }
 
-async fn leader_of(nodes: &[NodeProc], skip: Option<i32>) -> Option<(usize, u64)> {
+async fn leader_of(nodes: &[NodeProc], skip: Option<u32>) -> Option<(usize, u64)> {
     for (i, n) in nodes.iter().enumerate() {
-        if Some(n.pid) == skip || !procs::alive(n.pid) {
+        if Some(n.pid) == skip || !alive(n.pid) {
             continue;
         }
         let Ok(admin) = Admin::connect(&n.endpoint, Duration::from_millis(500)).await else { continue };
@@ -116,23 +126,17 @@ async fn leader_of(nodes: &[NodeProc], skip: Option<i32>) -> Option<(usize, u64)
     None
 }
 
-async fn wait_leader(nodes: &[NodeProc], skip: Option<i32>, deadline: Duration) -> Result<(usize, u64)> {
-    let until = Instant::now() + deadline;
-    loop {
-        if let Some(l) = leader_of(nodes, skip).await {
-            return Ok(l);
-        }
-        if Instant::now() > until {
-            bail!("no leader within {}", humantime::format_duration(deadline));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_leader(nodes: &[NodeProc], skip: Option<u32>, deadline: Duration) -> Result<(usize, u64)> {
+    wait_until("a leader", deadline, || async {
+        leader_of(nodes, skip).await.ok_or_else(|| anyhow!("no live node says it is the leader"))
+    })
+    .await
 }
 
 fn restart(dir: &Path, n: &mut NodeProc) -> Result<()> {
     let log = dir.join(format!("{}.log", n.name));
     let child = procs::spawn_detached(&n.exe, &n.args, &log, dir)?;
-    n.pid = child.id() as i32;
+    n.pid = child.id();
     procs::write_pid_file(&n.pid_file, child.id())?;
     Ok(())
 }
@@ -151,14 +155,12 @@ fn marked(base: &ClusterConfig, marker: u32) -> Result<String> {
 /// Let the cluster recover between faults: wait until 10 more writes are acknowledged.
 async fn settle(history: &Mutex<History>, deadline: Duration) -> Result<()> {
     let start = history.lock().unwrap().acked.len();
-    let until = Instant::now() + deadline;
-    while history.lock().unwrap().acked.len() < start + 10 {
-        if Instant::now() > until {
-            bail!("the cluster acknowledged no 10 writes within {}", humantime::format_duration(deadline));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+    wait_until("the cluster to acknowledge 10 more writes", deadline, || async {
+        let more = history.lock().unwrap().acked.len() - start;
+        ensure!(more >= 10, "{more} acknowledged");
+        Ok(())
+    })
+    .await
 }
 
 #[derive(Default)]
@@ -233,7 +235,7 @@ async fn run(cli: Cli) -> Result<()> {
                     _ => (0..nodes.len()).collect::<Vec<_>>().choose(&mut rand::rng()).copied().unwrap_or(li),
                 };
                 let pid = nodes[victim].pid;
-                procs::signal(pid, libc::SIGKILL);
+                signal(pid, libc::SIGKILL);
                 let t = Instant::now();
                 let (_, new) = wait_leader(&nodes, Some(pid), cli.deadline).await?;
                 let took = t.elapsed();
@@ -244,17 +246,23 @@ async fn run(cli: Cli) -> Result<()> {
                     "round {round}: SIGKILL {} (leader was {lid}); leader {new} after {took:?}",
                     nodes[victim].name
                 );
-                procs::wait_gone(&[pid], Duration::from_secs(5)).await;
+                // As before, a process that lingers does not stop the restart (the new one then fails
+                // to bind and exits).
+                let _ = wait_until("the killed node to be gone", Duration::from_secs(5), || async {
+                    ensure!(!alive(pid), "pid {pid} still alive");
+                    Ok(())
+                })
+                .await;
                 restart(&cli.dir, &mut nodes[victim])?;
             }
             Scenario::PauseLeader => {
                 let pid = nodes[li].pid;
-                procs::signal(pid, libc::SIGSTOP);
+                signal(pid, libc::SIGSTOP);
                 let t = Instant::now();
                 let new = wait_leader(&nodes, Some(pid), cli.deadline).await;
                 let took = t.elapsed();
                 tokio::time::sleep(cli.pause.saturating_sub(took)).await;
-                procs::signal(pid, libc::SIGCONT);
+                signal(pid, libc::SIGCONT);
                 let (_, new) = new?;
                 failovers.push(took);
                 println!(

@@ -1,16 +1,16 @@
 //! The real `lbctl demo-backend` process: routes, the `x-backend` header, streaming echo over HTTP/1.1 and
 //! h2c, and a graceful exit on SIGTERM that lets an in-flight request finish.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyhow::{ensure, Result};
 use bytes::Bytes;
-use common::{get, pattern, start_demo_backend, wait_exit};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use lbfleet_tests::process::signal;
+use lbfleet_tests::{http_get, wait_until, BackendProc};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -41,6 +41,19 @@ async fn read_answer(resp: hyper::Response<Incoming>) -> (u16, String, Vec<u8>) 
     (status, who, body)
 }
 
+/// Deterministic pseudo-random bytes (xorshift), so a mismatch is not hidden by a repeating pattern.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 async fn echo_http1(addr: SocketAddr, data: &[u8]) -> (u16, String, Vec<u8>) {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
@@ -67,32 +80,32 @@ async fn echo_h2c(addr: SocketAddr, data: &[u8]) -> (u16, String, Vec<u8>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_backend_answers_health_names_itself_and_echoes_megabytes() {
+async fn demo_backend_answers_health_names_itself_and_echoes_megabytes() -> Result<()> {
     let dir = tempfile::tempdir().unwrap();
-    let b = start_demo_backend("routes", dir.path());
-    let addr = b.addr;
+    let b = BackendProc::start_on_free_port("routes", dir.path()).await?;
+    let addr: SocketAddr = b.addr.parse()?;
 
-    let h = get(addr, "/health").await.unwrap();
-    assert_eq!(h.status, 200);
-    assert_eq!(&h.body[..], b"ok\n");
-    assert_eq!(h.headers["x-backend"], b.name.as_str());
+    let (status, headers, body) = http_get(&b.addr, "/health", &[]).await?;
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], b"ok\n");
+    assert_eq!(headers["x-backend"], b.name.as_str());
 
-    let d = get(addr, "/some/path?q=1").await.unwrap();
-    assert_eq!(d.status, 200);
-    assert_eq!(String::from_utf8_lossy(&d.body), format!("{}\nGET /some/path?q=1\n", b.name));
-    assert_eq!(d.headers["x-backend"], b.name.as_str());
+    let (status, headers, body) = http_get(&b.addr, "/some/path?q=1", &[]).await?;
+    assert_eq!(status, 200);
+    assert_eq!(String::from_utf8_lossy(&body), format!("{}\nGET /some/path?q=1\n", b.name));
+    assert_eq!(headers["x-backend"], b.name.as_str());
 
-    let n = get(addr, "/bytes/300000").await.unwrap();
-    assert_eq!((n.status, n.body.len()), (200, 300_000));
-    assert_eq!(n.headers["content-length"], "300000");
+    let (status, headers, body) = http_get(&b.addr, "/bytes/300000", &[]).await?;
+    assert_eq!((status, body.len()), (200, 300_000));
+    assert_eq!(headers["content-length"], "300000");
 
-    let s = get(addr, "/sleep/50").await.unwrap();
-    assert_eq!(s.status, 200);
-    assert!(s.body.starts_with(b.name.as_bytes()));
+    let (status, _, body) = http_get(&b.addr, "/sleep/50", &[]).await?;
+    assert_eq!(status, 200);
+    assert!(body.starts_with(b.name.as_bytes()));
 
-    let bad = get(addr, "/sleep/soon").await.unwrap();
-    assert_eq!(bad.status, 400);
-    assert_eq!(bad.headers["x-backend"], b.name.as_str());
+    let (status, headers, _) = http_get(&b.addr, "/sleep/soon", &[]).await?;
+    assert_eq!(status, 400);
+    assert_eq!(headers["x-backend"], b.name.as_str());
 
     let data = pattern(ECHO_LEN, 7);
     let (status, who, body) = echo_http1(addr, &data).await;
@@ -103,13 +116,14 @@ async fn demo_backend_answers_health_names_itself_and_echoes_megabytes() {
     let (status, who, body) = echo_h2c(addr, &data).await;
     assert_eq!((status, who.as_str(), body.len()), (200, b.name.as_str(), data.len()));
     assert!(body == data, "h2c echo differs from what was sent");
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_lets_an_in_flight_echo_finish_then_exits_zero() {
+async fn sigterm_lets_an_in_flight_echo_finish_then_exits_zero() -> Result<()> {
     let dir = tempfile::tempdir().unwrap();
-    let mut b = start_demo_backend("sigterm", dir.path());
-    let addr = b.addr;
+    let mut b = BackendProc::start_on_free_port("sigterm", dir.path()).await?;
+    let addr: SocketAddr = b.addr.parse()?;
     let data = pattern(1024 * 1024, 3);
 
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -123,13 +137,15 @@ async fn sigterm_lets_an_in_flight_echo_finish_then_exits_zero() {
         .expect("response head in time")
         .expect("response head");
 
-    // SAFETY: plain kill(2) on the pid of a child we spawned and have not reaped.
-    assert_eq!(unsafe { libc::kill(b.child.id() as i32, libc::SIGTERM) }, 0);
+    assert!(signal(b.pid().expect("backend running"), libc::SIGTERM), "SIGTERM delivered");
 
     // New connections are refused once the listener is closed...
-    common::wait_for("the listener to close after SIGTERM", Duration::from_secs(10), || {
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err()
-    });
+    wait_until("the listener to close after SIGTERM", Duration::from_secs(10), || async {
+        let accepted = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok();
+        ensure!(!accepted, "{addr} still accepts connections");
+        Ok(())
+    })
+    .await?;
     // ...while the request in flight still completes.
     let rest = data[CHUNK..].to_vec();
     let feeder = tokio::spawn(feed(tx, rest));
@@ -138,6 +154,7 @@ async fn sigterm_lets_an_in_flight_echo_finish_then_exits_zero() {
     assert_eq!((status, who.as_str()), (200, b.name.as_str()));
     assert!(body == data, "echo cut short by the shutdown");
 
-    let st = wait_exit(&mut b.child, Duration::from_secs(10));
+    let st = b.wait_exit(Duration::from_secs(10)).await?;
     assert!(st.success(), "demo backend exited with {st}");
+    Ok(())
 }

@@ -1,19 +1,13 @@
 //! `lbctl local up|down` with real processes: stopping what pid files name (and nothing else), refusing a
 //! busy directory, and a failed `up` that reports the failing step with its log and cleans up.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{lbctl, start_demo_backend, wait_exit, wait_for};
-
-fn alive(pid: u32) -> bool {
-    // A zombie (exited, not yet reaped by us) counts as gone.
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    !stat.is_empty() && stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()) != Some("Z")
-}
+use anyhow::{ensure, Result};
+use lbfleet_tests::process::{alive, wait_exit};
+use lbfleet_tests::{lbctl, wait_until, BackendProc};
 
 fn write_pid(dir: &Path, name: &str, pid: impl std::fmt::Display) {
     std::fs::write(dir.join(format!("{name}.pid")), format!("{pid}\n")).unwrap();
@@ -30,15 +24,15 @@ fn pid_files(dir: &Path) -> Vec<String> {
     v
 }
 
-#[test]
-fn local_down_stops_what_the_pid_files_name_and_is_idempotent() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_down_stops_what_the_pid_files_name_and_is_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let logs = tempfile::tempdir().unwrap();
 
     // A real demo backend: exits cleanly on SIGTERM.
-    let mut backend = start_demo_backend("down", logs.path());
-    write_pid(d, "backend-1", backend.child.id());
+    let mut backend = BackendProc::start_on_free_port("down", logs.path()).await.unwrap();
+    write_pid(d, "backend-1", backend.pid().expect("backend running"));
     // An "lbnode" that ignores SIGTERM: needs SIGKILL.
     let mut stubborn = Command::new("/bin/sh")
         .args(["-c", "trap '' TERM; echo ready; while :; do sleep 1; done", "lbnode-stubborn"])
@@ -66,7 +60,9 @@ fn local_down_stops_what_the_pid_files_name_and_is_idempotent() {
     let out = lbctl(
         &["local", "down", "--dir", d.to_str().unwrap(), "--grace", "1s", "--json"],
         Duration::from_secs(30),
-    );
+    )
+    .await
+    .unwrap();
     assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let outcomes: Vec<(String, String)> = v["processes"]
@@ -89,9 +85,9 @@ fn local_down_stops_what_the_pid_files_name_and_is_idempotent() {
     assert_eq!(outcomes.len(), 5);
     assert_eq!(outcomes[0].0, "node-1", "nodes are listed (and stopped) first");
 
-    let st = wait_exit(&mut backend.child, Duration::from_secs(10));
+    let st = backend.wait_exit(Duration::from_secs(10)).await.unwrap();
     assert!(st.success(), "the demo backend exits 0 on SIGTERM, got {st}");
-    let st = wait_exit(&mut stubborn, Duration::from_secs(10));
+    let st = wait_exit(&mut stubborn, Duration::from_secs(10)).await.unwrap();
     assert!(!st.success(), "the stubborn process was killed");
     assert!(alive(stranger.id()), "a process that is not ours is never signalled");
     stranger.kill().unwrap();
@@ -99,45 +95,52 @@ fn local_down_stops_what_the_pid_files_name_and_is_idempotent() {
     assert!(pid_files(d).is_empty(), "pid files left: {:?}", pid_files(d));
 
     // Again: nothing to do, still success.
-    let out = lbctl(&["local", "down", "--dir", d.to_str().unwrap()], Duration::from_secs(30));
+    let out = lbctl(&["local", "down", "--dir", d.to_str().unwrap()], Duration::from_secs(30)).await.unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to stop"));
     let out = lbctl(
         &["local", "down", "--dir", d.join("never-created").to_str().unwrap()],
         Duration::from_secs(30),
-    );
+    )
+    .await
+    .unwrap();
     assert_eq!(out.status.code(), Some(0));
 }
 
-#[test]
-fn local_up_refuses_a_directory_with_live_processes() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_up_refuses_a_directory_with_live_processes() -> Result<()> {
     let dir = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let backend = start_demo_backend("busy", logs.path());
-    write_pid(dir.path(), "backend-1", backend.child.id());
+    let backend = BackendProc::start_on_free_port("busy", logs.path()).await?;
+    let pid = backend.pid().expect("backend running");
+    write_pid(dir.path(), "backend-1", pid);
     let out = lbctl(
         &["local", "up", "--dir", dir.path().to_str().unwrap(), "--lbnode", "/bin/false"],
         Duration::from_secs(30),
-    );
+    )
+    .await?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("step \"check the directory\""), "{stderr}");
-    assert!(stderr.contains(&format!("backend-1 (pid {})", backend.child.id())), "{stderr}");
+    assert!(stderr.contains(&format!("backend-1 (pid {pid})")), "{stderr}");
     assert!(stderr.contains("lbctl local down --dir"), "{stderr}");
     assert_eq!(pid_files(dir.path()), ["backend-1.pid"], "nothing else was started");
+    Ok(())
 }
 
-#[test]
-fn local_up_names_a_missing_lbnode() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_up_names_a_missing_lbnode() -> Result<()> {
     let dir = tempfile::tempdir().unwrap();
     let out = lbctl(
         &["local", "up", "--dir", dir.path().to_str().unwrap(), "--lbnode", "/nonexistent/lbnode"],
         Duration::from_secs(30),
-    );
+    )
+    .await?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("step \"find lbnode\": lbnode not found at \"/nonexistent/lbnode\""), "{stderr}");
     assert!(pid_files(dir.path()).is_empty());
+    Ok(())
 }
 
 /// A free 127.0.0.1 port in 9901..=9999 (bound and released), starting from an offset of our pid.
@@ -149,8 +152,8 @@ fn free_port() -> u16 {
         .expect("a free port in 9901..=9999")
 }
 
-#[test]
-fn local_up_reports_a_node_that_dies_with_its_log_and_stops_what_it_started() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_up_reports_a_node_that_dies_with_its_log_and_stops_what_it_started() -> Result<()> {
     for port in [7400, 7401, 8080, 8081] {
         assert!(
             std::net::TcpListener::bind(("127.0.0.11", port)).is_ok(),
@@ -177,7 +180,8 @@ fn local_up_reports_a_node_that_dies_with_its_log_and_stops_what_it_started() {
             "/bin/false",
         ],
         Duration::from_secs(60),
-    );
+    )
+    .await?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -195,9 +199,13 @@ fn local_up_reports_a_node_that_dies_with_its_log_and_stops_what_it_started() {
     assert!(pid_files(&d).is_empty(), "{:?}", pid_files(&d));
     assert!(d.join("backend-1.log").exists() && d.join("node-1.log").exists());
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", base + 1).parse().unwrap();
-    wait_for("the demo backend to be gone", Duration::from_secs(10), || {
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err()
-    });
+    wait_until("the demo backend to be gone", Duration::from_secs(10), || async {
+        let accepted = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok();
+        ensure!(!accepted, "{addr} still accepts connections");
+        Ok(())
+    })
+    .await?;
     let log = std::fs::read_to_string(d.join("backend-1.log")).unwrap();
     assert!(log.contains("demo backend listening") && log.contains("shutting down"), "{log}");
+    Ok(())
 }

@@ -1,27 +1,26 @@
 //! A real local cluster: `lbctl local up` with real lbnode processes, every admin command against it,
 //! then `lbctl local down`.
 //!
-//! Builds the lbnode binary next to lbctl first (`common::ensure_lbnode`). Needs 127.0.0.11..13 ports
+//! `lbfleet_tests::bin` builds the lbnode binary next to lbctl first. Needs 127.0.0.11..13 ports
 //! 7400, 7401, 8080 and 8081 free (no other test uses those addresses).
-
-mod common;
 
 use std::io::BufRead;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{lbctl, wait_for, LBCTL};
-
+use anyhow::{ensure, Result};
+use lbfleet_tests::process::alive;
+use lbfleet_tests::{bin, lbctl, wait_until};
 use serde_json::Value;
 
-fn ok_json(args: &[&str]) -> Value {
-    let out = lbctl(args, Duration::from_secs(60));
+async fn ok_json(args: &[&str]) -> Result<Value> {
+    let out = lbctl(args, Duration::from_secs(60)).await?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "lbctl {args:?} failed: {stderr}");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+    Ok(serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!("lbctl {args:?}: stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
-    })
+    }))
 }
 
 fn free_base_port() -> u16 {
@@ -32,22 +31,18 @@ fn free_base_port() -> u16 {
         .expect("three free ports in 9901..=9992")
 }
 
-fn alive(pid: u64) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    !stat.is_empty() && stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()) != Some("Z")
-}
-
 /// Stops the cluster even when an assertion fails half-way.
 struct Down<'a>(&'a Path);
 impl Drop for Down<'_> {
     fn drop(&mut self) {
-        let _ = Command::new(LBCTL).args(["local", "down", "--dir", self.0.to_str().unwrap()]).output();
+        let _ =
+            Command::new(bin("lbctl")).args(["local", "down", "--dir", self.0.to_str().unwrap()]).output();
     }
 }
 
-#[test]
-fn local_up_serves_every_admin_command_then_local_down_stops_everything() {
-    common::ensure_lbnode();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_up_serves_every_admin_command_then_local_down_stops_everything() -> Result<()> {
+    bin("lbnode"); // `lbctl local up` finds it next to lbctl
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().canonicalize().unwrap();
     let ds = d.to_str().unwrap();
@@ -66,7 +61,8 @@ fn local_up_serves_every_admin_command_then_local_down_stops_everything() {
         "--dir",
         ds,
         "--json",
-    ]);
+    ])
+    .await?;
     let leader = up["leader"].as_u64().expect("leader id");
     assert_eq!(up["nodes"].as_array().unwrap().len(), 3);
     assert_eq!(up["backends"].as_array().unwrap().len(), 3);
@@ -75,18 +71,18 @@ fn local_up_serves_every_admin_command_then_local_down_stops_everything() {
         assert!(d.join(format!("{name}.log")).exists(), "{name}.log");
     }
     assert!(d.join("demo.toml").exists());
-    let pids: Vec<u64> = up["nodes"]
+    let pids: Vec<u32> = up["nodes"]
         .as_array()
         .unwrap()
         .iter()
         .chain(up["backends"].as_array().unwrap())
-        .map(|p| p["pid"].as_u64().unwrap())
+        .map(|p| p["pid"].as_u64().and_then(|p| u32::try_from(p).ok()).unwrap())
         .collect();
     assert!(pids.iter().all(|p| alive(*p)), "children outlive lbctl local up");
 
     // Any node's endpoint answers status with the same leader.
     for ep in ["127.0.0.11:7400", "127.0.0.12:7400", "127.0.0.13:7400"] {
-        let s = ok_json(&["--endpoint", ep, "status", "--json"]);
+        let s = ok_json(&["--endpoint", ep, "status", "--json"]).await?;
         assert_eq!(s["leader"].as_u64(), Some(leader), "{ep}: {s}");
         assert!(s["term"].as_u64().unwrap() >= 1);
         let nodes = s["nodes"].as_array().unwrap();
@@ -101,14 +97,15 @@ fn local_up_serves_every_admin_command_then_local_down_stops_everything() {
     }
 
     // The config in force is the demo config.
-    let cfg = ok_json(&["--endpoint", "127.0.0.12:7400", "get", "config", "--json"]);
+    let cfg = ok_json(&["--endpoint", "127.0.0.12:7400", "get", "config", "--json"]).await?;
     assert_eq!(cfg["pool"][0]["name"], "web");
     assert_eq!(cfg["pool"][0]["policy"], "maglev");
     assert_eq!(cfg["pool"][0]["backend"].as_array().unwrap().len(), 3);
     let names: Vec<&str> =
         cfg["listener"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["web", "web-tcp"]);
-    let toml = lbctl(&["--endpoint", "127.0.0.13:7400", "get", "config", "--stale"], Duration::from_secs(30));
+    let toml = lbctl(&["--endpoint", "127.0.0.13:7400", "get", "config", "--stale"], Duration::from_secs(30))
+        .await?;
     assert_eq!(toml.status.code(), Some(0));
     let text = String::from_utf8_lossy(&toml.stdout);
     assert!(text.starts_with("# config version "), "{text}");
@@ -116,20 +113,20 @@ fn local_up_serves_every_admin_command_then_local_down_stops_everything() {
         .expect("get config prints valid TOML");
 
     // Backends, drain and undrain.
-    let b = ok_json(&["backends", "--json"]);
+    let b = ok_json(&["backends", "--json"]).await?;
     let backends = b["backends"].as_array().unwrap();
     assert_eq!(backends.len(), 3);
     let first = backends[0]["addr"].as_str().unwrap().to_string();
-    ok_json(&["drain", "web", &first, "--json"]);
-    let b = ok_json(&["--endpoint", "127.0.0.13:7400", "backends", "--json"]);
+    ok_json(&["drain", "web", &first, "--json"]).await?;
+    let b = ok_json(&["--endpoint", "127.0.0.13:7400", "backends", "--json"]).await?;
     let draining = |b: &Value| {
         b["backends"].as_array().unwrap().iter().find(|x| x["addr"] == first.as_str()).unwrap()["draining"]
             .clone()
     };
     assert_eq!(draining(&b), true);
-    ok_json(&["undrain", "web", &first, "--json"]);
-    assert_eq!(draining(&ok_json(&["backends", "--json"])), false);
-    let out = lbctl(&["drain", "nopool", &first], Duration::from_secs(30));
+    ok_json(&["undrain", "web", &first, "--json"]).await?;
+    assert_eq!(draining(&ok_json(&["backends", "--json"]).await?), false);
+    let out = lbctl(&["drain", "nopool", &first], Duration::from_secs(30)).await?;
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
 
     // A bad config: every problem is printed, exit 1, the config in force is unchanged.
@@ -139,26 +136,27 @@ fn local_up_serves_every_admin_command_then_local_down_stops_everything() {
         "[[pool]]\nname = \"web\"\npolicy = \"magic\"\n[[listener]]\nname = \"x\"\nprotocol = \"http\"\nport = 7400\npool = \"nope\"\n",
     )
     .unwrap();
-    let out = lbctl(&["apply", "-f", bad.to_str().unwrap()], Duration::from_secs(30));
+    let out = lbctl(&["apply", "-f", bad.to_str().unwrap()], Duration::from_secs(30)).await?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     for needle in ["unknown policy \"magic\"", "reserved", "\"nope\" does not exist"] {
         assert!(stderr.contains(needle), "missing {needle:?} in {stderr}");
     }
-    let version = cfg_version();
+    let version = cfg_version().await?;
     // A good one applies and bumps the version.
     let out =
-        lbctl(&["apply", "-f", d.join("demo.toml").to_str().unwrap(), "--json"], Duration::from_secs(30));
+        lbctl(&["apply", "-f", d.join("demo.toml").to_str().unwrap(), "--json"], Duration::from_secs(30))
+            .await?;
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let applied: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(applied["version"].as_u64().unwrap() > version);
 
     // Membership.
-    let n = ok_json(&["nodes", "--json"]);
+    let n = ok_json(&["nodes", "--json"]).await?;
     assert_eq!(n["nodes"].as_array().unwrap().iter().filter(|m| m["voter"] == true).count(), 3);
 
     // Watch prints a JSON line per change.
-    let mut watch = Command::new(LBCTL)
+    let mut watch = Command::new(bin("lbctl"))
         .args(["--endpoint", "127.0.0.12:7400", "watch", "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -172,21 +170,28 @@ fn local_up_serves_every_admin_command_then_local_down_stops_everything() {
     watch.wait().unwrap();
 
     // Down stops every process and removes the pid files.
-    let out = lbctl(&["local", "down", "--dir", ds], Duration::from_secs(60));
+    let out = lbctl(&["local", "down", "--dir", ds], Duration::from_secs(60)).await?;
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.lines().filter(|l| l.starts_with("stopped ")).count(), 6, "{text}");
-    wait_for("every process to be gone", Duration::from_secs(10), || pids.iter().all(|p| !alive(*p)));
+    wait_until("every process to be gone", Duration::from_secs(10), || async {
+        let left: Vec<u32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+        ensure!(left.is_empty(), "still alive: {left:?}");
+        Ok(())
+    })
+    .await?;
     assert!(!d.join("node-1.pid").exists());
-    let out = lbctl(&["--endpoint", "127.0.0.11:7400", "status"], Duration::from_secs(30));
+    let out = lbctl(&["--endpoint", "127.0.0.11:7400", "status"], Duration::from_secs(30)).await?;
     assert_eq!(out.status.code(), Some(2));
+    Ok(())
 }
 
-fn cfg_version() -> u64 {
-    let out = lbctl(&["get", "config"], Duration::from_secs(30));
+async fn cfg_version() -> Result<u64> {
+    let out = lbctl(&["get", "config"], Duration::from_secs(30)).await?;
     let text = String::from_utf8_lossy(&out.stdout);
-    text.strip_prefix("# config version ")
+    Ok(text
+        .strip_prefix("# config version ")
         .and_then(|r| r.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no version in {text}"))
+        .unwrap_or_else(|| panic!("no version in {text}")))
 }

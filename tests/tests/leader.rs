@@ -10,11 +10,10 @@
 //!
 //! Every test uses its own 127.0.<net>.0/24 (91..=99 belong to this file).
 
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Context, Result};
-use lbfleet_tests::{admin, bin, pb, wait_until, BackendProc, Cluster};
+use lbfleet_tests::{admin, pb, wait_until, BackendProc, Cluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -22,9 +21,10 @@ const ELECTION: Duration = Duration::from_secs(20);
 /// Three missed probes a second apart, a commit, and slack for a loaded machine.
 const MARKED: Duration = Duration::from_secs(30);
 
-/// Run `lbctl` with `args`: (exit code, stdout, stderr).
-fn lbctl(args: &[&str]) -> Result<(i32, String, String)> {
-    let out = Command::new(bin("lbctl")).args(args).output().context("run lbctl")?;
+/// Run `lbctl` with `args`: (exit code, stdout, stderr). Its own deadlines (`--timeout`, at most 30 s here,
+/// and 60 s for a `drain --wait` without one) end it before the harness's.
+async fn lbctl(args: &[&str]) -> Result<(i32, String, String)> {
+    let out = lbfleet_tests::lbctl(args, Duration::from_secs(90)).await?;
     Ok((
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -72,14 +72,14 @@ async fn a_killed_node_is_marked_down_and_up_again_when_it_returns() -> Result<(
 
     // The CLI shows it too, from any node (here the other follower).
     let other = c.nodes.iter().find(|n| n.id != leader && n.id != victim).expect("a third node").grpc_addr();
-    let (code, out, err) = lbctl(&["--endpoint", &other, "status", "--json"])?;
+    let (code, out, err) = lbctl(&["--endpoint", &other, "status", "--json"]).await?;
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out)?;
     let node = v["nodes"].as_array().and_then(|a| a.iter().find(|n| n["id"] == victim)).cloned();
     let node = node.ok_or_else(|| anyhow!("node {victim} missing in {out}"))?;
     assert_eq!(node["down"], true, "{out}");
     assert_eq!(node["reachable"], false, "{out}");
-    let (code, out, err) = lbctl(&["--endpoint", &other, "events"])?;
+    let (code, out, err) = lbctl(&["--endpoint", &other, "events"]).await?;
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("TIME"), "{out}");
     assert!(out.contains(&format!("node {victim} marked down")), "{out}");
@@ -90,7 +90,7 @@ async fn a_killed_node_is_marked_down_and_up_again_when_it_returns() -> Result<(
     eprintln!("node {victim} marked up {:?} after its restart", restarted.elapsed());
     let evs = events(&leader_addr).await?;
     ensure!(evs.iter().any(|e| e.what == format!("node {victim} marked up")), "no up event in {evs:?}");
-    let (code, out, _) = lbctl(&["--endpoint", &leader_addr, "events", "--json", "--limit", "1"])?;
+    let (code, out, _) = lbctl(&["--endpoint", &leader_addr, "events", "--json", "--limit", "1"]).await?;
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(v["events"].as_array().map(Vec::len), Some(1), "{out}");
@@ -152,11 +152,12 @@ async fn drain_wait_returns_once_no_node_has_requests_in_flight() -> Result<()> 
     }
 
     let (code, out, err) =
-        lbctl(&["--endpoint", &via, "drain", "web", "127.0.93.200:9001", "--wait", "--timeout", "20s"])?;
+        lbctl(&["--endpoint", &via, "drain", "web", "127.0.93.200:9001", "--wait", "--timeout", "20s"])
+            .await?;
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
     assert!(out.contains("0 in flight (3/3 nodes answered)"), "{out}");
     assert!(out.contains("drained: nothing in flight to 127.0.93.200:9001"), "{out}");
-    let (code, out, err) = lbctl(&["--endpoint", &via, "backends", "--json"])?;
+    let (code, out, err) = lbctl(&["--endpoint", &via, "backends", "--json"]).await?;
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out)?;
     let b =
@@ -164,17 +165,17 @@ async fn drain_wait_returns_once_no_node_has_requests_in_flight() -> Result<()> 
     assert_eq!(b.map(|b| b["draining"].clone()), Some(serde_json::Value::Bool(true)), "{out}");
 
     let (code, out, err) =
-        lbctl(&["--endpoint", &via, "--json", "drain", "web", "127.0.93.200:9002", "--wait"])?;
+        lbctl(&["--endpoint", &via, "--json", "drain", "web", "127.0.93.200:9002", "--wait"]).await?;
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).with_context(|| out.clone())?;
     assert_eq!((v["drained"].clone(), v["in_flight"].clone()), (true.into(), 0.into()), "{out}");
 
     // A backend that is not there: refused before any waiting.
-    let (code, _, err) = lbctl(&["--endpoint", &via, "drain", "web", "127.0.93.200:9999", "--wait"])?;
+    let (code, _, err) = lbctl(&["--endpoint", &via, "drain", "web", "127.0.93.200:9999", "--wait"]).await?;
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("127.0.93.200:9999"), "{err}");
 
-    let (code, _, err) = lbctl(&["--endpoint", &via, "undrain", "web", "127.0.93.200:9001"])?;
+    let (code, _, err) = lbctl(&["--endpoint", &via, "undrain", "web", "127.0.93.200:9001"]).await?;
     assert_eq!(code, 0, "{err}");
 
     // Load reports: only the leader takes them, and only from members.
@@ -211,7 +212,8 @@ async fn drain_wait_does_not_count_a_silent_node_as_empty_but_skips_one_marked_d
         "--wait",
         "--timeout",
         "1s",
-    ])?;
+    ])
+    .await?;
     assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
     assert!(err.contains("still has 0 requests/connections in flight after 1s"), "{err}");
     assert!(err.contains(&format!("(no answer from node {victim}); it stays draining")), "{err}");
@@ -228,7 +230,8 @@ async fn drain_wait_does_not_count_a_silent_node_as_empty_but_skips_one_marked_d
         "--wait",
         "--timeout",
         "20s",
-    ])?;
+    ])
+    .await?;
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
     assert!(out.contains("0 in flight (2/2 nodes answered)"), "{out}");
     Ok(())
@@ -346,7 +349,7 @@ async fn connections_through_the_tcp_proxy_scale_a_standby_out_and_back_in() -> 
         Ok(())
     })
     .await?;
-    let (code, out, err) = lbctl(&["--endpoint", &grpc, "events"])?;
+    let (code, out, err) = lbctl(&["--endpoint", &grpc, "events"]).await?;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("deactivated standby backend {s1}")), "{out}");
     assert!(out.contains("exited with 0"), "{out}");
@@ -386,11 +389,8 @@ async fn drain_wait_follows_real_requests_until_they_finish() -> Result<()> {
         Ok(())
     })
     .await?;
-    let g = grpc.clone();
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        lbctl(&["--endpoint", &g, "drain", "web", b1, "--wait", "--timeout", "30s"])
-    })
-    .await??;
+    let (code, out, err) =
+        lbctl(&["--endpoint", &grpc, "drain", "web", b1, "--wait", "--timeout", "30s"]).await?;
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
     assert!(out.contains("] 2 in flight (3/3 nodes answered)"), "the two requests to b1 were seen: {out}");
     assert!(out.contains("] 0 in flight (3/3 nodes answered)"), "{out}");
@@ -410,7 +410,8 @@ async fn drain_wait_follows_real_requests_until_they_finish() -> Result<()> {
         Ok(())
     })
     .await?;
-    let (code, out, err) = lbctl(&["--endpoint", &grpc, "drain", "web", b2, "--wait", "--timeout", "2s"])?;
+    let (code, out, err) =
+        lbctl(&["--endpoint", &grpc, "drain", "web", b2, "--wait", "--timeout", "2s"]).await?;
     assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
     assert!(
         err.contains(&format!(
@@ -420,7 +421,7 @@ async fn drain_wait_follows_real_requests_until_they_finish() -> Result<()> {
     );
     drop(held);
     for b in [b1, b2] {
-        let (code, _, err) = lbctl(&["--endpoint", &grpc, "undrain", "web", b])?;
+        let (code, _, err) = lbctl(&["--endpoint", &grpc, "undrain", "web", b]).await?;
         assert_eq!(code, 0, "{err}");
     }
     Ok(())

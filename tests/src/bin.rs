@@ -1,0 +1,46 @@
+//! The workspace binaries: found in the target dir of the running test, built there if needed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::process::output_within;
+
+/// Path of a workspace binary, building the binaries once per test process if needed.
+///
+/// `cargo test` only builds the binaries of a package for that package's own integration tests, so
+/// this crate asks cargo (the same one running the tests, same profile and target dir) to build them.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current test executable");
+        // target/<profile>/deps/<test> -> target/<profile>
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir").to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let mut cmd = Command::new(cargo);
+        // Exactly the command scripts/test.sh runs first, so the features match and this is a no-op there.
+        cmd.args(["build", "--workspace", "--bins"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdin(Stdio::null())
+            .status()
+            .expect("run cargo build for the workspace binaries");
+        assert!(status.success(), "cargo build of the workspace binaries failed");
+        profile_dir
+    });
+    let p = dir.join(name);
+    assert!(p.exists(), "binary {} not found after build", p.display());
+    p
+}
+
+/// Run `lbctl args...` to completion within `deadline`. `LBCTL_ENDPOINT` is cleared so that defaults
+/// are predictable.
+pub async fn lbctl(args: &[&str], deadline: Duration) -> Result<Output> {
+    output_within(Command::new(bin("lbctl")).args(args).env_remove("LBCTL_ENDPOINT"), deadline).await
+}
