@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
+use lbfleet_api::state::LbNode;
 use lbfleet_api::NodeId;
-use lbfleet_raft_store::LbNode;
 use serde::Deserialize;
 
 /// Default gRPC port (Raft and admin API on one server).

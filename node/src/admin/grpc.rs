@@ -509,7 +509,9 @@ impl Admin for AdminService {
                     let a = applied.borrow_and_update();
                     let m = metrics.borrow_and_update();
                     WatchKey {
-                        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+                        // The model channel can run ahead of the metrics, and the metrics also count
+                        // entries that changed no state (blank, refused).
+                        applied_index: a.index.max(m.last_applied.map_or(0, |l| l.index)),
                         config_version: a.state.config_version,
                         leader: m.current_leader,
                         term: m.current_term,

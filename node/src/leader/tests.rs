@@ -17,13 +17,10 @@ const P2: &str = "127.0.94.200:9002";
 const S1: &str = "127.0.94.200:9101";
 const S2: &str = "127.0.94.200:9102";
 
-/// Poll `f` every 50 ms until it is true, or panic after `timeout` naming `what`.
+/// Poll `f` until it is true, or panic after `timeout` naming `what`.
 async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let probe = || std::future::ready(if f() { Ok(()) } else { Err(anyhow::anyhow!("not yet")) });
+    lbfleet_tests::wait_until(what, timeout, probe).await.unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 fn active(node: &Node, backend: &str) -> bool {
@@ -167,14 +164,11 @@ async fn no_standby_is_activated_twice_across_a_leader_change() {
             Node::start(NodeConfig::load(&start_args(id, dir.path(), peers)).unwrap()).await.unwrap(),
         ));
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (a, term_a) = loop {
-        if let Some(l) = leader_of(&nodes) {
-            break l;
-        }
-        assert!(Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (a, term_a) = lbfleet_tests::wait_until("a leader", Duration::from_secs(20), || {
+        std::future::ready(leader_of(&nodes).ok_or_else(|| anyhow::anyhow!("no leader yet")))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
     let config = format!(
         "[[pool]]\nname = \"web\"\npolicy = \"round_robin\"\n\
          [[pool.backend]]\naddr = \"{P1}\"\n[[pool.backend]]\naddr = \"{P2}\"\n\

@@ -7,6 +7,7 @@
 //!   connection (HTTP: per request).
 //! - [`proxy_protocol`]: the PROXY protocol header a TCP listener may send to backends.
 //! - [`counters`]: the data-plane counters and scrape-time gauges of `/metrics`.
+//! - `testkit` (tests only): the one kit the proxy tests share.
 //!
 //! Data enters as client connections and datagrams on the listener sockets and leaves towards the
 //! backends that [`crate::balance`] picks, from this node's IP ([`crate::net`]).
@@ -17,6 +18,9 @@ pub mod listeners;
 pub mod proxy_protocol;
 pub mod tcp;
 pub mod udp;
+
+#[cfg(test)]
+pub(crate) mod testkit;
 
 use std::net::IpAddr;
 use std::sync::Arc;

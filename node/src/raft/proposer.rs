@@ -146,9 +146,11 @@ impl Proposer {
                     }
                     other => return other,
                 },
-                Leader::Other { id, .. } if hops >= MAX_HOPS => return Err(ProposeError::NoLeader(format!(
+                Leader::Other { id, .. } if hops >= MAX_HOPS => {
+                    return Err(ProposeError::NoLeader(format!(
                     "leadership is moving: {what} forwarded {hops} times without reaching leader {id}; retry"
-                ))),
+                )))
+                }
                 Leader::Other { id, channel } => {
                     let fwd = Forwarded { command: command.clone(), hops: hops + 1 };
                     match self.forward(id, channel, "Propose", &fwd).await {

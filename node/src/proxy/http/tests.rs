@@ -22,9 +22,9 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::HeaderMap;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use lbfleet_api::command::{Command, CommandResult};
+use lbfleet_api::command::Command;
 use lbfleet_api::config::{parse, Format};
-use lbfleet_api::state::{ClusterState, LbNode};
+use lbfleet_api::state::ClusterState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
@@ -38,24 +38,7 @@ use crate::balance::{hash_ip, hash_key_bytes};
 use crate::proxy::ProxyContext;
 use crate::shutdown::Trigger;
 
-/// Deadline of any single wait in these tests.
-const T: Duration = Duration::from_secs(20);
-
-async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    match tokio::time::timeout(T, f).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out after {T:?}: {what}"),
-    }
-}
-
-/// Poll `check` until it holds, failing after [`T`].
-async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + T;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out after {T:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+use crate::proxy::testkit::{state_with, wait_until as wait_for, within, WAIT as T};
 
 // -------------------------------------------------------------------------------------------------
 // Backends
@@ -274,16 +257,6 @@ impl Body for Generated {
 // The proxy under test
 // -------------------------------------------------------------------------------------------------
 
-/// A cluster state with `config` applied (and three voting nodes, for health votes).
-fn state_with(config: &str) -> ClusterState {
-    let config = parse(config, Format::Toml).unwrap_or_else(|e| panic!("test config: {e}\n{config}"));
-    let mut s = ClusterState::default();
-    s.apply_membership([1, 2, 3].into(), (1..=3).map(|i| (i, LbNode::default())).collect());
-    let r = s.apply(&Command::ApplyConfig { config }, 1);
-    assert!(matches!(r, CommandResult::ConfigApplied { .. }), "{r:?}");
-    s
-}
-
 struct Proxy {
     addr: SocketAddr,
     routing: SharedRouting,
@@ -415,12 +388,7 @@ async fn raw(to: SocketAddr, bytes: &[u8]) -> String {
 }
 
 fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    crate::proxy::testkit::proc_status_kib("VmRSS").map_or(0, |kb| kb * 1024)
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -1128,11 +1096,10 @@ async fn stop_finishes_open_requests_refuses_new_connections_and_returns() {
     p.stop.trigger();
     // New connections are refused once the listener socket is closed.
     let addr = p.addr;
-    let deadline = Instant::now() + T;
-    while TcpStream::connect(addr).await.is_ok() {
-        assert!(Instant::now() < deadline, "still accepting after stop");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::proxy::testkit::wait_for("the listener to refuse new connections", T, || async move {
+        TcpStream::connect(addr).await.is_err().then_some(())
+    })
+    .await;
     // The idle keep-alive connection is closed gracefully; the open request still completes.
     let task = p.task.take().unwrap();
     assert!(!task.is_finished());

@@ -1,81 +1,25 @@
 //! In-process tests of the TCP proxy: a real `Routing` built from a real `ClusterState`, real backends
-//! and clients on loopback sockets. Helpers are shared with the UDP tests.
+//! and clients on loopback sockets (the shared kit is [`crate::proxy::testkit`]; `config` and the
+//! backends here are shared with the UDP tests).
 //!
 //! Addresses: proxies on 127.0.71.x, backends on 127.0.72.x, clients on 127.0.73.x (UDP tests use
 //! 127.0.74–77.x).
 
-use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use lbfleet_api::command::Command;
-use lbfleet_api::config::{parse, Format};
-use lbfleet_api::state::ClusterState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
 use super::*;
-use crate::balance::routing::{Routing, SharedRouting};
+use crate::balance::routing::SharedRouting;
 use crate::proxy::counters::{counters_text, value_of};
+use crate::proxy::testkit::proc_status_kib;
+use crate::proxy::testkit::{context, ip, reconfigure, routing_for, wait_for, WAIT};
 use crate::shutdown::Trigger;
-
-/// Generous bound for anything a test waits for on a loaded 2-core machine.
-pub(crate) const WAIT: Duration = Duration::from_secs(20);
-
-pub(crate) fn ip(c: u8, d: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, c, d))
-}
-
-/// Poll `f` every 20 ms until it returns `Some`, failing after `timeout`.
-pub(crate) async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The committed state after applying the config `toml`.
-pub(crate) fn state_with(toml: &str) -> ClusterState {
-    let config = parse(toml, Format::Toml).unwrap_or_else(|e| panic!("test config: {:?}", e.messages()));
-    let mut state = ClusterState::default();
-    state.apply(&Command::ApplyConfig { config }, 1);
-    state
-}
-
-/// A shared routing snapshot built from the config `toml`.
-pub(crate) fn routing_for(toml: &str) -> SharedRouting {
-    let state = state_with(toml);
-    Arc::new(ArcSwap::from_pointee(Routing::build(&state, 1, &Routing::empty())))
-}
-
-/// Replace the snapshot with one built from `toml`, as a committed config change does.
-pub(crate) fn reconfigure(routing: &SharedRouting, toml: &str, index: u64) {
-    let state = state_with(toml);
-    let next = Routing::build(&state, index, &routing.load());
-    routing.store(Arc::new(next));
-}
-
-pub(crate) fn context(bind_ip: IpAddr, routing: &SharedRouting) -> Arc<ProxyContext> {
-    Arc::new(ProxyContext {
-        node_id: 1,
-        bind_ip,
-        routing: Arc::clone(routing),
-        outlier: Default::default(),
-        metrics: Default::default(),
-    })
-}
 
 /// A pool named `p` with `policy`/`hash_key` over `backends`, and a listener `l` on `port` of `protocol`.
 pub(crate) fn config(
@@ -416,9 +360,7 @@ async fn stop_grace_bounds_how_long_open_connections_run() {
 
 /// Peak resident memory of this process (VmHWM), in KiB.
 fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    proc_status_kib("VmHWM")
 }
 
 /// Deterministic test data: byte `i` of the stream.

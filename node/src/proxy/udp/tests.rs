@@ -15,7 +15,8 @@ use tokio::task::JoinHandle;
 use super::*;
 use crate::balance::routing::SharedRouting;
 use crate::proxy::counters::{counters_text, value_of};
-use crate::proxy::tcp::tests::{config, context, ip, reconfigure, routing_for, wait_for, WAIT};
+use crate::proxy::tcp::tests::config;
+use crate::proxy::testkit::{context, ip, reconfigure, routing_for, wait_for, WAIT};
 use crate::shutdown::Trigger;
 
 /// Largest UDP payload over IPv4.
