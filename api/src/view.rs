@@ -2,12 +2,13 @@
 //! protobuf, the admin HTTP server renders them as JSON, and `lbctl --json` prints them.
 //!
 //! Pure data (serde) and pure functions of the replicated model; the protobuf conversions are here so
-//! that a field added to a view is added to every surface in one place.
+//! that a field added to a view is added to every surface in one place. Events are sent as protobuf
+//! straight from the model's [`Event`] and read back as an [`EventView`].
 
 use serde::{Deserialize, Serialize};
 
 use crate::pb;
-use crate::state::ClusterState;
+use crate::state::{ClusterState, Event};
 use crate::NodeId;
 
 /// One node as it sees itself (or, with `reachable = false`, a member that did not answer).
@@ -107,6 +108,69 @@ pub fn backend_views(state: &ClusterState) -> Vec<BackendView> {
         }
     }
     out
+}
+
+/// One entry of the replicated event log, with its time spelled out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventView {
+    /// Log index of the entry that produced the event.
+    pub index: u64,
+    /// Milliseconds since the Unix epoch as stamped by the proposer (0 when unknown).
+    pub at_ms: u64,
+    /// `at_ms` as RFC 3339 UTC (to the millisecond); `None` when unknown.
+    pub time: Option<String>,
+    pub term: u64,
+    /// The leader that decided; `None` for events that are not leader decisions (health changes).
+    pub leader: Option<NodeId>,
+    pub what: String,
+    pub why: String,
+}
+
+impl EventView {
+    fn new(index: u64, at_ms: u64, leader: Option<NodeId>, term: u64, what: &str, why: &str) -> EventView {
+        EventView {
+            index,
+            at_ms,
+            time: time_of(at_ms),
+            term,
+            leader,
+            what: what.to_string(),
+            why: why.to_string(),
+        }
+    }
+}
+
+/// RFC 3339 UTC (to the millisecond) of a Unix time in milliseconds; `None` for 0.
+fn time_of(at_ms: u64) -> Option<String> {
+    (at_ms > 0).then(|| {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms);
+        humantime::format_rfc3339_millis(t).to_string()
+    })
+}
+
+impl From<&Event> for EventView {
+    fn from(e: &Event) -> Self {
+        EventView::new(e.index, e.at_ms, e.leader, e.term, &e.what, &e.why)
+    }
+}
+
+impl From<&pb::EventRecord> for EventView {
+    fn from(e: &pb::EventRecord) -> Self {
+        EventView::new(e.index, e.at_ms, e.leader, e.term, &e.what, &e.why)
+    }
+}
+
+impl From<&Event> for pb::EventRecord {
+    fn from(e: &Event) -> Self {
+        pb::EventRecord {
+            index: e.index,
+            at_ms: e.at_ms,
+            leader: e.leader,
+            term: e.term,
+            what: e.what.clone(),
+            why: e.why.clone(),
+        }
+    }
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -233,5 +297,16 @@ mod tests {
             (back.reachable, back.role.as_str(), back.error.as_deref()),
             (false, "unknown", Some("timed out"))
         );
+    }
+
+    #[test]
+    fn events_survive_protobuf_and_spell_out_their_time() {
+        let (what, why) = ("node 3 marked down".to_string(), "no answer".to_string());
+        let e = Event { index: 7, at_ms: 1_700_000_000_123, leader: Some(2), term: 3, what, why };
+        let v = EventView::from(&e);
+        assert_eq!(v.time.as_deref(), Some("2023-11-14T22:13:20.123Z"));
+        assert_eq!(EventView::from(&pb::EventRecord::from(&e)), v, "the admin service loses nothing");
+        let unknown = EventView::from(&Event { at_ms: 0, leader: None, ..e });
+        assert_eq!((unknown.time, unknown.leader), (None, None));
     }
 }

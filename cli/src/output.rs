@@ -1,11 +1,13 @@
 //! How answers are shown: aligned tables for people, stable JSON shapes for scripts. Pure.
 //!
 //! The JSON shapes are part of the external contract (tests parse them): `status --json` is
-//! [`StatusJson`], `backends --json` is [`BackendsJson`], `nodes --json` is [`NodesJson`], each `watch --json`
-//! line is a [`WatchJson`].
+//! [`StatusJson`], `backends --json` is [`BackendsJson`], `nodes --json` is [`NodesJson`], `events --json` is
+//! [`EventsJson`], each `watch --json` line is a [`WatchJson`]. The envelopes are lbctl's; what they hold
+//! are the views of [`lbfleet_api::view`], the same the node's admin surfaces show.
 
 use lbfleet_api::config::ClusterConfig;
 use lbfleet_api::pb;
+use lbfleet_api::view::{BackendView, EventView, Member, NodeStatus};
 use serde::Serialize;
 
 /// `status --json`.
@@ -16,51 +18,13 @@ pub struct StatusJson {
     pub term: u64,
     pub answered_by: u64,
     pub config_version: u64,
-    pub nodes: Vec<NodeStatusJson>,
-}
-
-#[derive(Debug, Serialize, PartialEq)]
-pub struct NodeStatusJson {
-    pub id: u64,
-    pub addr: String,
-    pub http_addr: String,
-    pub role: String,
-    pub reachable: bool,
-    pub voter: bool,
-    pub applied_index: u64,
-    pub ring_digest: String,
-    pub term: u64,
-    pub leader: Option<u64>,
-    pub config_version: u64,
-    /// Why the node could not be asked; `null` when it answered.
-    pub error: Option<String>,
-    /// Marked down by the leader (stopped answering its probes), as committed on the node asked.
-    pub down: bool,
-}
-
-impl From<&pb::NodeStatus> for NodeStatusJson {
-    fn from(n: &pb::NodeStatus) -> Self {
-        NodeStatusJson {
-            id: n.id,
-            addr: n.addr.clone(),
-            http_addr: n.http_addr.clone(),
-            role: if n.role.is_empty() { "unknown".to_string() } else { n.role.clone() },
-            reachable: n.reachable,
-            voter: n.voter,
-            applied_index: n.applied_index,
-            ring_digest: n.ring_digest.clone(),
-            term: n.term,
-            leader: n.leader,
-            config_version: n.config_version,
-            error: non_empty(&n.error),
-            down: n.down,
-        }
-    }
+    /// Sorted by id; `down` is as committed on the node asked.
+    pub nodes: Vec<NodeStatus>,
 }
 
 impl From<&pb::StatusResponse> for StatusJson {
     fn from(r: &pb::StatusResponse) -> Self {
-        let mut nodes: Vec<NodeStatusJson> = r.nodes.iter().map(NodeStatusJson::from).collect();
+        let mut nodes: Vec<NodeStatus> = r.nodes.iter().map(NodeStatus::from).collect();
         nodes.sort_by_key(|n| n.id);
         StatusJson {
             leader: r.leader,
@@ -120,39 +84,14 @@ pub fn status_text(r: &pb::StatusResponse) -> String {
 #[derive(Debug, Serialize, PartialEq)]
 pub struct BackendsJson {
     pub applied_index: u64,
-    pub backends: Vec<BackendJson>,
-}
-
-#[derive(Debug, Serialize, PartialEq)]
-pub struct BackendJson {
-    pub pool: String,
-    pub addr: String,
-    pub weight: u32,
-    pub healthy: bool,
-    pub draining: bool,
-    pub active: bool,
-    pub backup: bool,
-    pub standby: bool,
+    pub backends: Vec<BackendView>,
 }
 
 impl From<&pb::ListBackendsResponse> for BackendsJson {
     fn from(r: &pb::ListBackendsResponse) -> Self {
         BackendsJson {
             applied_index: r.applied_index,
-            backends: r
-                .backends
-                .iter()
-                .map(|b| BackendJson {
-                    pool: b.pool.clone(),
-                    addr: b.addr.clone(),
-                    weight: b.weight,
-                    healthy: b.healthy,
-                    draining: b.draining,
-                    active: b.active,
-                    backup: b.backup,
-                    standby: b.standby,
-                })
-                .collect(),
+            backends: r.backends.iter().map(BackendView::from).collect(),
         }
     }
 }
@@ -190,15 +129,7 @@ pub struct NodesJson {
     /// Present for a membership change only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_index: Option<u64>,
-    pub nodes: Vec<NodeInfoJson>,
-}
-
-#[derive(Debug, Serialize, PartialEq)]
-pub struct NodeInfoJson {
-    pub id: u64,
-    pub addr: String,
-    pub http_addr: String,
-    pub voter: bool,
+    pub nodes: Vec<Member>,
 }
 
 impl NodesJson {
@@ -213,15 +144,7 @@ impl NodesJson {
     }
 
     fn new(nodes: &[pb::NodeInfo], leader: Option<Option<u64>>, log_index: Option<u64>) -> Self {
-        let mut nodes: Vec<NodeInfoJson> = nodes
-            .iter()
-            .map(|n| NodeInfoJson {
-                id: n.id,
-                addr: n.addr.clone(),
-                http_addr: n.http_addr.clone(),
-                voter: n.voter,
-            })
-            .collect();
+        let mut nodes: Vec<Member> = nodes.iter().map(Member::from).collect();
         nodes.sort_by_key(|n| n.id);
         NodesJson { leader, log_index, nodes }
     }
@@ -282,50 +205,13 @@ pub fn watch_line(e: &pb::WatchEvent) -> String {
 /// `events --json`.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct EventsJson {
-    pub events: Vec<EventJson>,
-}
-
-#[derive(Debug, Serialize, PartialEq)]
-pub struct EventJson {
-    /// Log index of the entry that produced the event.
-    pub index: u64,
-    /// Milliseconds since the Unix epoch as stamped by the proposer (0 when unknown).
-    pub at_ms: u64,
-    /// `at_ms` as RFC 3339 UTC; `null` when unknown.
-    pub time: Option<String>,
-    pub term: u64,
-    /// The leader that decided; `null` for events that are not leader decisions (health changes).
-    pub leader: Option<u64>,
-    pub what: String,
-    pub why: String,
+    pub events: Vec<EventView>,
 }
 
 impl From<&pb::EventsResponse> for EventsJson {
     fn from(r: &pb::EventsResponse) -> Self {
-        EventsJson {
-            events: r
-                .events
-                .iter()
-                .map(|e| EventJson {
-                    index: e.index,
-                    at_ms: e.at_ms,
-                    time: time_of(e.at_ms),
-                    term: e.term,
-                    leader: e.leader,
-                    what: e.what.clone(),
-                    why: e.why.clone(),
-                })
-                .collect(),
-        }
+        EventsJson { events: r.events.iter().map(EventView::from).collect() }
     }
-}
-
-/// RFC 3339 UTC (to the millisecond) of a Unix time in milliseconds; `None` for 0.
-fn time_of(at_ms: u64) -> Option<String> {
-    (at_ms > 0).then(|| {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms);
-        humantime::format_rfc3339_millis(t).to_string()
-    })
 }
 
 pub fn events_text(r: &pb::EventsResponse) -> String {
@@ -499,14 +385,6 @@ fn dash_if_empty(s: &str) -> String {
     }
 }
 
-fn non_empty(s: &str) -> Option<String> {
-    if s.is_empty() {
-        None
-    } else {
-        Some(s.to_string())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -557,6 +435,30 @@ mod tests {
                 assert!(n.get(k).is_some(), "node lacks {k}: {n}");
             }
         }
+        let keys: std::collections::BTreeSet<&str> =
+            nodes[0].as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            std::collections::BTreeSet::from([
+                "id",
+                "addr",
+                "http_addr",
+                "role",
+                "reachable",
+                "voter",
+                "applied_index",
+                "ring_digest",
+                "term",
+                "leader",
+                "config_version",
+                "error",
+                "down",
+                "last_log_index",
+                "snapshot_index",
+                "purged_index",
+            ]),
+            "the fields lbctl printed before, and the node status view's log indexes"
+        );
         assert_eq!(nodes[0]["id"], 1, "sorted by id");
         assert_eq!(nodes[0]["error"], serde_json::Value::Null);
         assert_eq!(nodes[2]["role"], "unknown");

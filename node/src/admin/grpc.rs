@@ -171,19 +171,8 @@ impl AdminService {
 
     fn events_response(&self, req: &pb::EventsRequest) -> pb::EventsResponse {
         let model = self.cluster.raft.model();
-        let mut events: Vec<pb::EventRecord> = model
-            .events
-            .iter()
-            .filter(|e| e.index > req.since_index)
-            .map(|e| pb::EventRecord {
-                index: e.index,
-                at_ms: e.at_ms,
-                leader: e.leader,
-                term: e.term,
-                what: e.what.clone(),
-                why: e.why.clone(),
-            })
-            .collect();
+        let mut events: Vec<pb::EventRecord> =
+            model.events.iter().filter(|e| e.index > req.since_index).map(pb::EventRecord::from).collect();
         if req.limit > 0 && events.len() > req.limit as usize {
             events.drain(..events.len() - req.limit as usize);
         }
