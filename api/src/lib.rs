@@ -8,7 +8,7 @@
 //! - [`command`]: the commands replicated through the Raft log and the result of applying one.
 //! - [`state`]: [`state::ClusterState`], the replicated state, and its deterministic `apply`; the
 //!   member address record [`state::LbNode`].
-//! - [`view`]: the views (node status, members, backends) every surface shows, with their protobuf
+//! - [`view`]: the views (node status, members, backends, events) every surface shows, with their protobuf
 //!   conversions.
 //!
 //! Data enters as text (`config::parse`, the one place a config is validated) or as protobuf messages

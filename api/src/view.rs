@@ -195,6 +195,7 @@ impl From<&NodeStatus> for pb::NodeStatus {
             down: v.down,
             snapshot_index: v.reachable.then_some(v.snapshot_index),
             purged_index: v.reachable.then_some(v.purged_index),
+            last_log_index: v.reachable.then_some(v.last_log_index),
         }
     }
 }
@@ -215,7 +216,7 @@ impl From<&pb::NodeStatus> for NodeStatus {
             config_version: n.config_version,
             error: non_empty(&n.error),
             down: n.down,
-            last_log_index: 0,
+            last_log_index: n.last_log_index.unwrap_or(0),
             snapshot_index: n.snapshot_index.unwrap_or(0),
             purged_index: n.purged_index.unwrap_or(0),
         }
@@ -284,7 +285,7 @@ mod tests {
             config_version: 2,
             error: None,
             down: false,
-            last_log_index: 0,
+            last_log_index: 11,
             snapshot_index: 4,
             purged_index: 1,
         };
