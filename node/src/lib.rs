@@ -1,33 +1,38 @@
 //! lbfleet-node: the lbnode daemon's library (the binary is `src/main.rs`).
 //!
-//! Layout:
-//! - [`config`]: `NodeConfig` from flags and an optional TOML file; peer list parsing.
-//! - [`node`]: [`node::Node`], starting and stopping everything below.
-//! - [`cluster`]: the shared handle (Raft, applied state, identity) and plain views of it.
-//! - [`raft`]: openraft configuration, bootstrap, the gRPC network ([`raft::network`]) and the Raft
-//!   service ([`raft::service`]).
-//! - [`admin`]: the `Admin` gRPC service ([`admin::grpc`]), the admin HTTP server
-//!   ([`admin::http`]) and its Prometheus metrics ([`admin::metrics`]).
-//! - [`dataplane`]: the Maglev table, the selection policies, per-pool selectors, the routing snapshot
-//!   (whose digest each node publishes), the listener manager and the HTTP, TCP and UDP proxies.
-//! - [`health`]: active health checks from this node, health votes, passive outlier detection and the
-//!   node-local usability of backends the proxies consult.
-//! - [`channels`]: one cached gRPC channel per peer address.
-//! - [`load`]: per-backend in-flight counts of this node, the report each node sends the leader every
-//!   second, and the leader's board of the latest reports.
-//! - [`leader`]: what only the leader does: node liveness probes and autoscaling of standby backends,
-//!   with their pure decision functions.
+//! Layout, by layer (each imports only the layers below it; `tests/layers.rs` checks it):
+//! - entry points:
+//!   - [`node`]: [`node::Node`], starting and stopping everything below.
+//!   - [`cluster`]: [`cluster::Cluster`], what the admin servers share.
+//!   - [`admin`]: the `Admin` gRPC service ([`admin::grpc`]), the admin HTTP server ([`admin::http`])
+//!     and its Prometheus metrics ([`admin::metrics`]).
+//! - I/O:
+//!   - [`proxy`]: the listener manager and the HTTP, TCP and UDP proxies, PROXY protocol, counters.
+//!   - [`health`]: active health checks from this node and its health votes.
+//!   - [`leader`]: what only the leader does: node liveness probes and autoscaling of standby
+//!     backends, with their pure decision functions.
+//!   - [`load`]: the report of per-backend in-flight counts each node sends the leader every second,
+//!     and the leader's board of the latest reports.
+//!   - [`raft`]: openraft configuration, bootstrap, the gRPC network, the Raft service, the one write
+//!     path ([`raft::Proposer`]) and [`raft::RaftNode`], the only module that names the storage crate.
+//! - pure: [`balance`]: hashing, Maglev, ketama, policies, eligibility, pool selectors, the routing
+//!   snapshot (whose digest each node publishes), request keys, node-local usability.
+//! - leaves: [`config`] (`NodeConfig` from flags and an optional TOML file), [`channels`] (one cached
+//!   gRPC channel per peer), [`net`] (sockets to backends from the node's IP), [`shutdown`] (the one
+//!   shutdown primitive).
+//!
+//! The model itself (config, commands, `ClusterState` and its `apply`, views) is `lbfleet_api`.
 //!
 //! Where data enters and leaves:
 //! - gRPC on `bind:grpc_port`: Raft RPCs from peers (postcard payloads, into openraft and from there
-//!   into the sled store) and admin calls from `lbctl` (writes become Raft log entries on the leader;
-//!   followers forward them).
+//!   into the sled store), proposals and read-index requests forwarded by followers, and admin calls
+//!   from `lbctl` (writes become Raft log entries through the proposer).
 //! - admin HTTP on `admin_http`: read-only views of this node (health, state JSON, metrics, dashboard).
-//! - outgoing gRPC to peers: Raft replication and votes, forwarded admin calls, status fan-out, load
+//! - outgoing gRPC to peers: Raft replication and votes, forwarded proposals, status fan-out, load
 //!   reports to the leader and the leader's liveness probes.
-//! - the applied state leaves through `StateMachineStore::subscribe` ([`node::Node::subscribe`]): an
-//!   `Arc<AppliedState>` republished after every apply, which the data plane turns into its routing
-//!   snapshot.
+//! - the committed model leaves the Raft runtime as `lbfleet_api::state::Committed` (an
+//!   `Arc<ClusterState>` and its log index, republished when it changes,
+//!   [`raft::RaftNode::watch_model`]), which the listener manager turns into the routing snapshot.
 
 pub mod admin;
 pub mod balance;

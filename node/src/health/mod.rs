@@ -1,13 +1,15 @@
-//! Health of the backends: active checks from every node, fleet-wide votes, passive outlier detection.
+//! Health of the backends: active checks from every node and fleet-wide votes.
 //!
 //! Layout:
-//! - [`state`]: the rise/fall state machine of one check (pure).
 //! - [`checker`]: the probes (TCP connect, HTTP GET) and one task per (pool, backend, settings).
-//! - [`vote`]: which votes to send and when (pure), and the call that sends one.
-//! - [`outlier`]: passive ejection from live traffic (pure book + the shared [`OutlierTracker`] the
-//!   proxies consult through `ProxyContext::outlier`).
-//! - this file: [`run`], the node's health task: it follows the applied state (starting, stopping and
-//!   retuning checkers, updating the tracker), collects the checkers' transitions and sends votes.
+//! - [`vote`]: which votes to send and when (pure), and the proposal that sends one.
+//! - this file: [`run`], the node's health task: it follows the committed model (starting, stopping
+//!   and retuning checkers, updating the usability tracker), collects the checkers' transitions and
+//!   sends votes.
+//!
+//! The pure parts they use live in [`crate::balance`]: the rise/fall state machine of one check
+//! ([`crate::balance::local_check`]), passive ejection from live traffic ([`crate::balance::ejection`])
+//! and the shared usability tracker the proxies consult ([`crate::balance::usability`]).
 //!
 //! Data enters as the committed config (what to check, how) and probe results; it leaves as health
 //! votes (Raft log entries through the node's proposer) and as the node-local usability
@@ -16,7 +18,7 @@
 //! # How local and fleet-wide health interact
 //!
 //! Every node probes every backend itself, from its own IP. Its *local view* of a backend (unknown,
-//! up, down; see [`state`]) changes after `rise` successes or `fall` failures in a row.
+//! up, down; see [`crate::balance::local_check`]) changes after `rise` successes or `fall` failures in a row.
 //!
 //! - **Fleet-wide health** is what the Raft log says: each node votes on changes of its local view,
 //!   and `apply` marks a backend down when the down votes of live voting nodes reach the pool's

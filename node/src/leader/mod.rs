@@ -4,7 +4,7 @@
 //! - [`liveness`]: pure bookkeeping of status probes; which members to mark down or up.
 //! - [`autoscale`]: pure per-pool decision to activate or deactivate a standby backend.
 //! - [`hooks`]: runs an operator's `scale_out_cmd` / `scale_in_cmd` after a committed step.
-//! - this file: the loop. It watches `raft.metrics()`; when this node becomes leader of a term it starts
+//! - this file: the loop ([`run`] with its [`Duties`]). It watches the Raft metrics; when this node becomes leader of a term it starts
 //!   the duties with empty memory, and drops them the moment the node stops leading that term.
 //!
 //! Each tick the leader probes every other member's `LocalStatus`, reads the committed state and the
@@ -12,7 +12,8 @@
 //! `Command::Leader { term, .. }`. Decisions are derived from the committed state (which standbys are
 //! active, which nodes are down) plus this leader's own fresh observations, never from a predecessor's
 //! memory. Before its first decision a new leader confirms its leadership and waits until everything
-//! committed before it is applied (`ensure_linearizable`). A deposed leader's late proposal is refused
+//! committed before it is applied (`Proposer::read_index_local`). Decisions are proposed with
+//! `Proposer::propose_local`, which never forwards: a deposed leader cannot act through its successor. A deposed leader's late proposal is refused
 //! by `apply` (term fence) once its successor has decided anything.
 
 pub mod autoscale;

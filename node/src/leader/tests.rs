@@ -33,7 +33,7 @@ fn events(node: &Node) -> Vec<String> {
 
 #[test]
 fn only_the_leader_of_the_same_term_acts() {
-    let mut m = lbfleet_raft_store::RaftMetrics::new_initial(1);
+    let mut m = crate::raft::RaftMetrics::new_initial(1);
     m.current_term = 4;
     for state in
         [openraft::ServerState::Follower, openraft::ServerState::Candidate, openraft::ServerState::Learner]

@@ -11,10 +11,12 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
+// tokio's clock, so that the idle logic runs under a paused clock in tests.
+use tokio::time::Instant;
 
 /// When a connection last moved a byte, and how many of its requests wait for a backend.
 #[derive(Debug)]
@@ -174,5 +176,52 @@ impl Drop for TaskGuard {
         if self.0.live.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.done.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Under a paused clock, `idle_for` ends exactly one idle period after the last byte moved.
+    #[tokio::test(start_paused = true)]
+    async fn idle_ends_one_period_after_the_last_byte() {
+        let a = Arc::new(Activity::default());
+        let start = Instant::now();
+        a.touch();
+        a.idle_for(Duration::from_secs(30)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
+
+        // A byte half-way through pushes the end back by as much.
+        let start = Instant::now();
+        a.touch();
+        let toucher = {
+            let a = Arc::clone(&a);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(15)).await;
+                a.touch();
+            })
+        };
+        a.idle_for(Duration::from_secs(30)).await;
+        toucher.await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(45));
+    }
+
+    /// A request waiting for a backend's response head keeps the connection from being idle.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_request_holds_the_idle_timeout_off() {
+        let a = Arc::new(Activity::default());
+        a.touch();
+        let start = Instant::now();
+        let guard = a.waiting();
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(100)).await;
+            drop(guard);
+        });
+        a.idle_for(Duration::from_secs(10)).await;
+        release.await.unwrap();
+        // Released at 100 s; idle since the last byte (at 0 s), so it ends at the next look (≤ 110 s).
+        assert!(start.elapsed() >= Duration::from_secs(100), "{:?}", start.elapsed());
+        assert!(start.elapsed() <= Duration::from_secs(110), "{:?}", start.elapsed());
     }
 }
