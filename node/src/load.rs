@@ -3,9 +3,9 @@
 //! - [`local_report`] reads this node's in-flight counters from the routing snapshot (every configured
 //!   backend of every pool, draining and inactive ones included). It answers the `LocalLoad` RPC and is
 //!   what [`run_reporter`] sends.
-//! - [`run_reporter`] sends this node's report to the current leader every [`REPORT_INTERVAL`] over the
-//!   cached admin channel (`ReportLoad`; nothing goes through the Raft log). On the leader itself the
-//!   report is recorded directly.
+//! - [`run_reporter`] sends this node's report every [`REPORT_INTERVAL`] to the current leader, found
+//!   by the proposer, over the cached channel (`ReportLoad`; nothing goes through the Raft log). On the
+//!   leader itself the report is recorded directly.
 //! - [`LoadBoard`] is where the leader keeps the latest report of each node with the time it arrived;
 //!   [`LoadBoard::fresh`] sums the reports younger than [`STALE_AFTER`] into a [`FleetLoad`].
 //!

@@ -6,7 +6,8 @@
 //! which drops its votes, or after a vote that was lost for want of a quorum). The pure part is
 //! [`wanted_votes`] (what should be sent, given the local views and the committed state) and
 //! [`VotePlan`] (what is due now, with per-backend backoff and rate limiting). The I/O is
-//! [`submit`]: one gRPC call to this node's own admin service, which forwards it to the leader.
+//! [`submit`]: one proposal through the node's proposer (`crate::raft::Proposer`), which forwards it
+//! to the leader when this node does not lead.
 //!
 //! Votes never block the data plane: they are sent from their own tasks, and the proxies read only
 //! the local view and the committed routing snapshot.
