@@ -346,6 +346,22 @@ mod tests {
         assert_eq!(postcard::to_allocvec(&st).unwrap(), postcard::to_allocvec(&plain).unwrap());
     }
 
+    #[tokio::test]
+    async fn the_model_is_published_only_when_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachineStore::open(Engine::open(dir.path()).unwrap()).unwrap();
+        let mut model = sm.subscribe_model();
+        model.borrow_and_update();
+        sm.apply([Entry { log_id: log_id(1, 1), payload: EntryPayload::Blank }]).await.unwrap();
+        assert!(!model.has_changed().unwrap(), "a blank entry changes no state");
+        assert_eq!(sm.current().last_applied, Some(log_id(1, 1)));
+        sm.apply([membership_entry(2, &[1, 2], &[])]).await.unwrap();
+        assert!(model.has_changed().unwrap());
+        let seen = model.borrow_and_update().clone();
+        assert_eq!((seen.index, seen.state.voters.len()), (2, 2));
+        assert!(Arc::ptr_eq(&seen.state, &sm.current_model()));
+    }
+
     #[test]
     fn open_starts_from_the_snapshot_when_it_is_newer_than_the_applied_state() {
         let dir = tempfile::tempdir().unwrap();

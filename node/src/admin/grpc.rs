@@ -40,7 +40,7 @@ use super::{
 use crate::channels::is_transport_failure;
 use crate::cluster::Cluster;
 use crate::raft::handle::{members, members_of};
-use crate::raft::proposer::{Leader, LEADER_WAIT, MAX_HOPS};
+use crate::raft::proposer::{settle, Leader, LEADER_WAIT, MAX_HOPS};
 use crate::raft::Proposed;
 
 /// The admin service of one node.
@@ -109,43 +109,40 @@ impl AdminService {
         loop {
             let leader =
                 self.cluster.raft.proposer().leader(&mut metrics, deadline).await.map_err(propose_failure)?;
-            let retry_because = if let Leader::Me = leader {
-                match local().await {
+            let retry_because = match leader {
+                Leader::Me => match local().await {
                     Ok(v) => return Ok(v),
                     Err(Failure::Status(s)) => return Err(s),
                     Err(Failure::NotLeader { leader }) => {
                         format!("node {} lost leadership (new leader: {leader:?})", self.id())
                     }
-                }
-            } else if let Leader::Other { id: leader, channel } = leader {
-                if hops >= MAX_HOPS {
+                },
+                Leader::Other { .. } if hops >= MAX_HOPS => {
                     return Err(Status::unavailable(format!(
                         "leadership is moving: request forwarded {hops} times without reaching the leader; retry"
                     )));
                 }
-                let client = AdminClient::new(channel);
-                match remote(client, forwarded((), hops, self.forward_timeout())).await {
-                    Ok(v) => return Ok(v),
-                    Err(s) if is_transport_failure(&s) => {
-                        format!("leader {leader} is unreachable: {}", s.message())
+                Leader::Other { id: leader, channel } => {
+                    match remote(AdminClient::new(channel), forwarded((), hops, self.forward_timeout())).await
+                    {
+                        Ok(v) => return Ok(v),
+                        Err(s) if is_transport_failure(&s) => {
+                            format!("leader {leader} is unreachable: {}", s.message())
+                        }
+                        Err(s) => return Err(s),
                     }
-                    Err(s) => return Err(s),
                 }
-            } else {
-                unreachable!("a leader is this node or another")
             };
             tracing::debug!("retrying on the leader: {retry_because}");
             if Instant::now() >= deadline {
                 return Err(Status::unavailable(format!("no leader reachable: {retry_because}")));
             }
-            // Give leadership a moment to settle: wake on the next metrics change or after 100 ms.
-            let pause = (Instant::now() + Duration::from_millis(100)).min(deadline);
-            let _ = tokio::time::timeout_at(pause, metrics.changed()).await;
+            settle(&mut metrics, deadline).await;
         }
     }
 
-    /// Propose `cmd` through the node's one write path; `Rejected` results become statuses by
-    /// `on_rejected`.
+    /// Propose `cmd` through the node's one write path (the caller turns a `Rejected` result into its
+    /// status).
     async fn propose(&self, cmd: Command, hops: u32) -> Result<Proposed, Status> {
         self.cluster.raft.proposer().propose_hops(cmd, hops).await.map_err(propose_failure)
     }

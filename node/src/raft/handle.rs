@@ -78,11 +78,6 @@ impl RaftNode {
         members(&self.store.current().membership)
     }
 
-    /// Every member of the membership this node's Raft uses now (may be ahead of the applied one).
-    pub fn current_members(&self) -> Vec<Member> {
-        members_of(self.metrics().membership_config.membership())
-    }
-
     /// This node's view right now; `ring_digest` is the data plane's routing digest.
     pub fn local_view(&self, ring_digest: String) -> NodeStatus {
         local_view(&self.metrics(), self.applied_index(), &self.model(), &self.me, ring_digest)

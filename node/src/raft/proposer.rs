@@ -153,7 +153,7 @@ impl Proposer {
                 }
                 Leader::Other { id, channel } => {
                     let fwd = Forwarded { command: command.clone(), hops: hops + 1 };
-                    match self.forward(id, channel, "Propose", &fwd).await {
+                    match self.forward(id, channel, Rpc::Propose, &fwd).await {
                         Ok(answer) => match answer {
                             Err(ProposeError::NotLeader { leader, .. }) => {
                                 format!("node {id} is no longer the leader (new leader: {})", show(leader))
@@ -208,7 +208,7 @@ impl Proposer {
                     }
                     Err(e) => return Err(e),
                 },
-                Leader::Other { id, channel } => match self.forward(id, channel, "ReadIndex", &()).await {
+                Leader::Other { id, channel } => match self.forward(id, channel, Rpc::ReadIndex, &()).await {
                     Ok(Ok(index)) => return self.wait_applied(index).await,
                     Ok(Err(ProposeError::NotLeader { leader, .. })) => {
                         format!("node {id} is no longer the leader (new leader: {})", show(leader))
@@ -318,23 +318,23 @@ impl Proposer {
         &self,
         leader: NodeId,
         channel: Channel,
-        rpc: &str,
+        rpc: Rpc,
         request: &Q,
     ) -> Result<Result<A, ProposeError>, Sent> {
         let data = postcard::to_allocvec(request)
-            .map_err(|e| Sent::No(format!("cannot encode the {rpc} request: {e}")))?;
+            .map_err(|e| Sent::No(format!("cannot encode the {rpc:?} request: {e}")))?;
         let mut client = RaftClient::new(channel)
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
         let mut req = tonic::Request::new(RaftPayload { data });
         req.set_timeout(self.forward_timeout());
         let sent = match rpc {
-            "Propose" => client.propose(req).await,
-            _ => client.read_index(req).await,
+            Rpc::Propose => client.propose(req).await,
+            Rpc::ReadIndex => client.read_index(req).await,
         };
         match sent {
             Ok(resp) => postcard::from_bytes(&resp.into_inner().data)
-                .map_err(|e| Sent::Maybe(format!("leader {leader} sent an unreadable {rpc} answer: {e}"))),
+                .map_err(|e| Sent::Maybe(format!("leader {leader} sent an unreadable {rpc:?} answer: {e}"))),
             Err(s) if is_transport_failure(&s) && !crate::channels::is_deadline_expired(&s) => {
                 Err(Sent::No(format!("leader {leader} is unreachable: {}", s.message())))
             }
@@ -383,6 +383,13 @@ impl Proposer {
     }
 }
 
+/// The leader's Raft-service RPCs a follower forwards to.
+#[derive(Debug, Clone, Copy)]
+enum Rpc {
+    Propose,
+    ReadIndex,
+}
+
 /// Whether a failed forward may have reached the leader's log.
 enum Sent {
     /// It cannot have: safe to retry.
@@ -392,7 +399,7 @@ enum Sent {
 }
 
 /// Give leadership a moment to settle: wake on the next metrics change or after 100 ms.
-async fn settle(metrics: &mut tokio::sync::watch::Receiver<RaftMetrics>, deadline: Instant) {
+pub async fn settle(metrics: &mut tokio::sync::watch::Receiver<RaftMetrics>, deadline: Instant) {
     let pause = (Instant::now() + Duration::from_millis(100)).min(deadline);
     let _ = tokio::time::timeout_at(pause, metrics.changed()).await;
 }
