@@ -14,13 +14,18 @@ pub async fn connect(addr: &str) -> Result<AdminClient<Channel>> {
 
 /// A connected Admin client: 500 ms to connect, `per_call` for each call.
 pub async fn connect_with_timeout(addr: &str, per_call: Duration) -> Result<AdminClient<Channel>> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+    Ok(AdminClient::new(channel(addr, per_call).await?))
+}
+
+/// A connected gRPC channel to a node's gRPC port (Raft and Admin services): 500 ms to connect,
+/// `per_call` for each call. Tests that speak to a node's services build their clients on this.
+pub async fn channel(addr: &str, per_call: Duration) -> Result<Channel> {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_millis(500))
         .timeout(per_call)
         .connect()
         .await
-        .with_context(|| format!("connect to {addr}"))?;
-    Ok(AdminClient::new(ch))
+        .with_context(|| format!("connect to {addr}"))
 }
 
 pub async fn local_status(addr: &str) -> Result<pb::NodeStatus> {
