@@ -8,12 +8,15 @@
 //! - [`command`]: the commands replicated through the Raft log and the result of applying one.
 //! - [`state`]: [`state::ClusterState`], the replicated state, and its deterministic `apply`; the
 //!   member address record [`state::LbNode`].
+//! - [`auth`]: the trust boundary as data: node identities in certificates, operators' roles and
+//!   hashed tokens, and what each gRPC method requires.
 //! - [`view`]: the views (node status, members, backends, events) every surface shows, with their protobuf
 //!   conversions.
 //!
 //! Data enters as text (`config::parse`, the one place a config is validated) or as protobuf messages
 //! and leaves as typed values; nothing here opens a socket or a file.
 
+pub mod auth;
 pub mod command;
 pub mod config;
 pub mod state;

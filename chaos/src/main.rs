@@ -111,12 +111,31 @@ fn discover(dir: &Path) -> Result<Vec<NodeProc>> {
     Ok(nodes)
 }
 
+/// The admin credentials of the cluster under test (`DIR/tls`, written by `lbctl local up`).
+static CREDS: std::sync::OnceLock<lbfleet_cli::client::Loaded> = std::sync::OnceLock::new();
+
+fn creds() -> &'static lbfleet_cli::client::Loaded {
+    CREDS.get().expect("credentials are loaded at start")
+}
+
+fn load_creds(dir: &Path) -> Result<()> {
+    let tls = lbfleet_cli::ca::CaDir::new(&dir.join("tls"));
+    let token = tls.read_token(lbfleet_api::auth::Role::Admin)?;
+    let loaded = lbfleet_cli::client::Credentials { ca: Some(tls.ca_cert()), token: Some(token) }
+        .load()
+        .map_err(|e| anyhow!("{e}"))?;
+    let _ = CREDS.set(loaded);
+    Ok(())
+}
+
 async fn leader_of(nodes: &[NodeProc], skip: Option<u32>) -> Option<(usize, u64)> {
     for (i, n) in nodes.iter().enumerate() {
         if Some(n.pid) == skip || !alive(n.pid) {
             continue;
         }
-        let Ok(admin) = Admin::connect(&n.endpoint, Duration::from_millis(500)).await else { continue };
+        let Ok(admin) = Admin::connect(&n.endpoint, Duration::from_millis(500), creds()).await else {
+            continue;
+        };
         if let Ok(st) = admin.local_status().await {
             if st.role == "leader" {
                 return Some((i, st.id));
@@ -183,10 +202,12 @@ async fn main() {
 
 async fn run(cli: Cli) -> Result<()> {
     let mut nodes = discover(&cli.dir)?;
+    load_creds(&cli.dir)?;
     let (_, leader) = wait_leader(&nodes, None, cli.deadline).await?;
     println!("{} nodes, leader {leader}; scenario {:?}, {} rounds", nodes.len(), cli.scenario, cli.rounds);
-    let admin =
-        Admin::connect(&nodes[0].endpoint, Duration::from_secs(5)).await.map_err(|e| anyhow!("{e}"))?;
+    let admin = Admin::connect(&nodes[0].endpoint, Duration::from_secs(5), creds())
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
     let current = admin.get_config(false).await.map_err(|e| anyhow!("{e}"))?;
     if current.config_json.is_empty() {
         bail!("the cluster has no config yet: apply one first (lbctl local up does)");
@@ -211,7 +232,7 @@ async fn run(cli: Cli) -> Result<()> {
                 let ep = { endpoints.lock().unwrap().choose(&mut rand::rng()).cloned() };
                 let Some(ep) = ep else { break };
                 let Ok(body) = marked(&base, marker) else { break };
-                let result = match Admin::connect(&ep, Duration::from_secs(2)).await {
+                let result = match Admin::connect(&ep, Duration::from_secs(2), creds()).await {
                     Ok(a) => a.apply_config("toml", body).await.map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
@@ -277,8 +298,9 @@ async fn run(cli: Cli) -> Result<()> {
     writer.await?;
 
     let (li, _) = wait_leader(&nodes, None, cli.deadline).await?;
-    let admin =
-        Admin::connect(&nodes[li].endpoint, Duration::from_secs(5)).await.map_err(|e| anyhow!("{e}"))?;
+    let admin = Admin::connect(&nodes[li].endpoint, Duration::from_secs(5), creds())
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
     let got = admin.get_config(false).await.map_err(|e| anyhow!("{e}"))?;
     let h = history.lock().unwrap();
     for (v, m) in &h.acked {

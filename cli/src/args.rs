@@ -18,7 +18,11 @@ Exit codes:
   1   the request was refused (invalid argument, config rejected, unknown node or backend) or failed
   2   cannot reach the lbnode at --endpoint (connection refused, timed out, connection lost)
   3   the cluster cannot serve the request now (no leader, no quorum, request timed out); retry later
-  64  invalid command line";
+  4   missing or refused credentials (no CA, no token, a token without the role the command needs)
+  64  invalid command line
+
+Credentials: `. DIR/lbctl.env` (written by `lbctl local up --dir DIR`) sets LBCTL_ENDPOINT, LBCTL_CA and
+LBCTL_TOKEN.";
 
 /// Operator CLI for an lbfleet cluster (admin gRPC API of any lbnode).
 #[derive(Debug, Parser)]
@@ -27,6 +31,14 @@ pub struct Cli {
     /// Admin gRPC endpoint of any lbnode (HOST:PORT).
     #[arg(long, global = true, env = "LBCTL_ENDPOINT", default_value = DEFAULT_ENDPOINT, value_parser = parse_endpoint)]
     pub endpoint: String,
+
+    /// The cluster CA's certificate (PEM), to verify the node's certificate.
+    #[arg(long, global = true, env = "LBCTL_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
+    /// Bearer token with the read or admin role (`lbctl ca init` writes admin.token and read.token).
+    #[arg(long, global = true, env = "LBCTL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
@@ -63,9 +75,51 @@ pub enum Command {
     Events(EventsArgs),
     /// Run a development cluster on this machine (127.0.0.11, 127.0.0.12, ...).
     Local(LocalArgs),
+    /// The cluster's certificate authority: node certificates and operator tokens.
+    Ca(CaArgs),
     /// Run one demo HTTP backend (used by `local up` and the docker demo).
     #[command(hide = true)]
     DemoBackend(DemoBackendArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CaArgs {
+    #[command(subcommand)]
+    pub action: CaAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaAction {
+    /// Make a cluster CA, certificates for nodes 1..=N and an admin and a read token in DIR.
+    Init(CaInitArgs),
+    /// Make a certificate for one more node, signed by the CA in DIR.
+    Issue(CaIssueArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CaInitArgs {
+    /// Directory for the CA, the node certificates and the tokens (created if missing).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// How many node certificates to make (ids 1..=N).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    /// Extra DNS name or IP address for every node certificate (repeatable).
+    #[arg(long = "san")]
+    pub sans: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CaIssueArgs {
+    /// Directory that holds the CA (from `lbctl ca init`).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The node's id.
+    #[arg(long)]
+    pub id: u64,
+    /// Extra DNS name or IP address for the certificate (repeatable).
+    #[arg(long = "san")]
+    pub sans: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,9 @@
 //! A connection to one lbnode's Admin gRPC service with a per-call deadline.
 //!
+//! The connection is TLS, verified against the cluster CA (`--ca`, `LBCTL_CA`) and the name every
+//! node certificate carries; every call carries the bearer token (`--token`, `LBCTL_TOKEN`). Missing
+//! credentials fail before anything is sent, with exit code 4, as do the node's refusals.
+//!
 //! Every call is bounded by the `--timeout` on the client side (and sent as `grpc-timeout` so the node
 //! can give up too); every failure comes back as a classified [`CliError`] naming the endpoint.
 
@@ -8,12 +12,74 @@ use std::time::Duration;
 
 use lbfleet_api::pb;
 use lbfleet_api::pb::admin_client::AdminClient;
-use tonic::transport::{Channel, Endpoint};
+use std::path::PathBuf;
+
+use lbfleet_api::auth::SERVER_NAME;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::error::CliError;
 
 /// Interval of HTTP/2 pings on an admin connection.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Largest CA file read.
+const MAX_CA_BYTES: u64 = 256 * 1024;
+
+/// Where an operator's credentials come from (`--ca`, `--token` or their environment variables).
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub ca: Option<PathBuf>,
+    pub token: Option<String>,
+}
+
+/// Credentials read and checked, ready for a connection.
+#[derive(Clone)]
+pub struct Loaded {
+    tls: ClientTlsConfig,
+    authorization: MetadataValue<Ascii>,
+}
+
+fn missing(what: &str) -> CliError {
+    CliError::Auth { endpoint: None, message: what.to_string() }
+}
+
+impl Credentials {
+    /// Read the CA and check the token; both are required.
+    pub fn load(&self) -> Result<Loaded, CliError> {
+        let Some(ca) = &self.ca else {
+            return Err(missing(
+                "no CA certificate to verify lbnode with: pass --ca FILE or set LBCTL_CA \
+                 (for a local cluster: `. DIR/lbctl.env`)",
+            ));
+        };
+        let size = std::fs::metadata(ca)
+            .map_err(|e| missing(&format!("cannot read the CA certificate {}: {e}", ca.display())))?
+            .len();
+        if size > MAX_CA_BYTES {
+            return Err(missing(&format!(
+                "CA certificate {}: {size} bytes is over {MAX_CA_BYTES}",
+                ca.display()
+            )));
+        }
+        let pem = std::fs::read(ca)
+            .map_err(|e| missing(&format!("cannot read the CA certificate {}: {e}", ca.display())))?;
+        if lbfleet_api::auth::pem_certificates(&pem).is_empty() {
+            return Err(missing(&format!("{} holds no PEM certificate (--ca / LBCTL_CA)", ca.display())));
+        }
+        let token = match self.token.as_deref().map(str::trim) {
+            None | Some("") => return Err(missing(
+                "no token: pass --token TOKEN or set LBCTL_TOKEN (for a local cluster: `. DIR/lbctl.env`)",
+            )),
+            Some(t) => t,
+        };
+        let authorization = format!("Bearer {token}").parse().map_err(|_| {
+            missing("the token (--token / LBCTL_TOKEN) holds characters a header cannot carry")
+        })?;
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)).domain_name(SERVER_NAME);
+        Ok(Loaded { tls, authorization })
+    }
+}
 
 /// Admin client bound to one endpoint.
 #[derive(Clone)]
@@ -21,18 +87,21 @@ pub struct Admin {
     endpoint: String,
     timeout: Duration,
     client: AdminClient<Channel>,
+    authorization: MetadataValue<Ascii>,
 }
 
 impl Admin {
-    /// Connect to `endpoint` (`HOST:PORT`), waiting at most `timeout`.
-    pub async fn connect(endpoint: &str, timeout: Duration) -> Result<Admin, CliError> {
-        let uri = format!("http://{endpoint}");
-        let ep = Endpoint::from_shared(uri).map_err(|e| {
-            CliError::Local(anyhow::anyhow!(
-                "invalid endpoint \"{endpoint}\": {}",
-                crate::error::transport_reason(&e)
-            ))
-        })?;
+    /// Connect to `endpoint` (`HOST:PORT`) with `credentials`, waiting at most `timeout`.
+    pub async fn connect(endpoint: &str, timeout: Duration, credentials: &Loaded) -> Result<Admin, CliError> {
+        let uri = format!("https://{endpoint}");
+        let ep = Endpoint::from_shared(uri).and_then(|ep| ep.tls_config(credentials.tls.clone())).map_err(
+            |e| {
+                CliError::Local(anyhow::anyhow!(
+                    "invalid endpoint \"{endpoint}\": {}",
+                    crate::error::transport_reason(&e)
+                ))
+            },
+        )?;
         // HTTP/2 keep-alive notices a peer that stopped answering (SIGSTOP, partition) during a long `watch`.
         let ep = ep
             .connect_timeout(timeout)
@@ -49,7 +118,12 @@ impl Admin {
                 })
             }
         };
-        Ok(Admin { endpoint: endpoint.to_string(), timeout, client: AdminClient::new(channel) })
+        Ok(Admin {
+            endpoint: endpoint.to_string(),
+            timeout,
+            client: AdminClient::new(channel),
+            authorization: credentials.authorization.clone(),
+        })
     }
 
     pub fn endpoint(&self) -> &str {
@@ -71,8 +145,15 @@ impl Admin {
     }
 
     fn req<T>(&self, msg: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
+        let mut r = self.unbounded(msg);
         r.set_timeout(self.timeout);
+        r
+    }
+
+    /// A request with the token and no deadline (a stream).
+    fn unbounded<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut().insert("authorization", self.authorization.clone());
         r
     }
 
@@ -144,7 +225,7 @@ impl Admin {
 
     /// Open the watch stream. Only opening it is bounded by the timeout; the stream itself lasts.
     pub async fn watch(&self) -> Result<tonic::Streaming<pb::WatchEvent>, CliError> {
-        let req = tonic::Request::new(pb::WatchRequest {});
+        let req = self.unbounded(pb::WatchRequest {});
         self.call(|mut c| async move { c.watch(req).await }).await
     }
 }

@@ -18,11 +18,12 @@ pub struct Global {
     pub endpoint: String,
     pub json: bool,
     pub timeout: std::time::Duration,
+    pub credentials: crate::client::Credentials,
 }
 
 impl Global {
     async fn connect(&self) -> Result<Admin, CliError> {
-        Admin::connect(&self.endpoint, self.timeout).await
+        Admin::connect(&self.endpoint, self.timeout, &self.credentials.load()?).await
     }
 }
 
@@ -241,7 +242,7 @@ async fn drain_progress(
         }
         let client = match nodes.get(&n.addr) {
             Some(c) => Some(c.clone()),
-            None => match Admin::connect(&n.addr, g.timeout).await {
+            None => match Admin::connect(&n.addr, g.timeout, &g.credentials.load()?).await {
                 Ok(c) => {
                     nodes.insert(n.addr.clone(), c.clone());
                     Some(c)

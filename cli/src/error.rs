@@ -17,6 +17,8 @@ pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_UNREACHABLE: i32 = 2;
 /// Exit code: the cluster cannot serve the request now (no leader, no quorum, timeout).
 pub const EXIT_UNAVAILABLE: i32 = 3;
+/// Exit code: missing or refused credentials.
+pub const EXIT_AUTH: i32 = 4;
 /// Exit code: invalid command line (sysexits `EX_USAGE`).
 pub const EXIT_USAGE: i32 = 64;
 
@@ -35,6 +37,10 @@ pub enum CliError {
     /// The node refused the request (invalid argument, unknown pool, rejected config...).
     #[error("{message}")]
     Rejected { endpoint: String, code: Code, message: String },
+    /// No credentials, or the node refused them (`unauthenticated`, `permission_denied`, a TLS
+    /// handshake that failed on a certificate).
+    #[error("{message}")]
+    Auth { endpoint: Option<String>, message: String },
     /// Any other server error.
     #[error("lbnode at {endpoint} failed: {message} ({})", code_name(*code))]
     Server { endpoint: String, code: Code, message: String },
@@ -60,13 +66,23 @@ impl CliError {
         match self {
             CliError::Unreachable { .. } => EXIT_UNREACHABLE,
             CliError::Unavailable { .. } | CliError::Timeout { .. } => EXIT_UNAVAILABLE,
+            CliError::Auth { .. } => EXIT_AUTH,
             CliError::Rejected { .. } | CliError::Server { .. } | CliError::Local(_) => EXIT_FAILED,
         }
     }
 
     /// A failed connection attempt, described by the innermost I/O cause when there is one.
     pub fn unreachable(endpoint: &str, err: &(dyn StdError + 'static)) -> CliError {
-        CliError::Unreachable { endpoint: endpoint.to_string(), reason: transport_reason(err) }
+        let reason = transport_reason(err);
+        if reason.contains("certificate") {
+            return CliError::Auth {
+                endpoint: Some(endpoint.to_string()),
+                message: format!(
+                    "TLS with lbnode at {endpoint} failed: {reason} (is --ca / LBCTL_CA this cluster's CA?)"
+                ),
+            };
+        }
+        CliError::Unreachable { endpoint: endpoint.to_string(), reason }
     }
 
     /// Classify a gRPC status returned by a call to `endpoint`.
@@ -76,7 +92,7 @@ impl CliError {
         // sent by the server does not.
         // (Deadlines are enforced by the caller's own timer and reported as `Timeout`.)
         if let Some(src) = status.source() {
-            return CliError::Unreachable { endpoint, reason: transport_reason(src) };
+            return CliError::unreachable(&endpoint, src);
         }
         let message = if status.message().trim().is_empty() {
             status.code().description().to_string()
@@ -84,6 +100,10 @@ impl CliError {
             status.message().trim_end().to_string()
         };
         match status.code() {
+            Code::Unauthenticated | Code::PermissionDenied => CliError::Auth {
+                message: format!("lbnode at {endpoint} refused the credentials: {message}"),
+                endpoint: Some(endpoint),
+            },
             Code::Unavailable => CliError::Unavailable { endpoint, message },
             Code::DeadlineExceeded => CliError::Unavailable { endpoint, message },
             Code::InvalidArgument
@@ -91,7 +111,6 @@ impl CliError {
             | Code::NotFound
             | Code::AlreadyExists
             | Code::OutOfRange
-            | Code::PermissionDenied
             | Code::Aborted => CliError::Rejected { endpoint, code: status.code(), message },
             Code::Unimplemented => CliError::Server {
                 endpoint,
@@ -134,6 +153,7 @@ impl CliError {
             CliError::Server { endpoint, code, .. } => {
                 ("server", Some(endpoint.clone()), Some(code_name(*code)))
             }
+            CliError::Auth { endpoint, .. } => ("auth", endpoint.clone(), None),
             CliError::Local(_) => ("local", None, None),
         };
         JsonError {

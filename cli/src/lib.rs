@@ -3,6 +3,7 @@
 //!
 //! Layout:
 //! - [`args`]: the command-line grammar (clap), pure.
+//! - [`ca`]: `lbctl ca init|issue`: the cluster CA, node certificates and operator tokens (rcgen).
 //! - [`client`]: one connection to an lbnode's Admin gRPC service, every call bounded by `--timeout`.
 //! - [`error`]: classification of failures into messages and exit codes (unreachable 2, unavailable 3, ...).
 //! - [`output`]: tables for people and the stable JSON shapes for scripts, pure.
@@ -16,6 +17,7 @@
 //! answers leave on standard output, errors on standard error (and as JSON on standard output with `--json`).
 
 pub mod args;
+pub mod ca;
 pub mod client;
 pub mod commands;
 pub mod demo_backend;
@@ -24,13 +26,18 @@ pub mod local;
 pub mod output;
 pub mod probe;
 
-use args::{Cli, Command, GetWhat, LocalAction};
+use args::{CaAction, Cli, Command, GetWhat, LocalAction};
 use error::CliError;
 
 /// Run one parsed command line to completion.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let timeout = cli.timeout.unwrap_or(args::DEFAULT_TIMEOUT);
-    let g = commands::Global { endpoint: cli.endpoint.clone(), json: cli.json, timeout };
+    let g = commands::Global {
+        endpoint: cli.endpoint.clone(),
+        json: cli.json,
+        timeout,
+        credentials: client::Credentials { ca: cli.ca.clone(), token: cli.token.clone() },
+    };
     match &cli.command {
         Command::Status => commands::status(&g).await,
         Command::Apply(a) => commands::apply(&g, a).await,
@@ -51,6 +58,35 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Local(l) => match &l.action {
             LocalAction::Up(u) => local::up(u, cli.json).await,
             LocalAction::Down(d) => local::down(d, cli.json).await,
+        },
+        Command::Ca(c) => match &c.action {
+            CaAction::Init(i) => {
+                let dir = ca::CaDir::new(&i.dir);
+                dir.init(i.nodes, &i.sans).map_err(CliError::Local)?;
+                commands::print(&format!(
+                    "made a cluster CA, {} node certificates and tokens in {}\n\
+                     nodes: --ca-file {} --cert-file {} --key-file {} --tokens-file {}\n\
+                     operators: LBCTL_CA={} LBCTL_TOKEN=$(cat {})\n",
+                    i.nodes,
+                    i.dir.display(),
+                    dir.ca_cert().display(),
+                    dir.dir.join("node-<id>.pem").display(),
+                    dir.dir.join("node-<id>.key").display(),
+                    dir.tokens().display(),
+                    dir.ca_cert().display(),
+                    dir.token(lbfleet_api::auth::Role::Admin).display(),
+                ))
+            }
+            CaAction::Issue(i) => {
+                let dir = ca::CaDir::new(&i.dir);
+                dir.issue(i.id, &i.sans).map_err(CliError::Local)?;
+                commands::print(&format!(
+                    "node {}: {} and {}\n",
+                    i.id,
+                    dir.node_cert(i.id).display(),
+                    dir.node_key(i.id).display()
+                ))
+            }
         },
         Command::DemoBackend(d) => {
             demo_backend::serve_refusing(d.name.clone(), d.listen, d.refuse_from.clone())

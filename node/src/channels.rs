@@ -1,13 +1,15 @@
 //! One lazily connected gRPC channel per peer address, shared by every call to that peer.
 //!
 //! A tonic `Channel` multiplexes calls over one HTTP/2 connection and reconnects by itself after a
-//! failure, so creating one per RPC (as some examples do) only adds connection setup to every call.
+//! failure, so creating one per RPC (as some examples do) only adds connection setup (here a TCP and
+//! a TLS handshake) to every call. Every channel is mutual TLS with the node's
+//! [`crate::tls::NodeTls::client_config`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// How long establishing a TCP connection to a peer may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -15,14 +17,21 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Cache of channels keyed by `host:port`.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ChannelCache {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: ClientTlsConfig,
 }
 
 impl ChannelCache {
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty cache whose channels use `tls`.
+    pub fn new(tls: ClientTlsConfig) -> Self {
+        ChannelCache { channels: Arc::default(), tls }
+    }
+
+    /// Another empty cache with the same TLS (its channels are connections of their own).
+    pub fn fresh(&self) -> Self {
+        ChannelCache::new(self.tls.clone())
     }
 
     /// The channel to `addr` (`host:port`), created on first use. Fails only for an address that
@@ -32,17 +41,19 @@ impl ChannelCache {
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = endpoint(addr)?.connect_lazy();
+        let ch = endpoint(addr, self.tls.clone())?.connect_lazy();
         map.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }
 }
 
 /// The endpoint settings used for every peer.
-pub fn endpoint(addr: &str) -> Result<Endpoint, String> {
+pub fn endpoint(addr: &str, tls: ClientTlsConfig) -> Result<Endpoint, String> {
     crate::config::split_host_port(addr)?;
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("invalid peer address \"{addr}\": {e}"))?;
+    let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| format!("invalid peer address \"{addr}\": {e}"))?
+        .tls_config(tls)
+        .map_err(|e| format!("TLS settings for \"{addr}\": {e}"))?;
     Ok(endpoint
         .tcp_nodelay(true)
         .connect_timeout(CONNECT_TIMEOUT)
@@ -87,14 +98,14 @@ mod tests {
 
     #[test]
     fn bad_addresses_are_refused_with_the_address() {
-        let cache = ChannelCache::new();
+        let cache = ChannelCache::new(ClientTlsConfig::new());
         let err = cache.get("no port").unwrap_err();
         assert!(err.contains("no port"), "{err}");
     }
 
     #[tokio::test]
     async fn the_same_address_reuses_one_entry() {
-        let cache = ChannelCache::new();
+        let cache = ChannelCache::new(ClientTlsConfig::new());
         cache.get("127.0.0.1:1").unwrap();
         cache.get("127.0.0.1:1").unwrap();
         cache.get("127.0.0.2:1").unwrap();

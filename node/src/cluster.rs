@@ -28,6 +28,8 @@ pub struct Cluster {
     pub listeners: ListenerStatuses,
     /// On the leader: the latest load report of each node (see [`crate::load`]).
     pub loads: LoadBoard,
+    /// The operators' tokens (hashed), for the admin HTTP pages that need a token.
+    pub tokens: Arc<lbfleet_api::auth::TokenSet>,
 }
 
 impl Cluster {

@@ -21,6 +21,8 @@ use lbfleet_api::state::LbNode;
 use lbfleet_api::NodeId;
 use serde::Deserialize;
 
+pub use crate::tls::TlsFiles;
+
 /// Default gRPC port (Raft and admin API on one server).
 pub const DEFAULT_GRPC_PORT: u16 = 7400;
 /// Default admin HTTP port.
@@ -76,6 +78,19 @@ pub struct Cli {
     /// [default: the number of CPUs].
     #[arg(long)]
     pub dataplane_threads: Option<usize>,
+    /// The cluster CA's certificate (PEM); every peer's certificate must chain to it.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// This node's certificate (PEM) from the cluster CA, naming node-<id>.lbfleet (`lbctl ca init`).
+    #[arg(long, value_name = "FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// The operators' tokens, hashed (TOML `[[token]]` entries with name, role and sha256). Without
+    /// it only cluster nodes may call the admin API.
+    #[arg(long, value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// The TOML file: the same fields as [`Cli`], all optional.
@@ -96,6 +111,10 @@ pub struct FileConfig {
     pub snapshot_logs: Option<u64>,
     pub write_timeout_ms: Option<u64>,
     pub dataplane_threads: Option<usize>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// `peers` in the file: one comma-separated string or a list of entries.
@@ -163,6 +182,8 @@ pub struct NodeConfig {
     pub write_timeout: Duration,
     /// Worker threads of the data-plane runtime.
     pub dataplane_threads: usize,
+    /// The TLS material and the operators' tokens.
+    pub tls: TlsFiles,
 }
 
 /// One bad field.
@@ -318,6 +339,26 @@ impl NodeConfig {
             bad("dataplane_threads", format!("{dataplane_threads} is out of range 1..=256"));
         }
 
+        let mut tls_path = |field: &'static str, flag: Option<&PathBuf>, file: Option<PathBuf>| {
+            let path = flag.cloned().or(file);
+            if path.is_none() {
+                bad(
+                    field,
+                    format!(
+                        "missing: every node needs the cluster CA, its certificate and key \
+                         (--ca-file, --cert-file, --key-file; make them with `lbctl ca init --dir DIR`)"
+                    ),
+                );
+            }
+            path.unwrap_or_default()
+        };
+        let tls = TlsFiles {
+            ca: tls_path("ca_file", cli.ca_file.as_ref(), file.ca_file),
+            cert: tls_path("cert_file", cli.cert_file.as_ref(), file.cert_file),
+            key: tls_path("key_file", cli.key_file.as_ref(), file.key_file),
+            tokens: cli.tokens_file.clone().or(file.tokens_file),
+        };
+
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
@@ -333,6 +374,7 @@ impl NodeConfig {
             raft,
             write_timeout: Duration::from_millis(write_timeout_ms),
             dataplane_threads,
+            tls,
         })
     }
 

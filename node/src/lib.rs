@@ -19,12 +19,13 @@
 //!   snapshot (whose digest each node publishes), request keys, node-local usability.
 //! - leaves: [`config`] (`NodeConfig` from flags and an optional TOML file), [`channels`] (one cached
 //!   gRPC channel per peer), [`net`] (sockets to backends from the node's IP), [`shutdown`] (the one
-//!   shutdown primitive).
+//!   shutdown primitive), [`tls`] (the cluster CA, this node's certificate, the operators' hashed
+//!   tokens) and [`auth`] (the gate every gRPC call passes: who is calling, and may they).
 //!
 //! The model itself (config, commands, `ClusterState` and its `apply`, views) is `lbfleet_api`.
 //!
 //! Where data enters and leaves:
-//! - gRPC on `bind:grpc_port`: Raft RPCs from peers (postcard payloads, into openraft and from there
+//! - gRPC on `bind:grpc_port`, mutual TLS, every call through [`auth`]: Raft RPCs from peers (postcard payloads, into openraft and from there
 //!   into the sled store), proposals and read-index requests forwarded by followers, and admin calls
 //!   from `lbctl` (writes become Raft log entries through the proposer).
 //! - admin HTTP on `admin_http`: read-only views of this node (health, state JSON, metrics, dashboard).
@@ -35,6 +36,7 @@
 //!   [`raft::RaftNode::watch_model`]), which the listener manager turns into the routing snapshot.
 
 pub mod admin;
+pub mod auth;
 pub mod balance;
 pub mod channels;
 pub mod cluster;
@@ -47,3 +49,4 @@ pub mod node;
 pub mod proxy;
 pub mod raft;
 pub mod shutdown;
+pub mod tls;

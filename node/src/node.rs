@@ -1,5 +1,5 @@
 //! Start and stop everything one lbnode runs: the store, Raft, the gRPC server (Raft + Admin on one
-//! port), the admin HTTP server, the data plane (routing snapshot and listeners), the health task
+//! port, mutual TLS, every call through [`crate::auth`]), the admin HTTP server, the data plane (routing snapshot and listeners), the health task
 //! (active checks and votes) and the one-time bootstrap.
 //!
 //! Start order: bind both listeners (a port in use is reported before the store is touched), open
@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::admin::grpc::AdminService;
+use crate::auth::AuthLayer;
 use crate::channels::ChannelCache;
 use crate::cluster::Cluster;
 use crate::config::NodeConfig;
@@ -25,6 +26,7 @@ use crate::proxy::ProxyContext;
 use crate::raft::service::RaftService;
 use crate::raft::{bootstrap, Bootstrap, Raft};
 use crate::shutdown::{self, Shutdown, Trigger};
+use crate::tls::NodeTls;
 
 /// How long in-flight requests may take to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
@@ -66,8 +68,12 @@ impl Node {
         let grpc_addr = grpc_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
 
+        let tls = NodeTls::load(&config.tls, config.id)?;
+        if tls.tokens.tokens.is_empty() {
+            tracing::warn!("no operator tokens (tokens_file): only cluster nodes can call the admin API");
+        }
         let (shutdown_tx, shutdown_rx) = shutdown::channel();
-        let channels = ChannelCache::new();
+        let channels = ChannelCache::new(tls.client_config());
         let node = crate::raft::start(&config, channels.clone()).await?;
         let raft = node.raft().clone();
         let cluster = Cluster {
@@ -77,6 +83,7 @@ impl Node {
             dataplane: Arc::new(ProxyContext::new(config.id, config.bind)),
             listeners: ListenerStatuses::default(),
             loads: crate::load::LoadBoard::default(),
+            tokens: Arc::clone(&tls.tokens),
         };
         let dataplane = tokio::spawn(crate::proxy::listeners::run(
             Arc::clone(&cluster.dataplane),
@@ -108,6 +115,9 @@ impl Node {
         let grpc = {
             let mut stop = shutdown_rx.clone();
             let router = tonic::transport::Server::builder()
+                .tls_config(tls.server_config())
+                .context("gRPC server TLS (cert_file, key_file, ca_file)")?
+                .layer(AuthLayer::new(Arc::clone(&tls.tokens)))
                 .add_service(RaftService::new(raft.clone(), node.proposer().clone()).into_server())
                 .add_service(AdminService::new(cluster.clone(), config.http_port).into_server());
             // Accepted sockets get TCP_NODELAY here: the builder's setting applies only when tonic

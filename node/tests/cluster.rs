@@ -9,11 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure};
-use lbfleet_api::pb::admin_client::AdminClient;
 use lbfleet_api::pb::raft_client::RaftClient;
 use lbfleet_api::pb::{self};
 use lbfleet_tests::{admin, bin, http_get, wait_until, Cluster};
-use tonic::transport::Channel;
 
 const WEB_CONFIG: &str = r#"
 [[pool]]
@@ -48,16 +46,19 @@ fn start(host_base: u8, n: u64, founders: u64, extra: &[&str]) -> Cluster {
 }
 
 /// An Admin client of node `id`, 20 s per call (adding a node waits for its catch-up).
-async fn admin(c: &Cluster, id: u64) -> AdminClient<Channel> {
+async fn admin(c: &Cluster, id: u64) -> admin::Admin {
     admin::connect_with_timeout(&c.grpc_addr(id), Duration::from_secs(20))
         .await
         .unwrap_or_else(|e| panic!("admin client of node {id}: {e:#}"))
 }
 
 /// One GET on the admin HTTP server: (status code, body).
+/// One GET on the admin HTTP server with the read token: (status code, body).
 async fn http_text(addr: &str, path: &str) -> (u16, String) {
-    let (code, _, body) =
-        http_get(addr, path, &[]).await.unwrap_or_else(|e| panic!("GET {addr}{path}: {e:#}"));
+    let bearer = lbfleet_tests::creds().read_bearer();
+    let (code, _, body) = http_get(addr, path, &[("authorization", &bearer)])
+        .await
+        .unwrap_or_else(|e| panic!("GET {addr}{path}: {e:#}"));
     (code, String::from_utf8_lossy(&body).into_owned())
 }
 
@@ -198,16 +199,37 @@ async fn three_nodes_elect_replicate_and_survive_the_leader_being_killed() {
 
     // Garbage on the Raft service is refused without harming the node.
     let mut raft = RaftClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", c.grpc_addr(follower)))
-            .unwrap()
-            .connect_lazy(),
+        admin::node_channel(&c.grpc_addr(follower), Duration::from_secs(5), leader)
+            .await
+            .expect("node channel"),
     );
     let err = raft.append_entries(pb::RaftPayload { data: vec![0xff; 16] }).await.expect_err("garbage");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().starts_with("malformed AppendEntries payload"), "{}", err.message());
     admin::local_status(&c.grpc_addr(follower)).await.expect("node still serves after garbage");
 
-    // Admin HTTP.
+    // Admin HTTP: /healthz and /metrics are open, the state and the dashboard need a token.
+    let http = c.http_addr(leader);
+    let (code, _, body) = http_get(&http, "/healthz", &[]).await.unwrap();
+    assert_eq!((code, &body[..]), (200, &b"ok leader\n"[..]));
+    assert_eq!(http_get(&http, "/metrics", &[]).await.unwrap().0, 200);
+    for path in ["/api/v1/state", "/"] {
+        let (code, headers, body) = http_get(&http, path, &[]).await.unwrap();
+        assert_eq!(code, 401, "{path} without a token");
+        assert!(String::from_utf8_lossy(&body).contains("missing token"), "{body:?}");
+        assert_eq!(lbfleet_tests::header(&headers, "www-authenticate"), "Bearer realm=\"lbfleet\"");
+    }
+    let wrong = http_get(&http, "/api/v1/state", &[("authorization", "Bearer lbf_wrong")]).await.unwrap();
+    assert_eq!(wrong.0, 401);
+    // A browser: `?token=` once sets an HttpOnly cookie and drops the token from the address.
+    let read = &lbfleet_tests::creds().read_token;
+    let (code, headers, _) = http_get(&http, &format!("/?token={read}"), &[]).await.unwrap();
+    assert_eq!(code, 303);
+    assert_eq!(lbfleet_tests::header(&headers, "location"), "/");
+    let cookie = lbfleet_tests::header(&headers, "set-cookie");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    let pair = cookie.split(';').next().unwrap().to_string();
+    assert_eq!(http_get(&http, "/api/v1/state", &[("cookie", &pair)]).await.unwrap().0, 200);
     let (code, body) = http_text(&c.http_addr(leader), "/healthz").await;
     assert_eq!((code, body.as_str()), (200, "ok leader\n"));
     let (code, body) = http_text(&c.http_addr(follower), "/api/v1/state").await;
@@ -305,7 +327,9 @@ async fn a_node_added_later_catches_up_from_a_snapshot_and_members_can_be_remove
     }
     // The leader snapshotted and purged the head of its log, so node 4 can only join by snapshot.
     wait_until("leader purges its log", Duration::from_secs(30), || async {
-        let (_, _, body) = http_get(&c.http_addr(leader), "/api/v1/state", &[]).await?;
+        let bearer = lbfleet_tests::creds().read_bearer();
+        let (_, _, body) =
+            http_get(&c.http_addr(leader), "/api/v1/state", &[("authorization", &bearer)]).await?;
         let state: serde_json::Value = serde_json::from_slice(&body)?;
         let purged = state["purged_index"].as_u64().unwrap_or(0);
         ensure!(purged > 0, "purged_index {purged}, snapshot {}", state["snapshot_index"]);

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 const ENTRY: &[&str] = &["node", "cluster", "admin"];
 const IO: &[&str] = &["proxy", "health", "leader", "load", "raft"];
 const PURE: &[&str] = &["balance"];
-const LEAVES: &[&str] = &["config", "channels", "net", "shutdown"];
+const LEAVES: &[&str] = &["config", "channels", "net", "shutdown", "tls", "auth"];
 
 fn layer(module: &str) -> usize {
     if ENTRY.contains(&module) {

@@ -1,26 +1,63 @@
-//! Admin gRPC helpers with deadlines.
+//! Admin gRPC helpers with deadlines: TLS verified against the test CA ([`crate::creds`]), the
+//! admin token on every call.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use lbfleet_api::pb;
-use lbfleet_api::pb::admin_client::AdminClient;
-use tonic::transport::Channel;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, ClientTlsConfig};
 
-/// A connected Admin client: 500 ms to connect, 15 s per call.
-pub async fn connect(addr: &str) -> Result<AdminClient<Channel>> {
+use crate::creds::creds;
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(pub MetadataValue<Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+impl Bearer {
+    /// The bearer of `token`.
+    pub fn of(token: &str) -> Bearer {
+        Bearer(format!("Bearer {token}").parse().expect("a token is header-safe"))
+    }
+}
+
+/// An Admin client that authenticates with a token.
+pub type Admin = pb::admin_client::AdminClient<InterceptedService<Channel, Bearer>>;
+
+/// A connected Admin client with the admin token: 500 ms to connect, 15 s per call.
+pub async fn connect(addr: &str) -> Result<Admin> {
     connect_with_timeout(addr, Duration::from_secs(15)).await
 }
 
-/// A connected Admin client: 500 ms to connect, `per_call` for each call.
-pub async fn connect_with_timeout(addr: &str, per_call: Duration) -> Result<AdminClient<Channel>> {
-    Ok(AdminClient::new(channel(addr, per_call).await?))
+/// A connected Admin client with the admin token: 500 ms to connect, `per_call` for each call.
+pub async fn connect_with_timeout(addr: &str, per_call: Duration) -> Result<Admin> {
+    let ch = channel(addr, per_call).await?;
+    Ok(pb::admin_client::AdminClient::with_interceptor(ch, Bearer::of(&creds().admin_token)))
 }
 
-/// A connected gRPC channel to a node's gRPC port (Raft and Admin services): 500 ms to connect,
-/// `per_call` for each call. Tests that speak to a node's services build their clients on this.
+/// A connected gRPC channel to a node's gRPC port as an operator (TLS, no client certificate):
+/// 500 ms to connect, `per_call` for each call.
 pub async fn channel(addr: &str, per_call: Duration) -> Result<Channel> {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+    channel_with(addr, per_call, creds().operator_tls()).await
+}
+
+/// A channel as node `id` (its certificate from the test CA): what a peer's calls look like.
+pub async fn node_channel(addr: &str, per_call: Duration, id: u64) -> Result<Channel> {
+    channel_with(addr, per_call, creds().node_tls(id)).await
+}
+
+/// A channel with the given TLS.
+pub async fn channel_with(addr: &str, per_call: Duration, tls: ClientTlsConfig) -> Result<Channel> {
+    tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
         .connect_timeout(Duration::from_millis(500))
         .timeout(per_call)
         .connect()

@@ -39,8 +39,22 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// Run `lbctl args...` to completion within `deadline`. `LBCTL_ENDPOINT` is cleared so that defaults
-/// are predictable.
+/// Run `lbctl args...` to completion within `deadline`, with the test clusters' CA and admin token in
+/// `LBCTL_CA` / `LBCTL_TOKEN` (flags in `args` override them). `LBCTL_ENDPOINT` is cleared so that
+/// defaults are predictable.
 pub async fn lbctl(args: &[&str], deadline: Duration) -> Result<Output> {
-    output_within(Command::new(bin("lbctl")).args(args).env_remove("LBCTL_ENDPOINT"), deadline).await
+    let creds = crate::creds::creds();
+    let mut cmd = Command::new(bin("lbctl"));
+    cmd.args(args)
+        .env_remove("LBCTL_ENDPOINT")
+        .env("LBCTL_CA", creds.ca())
+        .env("LBCTL_TOKEN", &creds.admin_token);
+    output_within(&mut cmd, deadline).await
+}
+
+/// [`lbctl`] without any credentials in the environment (only what `args` gives).
+pub async fn lbctl_bare(args: &[&str], deadline: Duration) -> Result<Output> {
+    let mut cmd = Command::new(bin("lbctl"));
+    cmd.args(args).env_remove("LBCTL_ENDPOINT").env_remove("LBCTL_CA").env_remove("LBCTL_TOKEN");
+    output_within(&mut cmd, deadline).await
 }

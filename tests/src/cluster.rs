@@ -11,8 +11,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use lbfleet_api::pb::admin_client::AdminClient;
-use tonic::transport::Channel;
 
 use crate::admin;
 use crate::bin::bin;
@@ -94,7 +92,7 @@ impl NodeProc {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
-    pub async fn client(&self) -> Result<AdminClient<Channel>> {
+    pub async fn client(&self) -> Result<admin::Admin> {
         admin::connect(&self.grpc_addr()).await
     }
 }
@@ -236,6 +234,7 @@ impl Cluster {
             args.push("--peers".into());
             args.push(p.to_string());
         }
+        args.extend(crate::creds::creds().node_args(id));
         args.extend(self.extra_args.iter().cloned());
         NodeProc {
             id,

@@ -11,7 +11,9 @@
 //! - [`cluster`]: [`Cluster`] / [`NodeProc`], lbnode processes with their own data dirs and loopback IPs,
 //!   killed on drop (their logs are printed when a test panics).
 //! - [`backend`]: [`BackendProc`], a demo HTTP backend process.
-//! - [`admin`]: a thin gRPC client for the Admin service, with deadlines.
+//! - [`creds`]: the cluster CA, node certificates and tokens every cluster of a test process uses (made
+//!   once by `lbctl ca init`), and a foreign CA for refusals.
+//! - [`admin`]: a thin gRPC client for the Admin service (TLS, the admin token), with deadlines.
 //! - [`http`]: one HTTP/1.1 GET on a fresh connection, and response headers as text.
 //! - [`config`]: small valid configs that carry a marker.
 //!
@@ -23,14 +25,16 @@ pub mod backend;
 pub mod bin;
 pub mod cluster;
 pub mod config;
+pub mod creds;
 pub mod http;
 pub mod process;
 pub mod wait;
 
 pub use backend::BackendProc;
-pub use bin::{bin, lbctl};
+pub use bin::{bin, lbctl, lbctl_bare};
 pub use cluster::{loopback_ok, Cluster, ClusterBuilder, NodeProc};
 pub use config::{marked_config, marker_of};
+pub use creds::creds;
 pub use http::{header, http_get};
 pub use lbfleet_api::pb;
 pub use wait::wait_until;

@@ -88,7 +88,8 @@ async fn backups_take_over_then_a_dead_pool_answers_503_with_the_reason() -> Res
 }
 
 async fn fleet_healthy(http: &str, backend: &str) -> Result<bool> {
-    let (status, _, body) = http_get(http, "/api/v1/state", &[]).await?;
+    let (status, _, body) =
+        http_get(http, "/api/v1/state", &[("authorization", &lbfleet_tests::creds().read_bearer())]).await?;
     ensure!(status == 200, "state: {status}");
     let st: Value = serde_json::from_slice(&body).context("state JSON")?;
     st["backends"]

@@ -27,7 +27,9 @@ fn config(backends: &[&str]) -> String {
 }
 
 async fn state(http_addr: &str) -> Result<Value> {
-    let (status, _, body) = http_get(http_addr, "/api/v1/state", &[]).await?;
+    let (status, _, body) =
+        http_get(http_addr, "/api/v1/state", &[("authorization", &lbfleet_tests::creds().read_bearer())])
+            .await?;
     ensure!(status == 200, "GET /api/v1/state on {http_addr}: status {status}");
     serde_json::from_slice(&body).context("state JSON")
 }

@@ -21,7 +21,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::args::{LocalDownArgs, LocalUpArgs};
-use crate::client::Admin;
+use crate::client::{Admin, Credentials, Loaded};
 use crate::commands::print;
 use crate::error::CliError;
 use crate::output;
@@ -111,6 +111,7 @@ async fn up_steps(
         .context("cannot locate the running lbctl executable")
         .map_err(|e| fail("find lbctl", e, vec![]))?;
     check_ports_free(plan).await.map_err(|e| fail("check ports", e, vec![]))?;
+    let creds = credentials(plan).map_err(|e| fail("make the cluster CA and tokens", e, vec![]))?;
 
     // Backends first, so the first health checks of the nodes find them up.
     for b in &plan.backends {
@@ -139,7 +140,7 @@ async fn up_steps(
 
     let deadline = t0 + a.wait;
     let (leader, term) =
-        wait_leader(plan, &mut started[first_node..], deadline).await.map_err(|(e, log)| {
+        wait_leader(plan, &creds, &mut started[first_node..], deadline).await.map_err(|(e, log)| {
             fail(
                 "wait for a leader that every node reports",
                 e,
@@ -154,12 +155,12 @@ async fn up_steps(
         .with_context(|| format!("cannot write \"{}\"", config_file.display()))
         .map_err(|e| fail("write demo.toml", e, vec![]))?;
     let leader_node = plan.nodes.iter().find(|n| n.id == leader).unwrap_or(&plan.nodes[0]);
-    let version = apply_demo(plan, leader_node.grpc, &demo, deadline)
+    let version = apply_demo(plan, &creds, leader_node.grpc, &demo, deadline)
         .await
         .map_err(|e| fail("apply the demo config", e, vec![leader_node.log.clone()]))?;
     progress(&format!("demo config applied (version {version})"));
 
-    let warnings = settle(plan).await;
+    let warnings = settle(plan, &creds).await;
 
     let pid_of = |name: &str| started.iter().find(|s| s.name == name).map_or(0, |s| s.child.id());
     // The children now belong to nobody: they keep running after lbctl exits.
@@ -169,6 +170,7 @@ async fn up_steps(
         term,
         config_version: version,
         config_file: config_file.display().to_string(),
+        env_file: plan.env_file.display().to_string(),
         nodes: plan
             .nodes
             .iter()
@@ -202,6 +204,31 @@ async fn up_steps(
             .collect(),
         warnings,
     })
+}
+
+/// The cluster CA, node certificates and tokens in `DIR/tls` (made on the first `up`, reused after;
+/// a node added to the plan gets its certificate), and `DIR/lbctl.env`.
+fn credentials(plan: &Plan) -> anyhow::Result<Loaded> {
+    let tls = &plan.tls;
+    if tls.ca_cert().exists() {
+        for n in &plan.nodes {
+            if !tls.node_cert(n.id).exists() {
+                tls.issue(n.id, &[])?;
+            }
+        }
+    } else {
+        tls.init(plan.nodes.len() as u64, &[])?;
+    }
+    let token = tls.read_token(lbfleet_api::auth::Role::Admin)?;
+    std::fs::write(&plan.env_file, plan.env_text(&token))
+        .with_context(|| format!("cannot write \"{}\"", plan.env_file.display()))?;
+    std::fs::set_permissions(&plan.env_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    progress(&format!(
+        "credentials in {} (cluster CA and tokens in {})",
+        plan.env_file.display(),
+        tls.dir.display()
+    ));
+    Credentials { ca: Some(tls.ca_cert()), token: Some(token) }.load().map_err(|e| anyhow!("{e}"))
 }
 
 fn start(
@@ -316,9 +343,9 @@ async fn wait_backend(b: &plan::BackendPlan, s: &mut Started) -> anyhow::Result<
 }
 
 /// One node's own view of the leader and term.
-async fn leader_view(addr: SocketAddr) -> LeaderView {
+async fn leader_view(addr: SocketAddr, creds: Loaded) -> LeaderView {
     let ep = addr.to_string();
-    let admin = Admin::connect(&ep, Duration::from_secs(1)).await.map_err(|e| e.to_string())?;
+    let admin = Admin::connect(&ep, Duration::from_secs(1), &creds).await.map_err(|e| e.to_string())?;
     match admin.local_status().await {
         Ok(s) => Ok((s.leader, s.term)),
         // A node without LocalStatus still answers Status with its own view of the leader.
@@ -332,6 +359,7 @@ async fn leader_view(addr: SocketAddr) -> LeaderView {
 /// Wait until every node reports the same leader and term. On failure, the log to show if one node died.
 async fn wait_leader(
     plan: &Plan,
+    creds: &Loaded,
     nodes: &mut [Started],
     deadline: Instant,
 ) -> Result<(u64, u64), (anyhow::Error, Option<PathBuf>)> {
@@ -345,7 +373,8 @@ async fn wait_leader(
         let mut set = tokio::task::JoinSet::new();
         for (i, n) in plan.nodes.iter().enumerate() {
             let addr = n.grpc;
-            set.spawn(async move { (i, leader_view(addr).await) });
+            let creds = creds.clone();
+            set.spawn(async move { (i, leader_view(addr, creds).await) });
         }
         let mut views: Vec<LeaderView> = vec![Err("no answer".to_string()); plan.nodes.len()];
         while let Some(r) = set.join_next().await {
@@ -367,7 +396,13 @@ async fn wait_leader(
 }
 
 /// Apply the demo config, retrying while the cluster is briefly unavailable (leader change).
-async fn apply_demo(plan: &Plan, first: SocketAddr, demo: &str, deadline: Instant) -> anyhow::Result<u64> {
+async fn apply_demo(
+    plan: &Plan,
+    creds: &Loaded,
+    first: SocketAddr,
+    demo: &str,
+    deadline: Instant,
+) -> anyhow::Result<u64> {
     let mut targets: Vec<SocketAddr> = vec![first];
     targets.extend(plan.nodes.iter().map(|n| n.grpc).filter(|a| *a != first));
     let mut attempt = 0usize;
@@ -375,7 +410,7 @@ async fn apply_demo(plan: &Plan, first: SocketAddr, demo: &str, deadline: Instan
         let ep = targets[attempt % targets.len()].to_string();
         attempt += 1;
         let r = async {
-            let admin = Admin::connect(&ep, Duration::from_secs(2)).await?;
+            let admin = Admin::connect(&ep, Duration::from_secs(2), creds).await?;
             admin.apply_config("toml", demo.to_string()).await
         }
         .await;
@@ -395,7 +430,7 @@ async fn apply_demo(plan: &Plan, first: SocketAddr, demo: &str, deadline: Instan
 
 /// After the config is in force: wait a little for every listener to accept and every backend to be healthy.
 /// Returns warnings for what did not happen in time (the cluster is usable, just not settled).
-async fn settle(plan: &Plan) -> Vec<String> {
+async fn settle(plan: &Plan, creds: &Loaded) -> Vec<String> {
     let until = Instant::now() + SETTLE_DEADLINE;
     let listeners: Vec<SocketAddr> = plan
         .nodes
@@ -411,7 +446,8 @@ async fn settle(plan: &Plan) -> Vec<String> {
             }
         }
         let unhealthy: Result<Vec<String>, String> = async {
-            let admin = Admin::connect(&endpoint, Duration::from_secs(2)).await.map_err(|e| e.to_string())?;
+            let admin =
+                Admin::connect(&endpoint, Duration::from_secs(2), creds).await.map_err(|e| e.to_string())?;
             let r = admin.list_backends(true).await.map_err(|e| e.to_string())?;
             if r.backends.is_empty() {
                 return Err("no backends listed yet".to_string());

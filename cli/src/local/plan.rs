@@ -44,6 +44,10 @@ pub struct Plan {
     pub backends: Vec<BackendPlan>,
     /// `--peers` value shared by every node: `1=127.0.0.11:7400,2=127.0.0.12:7400,...`.
     pub peers: String,
+    /// The cluster CA, node certificates and tokens (`DIR/tls`, see [`crate::ca`]).
+    pub tls: crate::ca::CaDir,
+    /// `DIR/lbctl.env`: the operator's credentials as `export` lines.
+    pub env_file: PathBuf,
 }
 
 /// Node i binds 127.0.0.1i (127.0.0.11 ... 127.0.0.19, 127.0.0.110 ... 127.0.0.199).
@@ -85,7 +89,14 @@ pub fn plan(dir: &Path, nodes: u8, backends: u16, base_port: u16) -> Result<Plan
         });
     }
     let peers = node_plans.iter().map(|n| format!("{}={}", n.id, n.grpc)).collect::<Vec<_>>().join(",");
-    Ok(Plan { dir: dir.to_path_buf(), nodes: node_plans, backends: backend_plans, peers })
+    Ok(Plan {
+        dir: dir.to_path_buf(),
+        nodes: node_plans,
+        backends: backend_plans,
+        peers,
+        tls: crate::ca::CaDir::new(&dir.join("tls")),
+        env_file: dir.join("lbctl.env"),
+    })
 }
 
 impl Plan {
@@ -102,7 +113,31 @@ impl Plan {
             self.peers.clone(),
             "--log-level".into(),
             log_level.to_string(),
+            "--ca-file".into(),
+            self.tls.ca_cert().display().to_string(),
+            "--cert-file".into(),
+            self.tls.node_cert(n.id).display().to_string(),
+            "--key-file".into(),
+            self.tls.node_key(n.id).display().to_string(),
+            "--tokens-file".into(),
+            self.tls.tokens().display().to_string(),
         ]
+    }
+
+    /// The text of `DIR/lbctl.env`: endpoint, CA and the admin token for `lbctl`.
+    pub fn env_text(&self, admin_token: &str) -> String {
+        let endpoint =
+            self.nodes.first().map_or_else(|| "127.0.0.11:7400".to_string(), |n| n.grpc.to_string());
+        format!(
+            "# Credentials of the local cluster in {dir} (written by `lbctl local up`).\n\
+             # Use them with: . {env}\n\
+             export LBCTL_ENDPOINT={endpoint}\n\
+             export LBCTL_CA={ca}\n\
+             export LBCTL_TOKEN={admin_token}\n",
+            dir = self.dir.display(),
+            env = self.env_file.display(),
+            ca = self.tls.ca_cert().display(),
+        )
     }
 
     /// Every address a process of this cluster will listen on, with who listens there (checked free before start).
@@ -195,6 +230,8 @@ pub struct UpSummary {
     pub term: u64,
     pub config_version: u64,
     pub config_file: String,
+    /// `lbctl.env`: source it to use `lbctl` against this cluster.
+    pub env_file: String,
     pub nodes: Vec<NodeSummary>,
     pub listeners: Vec<ListenerSummary>,
     pub backends: Vec<BackendSummary>,
@@ -282,9 +319,12 @@ impl UpSummary {
         let first = self.nodes.first().map_or("127.0.0.11:7400", |n| n.grpc.as_str());
         let web = self.listeners.first().and_then(|l| l.addrs.first()).cloned().unwrap_or_default();
         s.push_str(&format!(
-            "\ntry:\n  lbctl --endpoint {first} status\n  lbctl --endpoint {first} backends\n  \
-             curl -si http://{web}/\n  lbctl --endpoint {first} apply -f {}\n  lbctl local down --dir {}\n",
-            self.config_file, self.dir
+            "credentials: {env} (endpoint {first}, the cluster CA and the admin token)\n\
+             \ntry:\n  . {env}\n  lbctl status\n  lbctl backends\n  \
+             curl -si http://{web}/\n  lbctl apply -f {}\n  lbctl local down --dir {}\n",
+            self.config_file,
+            self.dir,
+            env = self.env_file,
         ));
         s
     }
@@ -344,9 +384,21 @@ mod tests {
                 "--peers",
                 "1=127.0.0.11:7400,2=127.0.0.12:7400,3=127.0.0.13:7400",
                 "--log-level",
-                "debug"
+                "debug",
+                "--ca-file",
+                "/tmp/c/tls/ca.pem",
+                "--cert-file",
+                "/tmp/c/tls/node-2.pem",
+                "--key-file",
+                "/tmp/c/tls/node-2.key",
+                "--tokens-file",
+                "/tmp/c/tls/tokens.toml",
             ]
         );
+        let env = p.env_text("lbf_x");
+        assert!(env.contains("export LBCTL_ENDPOINT=127.0.0.11:7400\n"), "{env}");
+        assert!(env.contains("export LBCTL_CA=/tmp/c/tls/ca.pem\n"), "{env}");
+        assert!(env.contains("export LBCTL_TOKEN=lbf_x\n"), "{env}");
         assert_eq!(p.listen_addrs().len(), 2 + 3 * 4);
         assert!(plan(Path::new("/tmp/c"), 1, 2, 65534).unwrap_err().contains("above 65535"));
     }
@@ -401,6 +453,7 @@ mod tests {
             term: 2,
             config_version: 1,
             config_file: "/tmp/c/demo.toml".into(),
+            env_file: "/tmp/c/lbctl.env".into(),
             nodes: vec![NodeSummary {
                 id: 1,
                 name: "node-1".into(),
@@ -430,7 +483,8 @@ mod tests {
             "web (http :8080)  http://127.0.0.11:8080",
             "backend-1  pid 11  http://127.0.0.1:9001/",
             "warning: backend-1 not healthy yet",
-            "lbctl --endpoint 127.0.0.11:7400 status",
+            "credentials: /tmp/c/lbctl.env",
+            ". /tmp/c/lbctl.env\n  lbctl status",
             "curl -si http://127.0.0.11:8080/",
             "lbctl local down --dir /tmp/c",
         ] {

@@ -37,6 +37,7 @@ use super::{
     no_quorum, propose_failure, rejected, validate_new_node, watch_event, write_failure, Failure, WatchKey,
     HOPS_HEADER, STATUS_TIMEOUT,
 };
+use crate::auth::calling_node;
 use crate::channels::is_transport_failure;
 use crate::cluster::Cluster;
 use crate::raft::handle::{members, members_of};
@@ -544,7 +545,14 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::LoadReport>,
     ) -> Result<Response<pb::ReportLoadResponse>, Status> {
+        let caller = calling_node(&request)?;
         let report = request.into_inner();
+        if report.node != caller {
+            return Err(Status::permission_denied(format!(
+                "node {caller} cannot report load as node {}",
+                report.node
+            )));
+        }
         let metrics = self.cluster.raft.metrics();
         if metrics.state != openraft::ServerState::Leader {
             return Ok(Response::new(pb::ReportLoadResponse { accepted: false }));
@@ -564,9 +572,13 @@ impl Admin for AdminService {
         request: Request<pb::HealthVoteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
         let hops = hops(&request);
+        let caller = calling_node(&request)?;
         let req = request.into_inner();
-        if req.node == 0 {
-            return Err(invalid("node: the voting node's id must be at least 1"));
+        if req.node != caller {
+            return Err(Status::permission_denied(format!(
+                "node {caller} cannot vote as node {}: a node's votes carry its own certificate's id",
+                req.node
+            )));
         }
         if req.pool.trim().is_empty() {
             return Err(invalid("pool: empty pool name"));

@@ -7,6 +7,11 @@
 //! | `GET /metrics` | Prometheus / OpenMetrics text (see [`super::metrics`]) |
 //! | `GET /` | a self-contained HTML dashboard that polls `/api/v1/state` |
 //!
+//! `/healthz` and `/metrics` are open; `/api/v1/state` and the dashboard need an operator token (any
+//! role): `Authorization: Bearer <token>`, or once from a browser `/?token=<token>`, which answers with a
+//! redirect that stores the token in an HttpOnly, SameSite=Strict cookie (see [`crate::auth::http_auth`]);
+//! without one the answer is `401` naming what is missing.
+//!
 //! Any other path is `404`; another method on a known path is `405`. Everything is answered from
 //! this node's local view, without contacting other nodes.
 
@@ -27,6 +32,7 @@ use tokio::net::TcpListener;
 
 use lbfleet_api::view::{backend_views, Member, NodeStatus as LocalView};
 
+use crate::auth::{http_auth, HttpAuth, TOKEN_COOKIE};
 use crate::balance::Routing;
 use crate::cluster::Cluster;
 use crate::proxy::counters::GaugeSources;
@@ -86,6 +92,11 @@ fn handle(cluster: &Cluster, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         r.headers_mut().insert("allow", HeaderValue::from_static("GET, HEAD"));
         return r;
     }
+    if matches!(path, "/" | "/index.html" | "/api/v1/state") {
+        if let Some(refusal) = needs_token(cluster, req) {
+            return refusal;
+        }
+    }
     let view = cluster.local_view();
     match path {
         "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", format!("ok {}\n", view.role)),
@@ -123,6 +134,32 @@ fn handle(cluster: &Cluster, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         _ => text(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD.to_string()),
     }
+}
+
+/// `None` when the request carries a valid token; else the answer: a redirect that stores a token
+/// given in the query as an HttpOnly cookie, or `401` naming what is missing.
+fn needs_token(cluster: &Cluster, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let why = match http_auth(req.headers(), req.uri().query(), &cluster.tokens) {
+        HttpAuth::Ok => return None,
+        HttpAuth::SetCookie(token) => {
+            let mut r = text(StatusCode::SEE_OTHER, "text/plain; charset=utf-8", "token accepted\n".into());
+            let cookie = format!("{TOKEN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                r.headers_mut().insert("set-cookie", v);
+            }
+            let location = HeaderValue::from_str(req.uri().path()).unwrap_or(HeaderValue::from_static("/"));
+            r.headers_mut().insert("location", location);
+            return Some(r);
+        }
+        HttpAuth::Missing => {
+            "missing token: this page needs a token with the read role: send `Authorization: Bearer <token>`, \
+             or open /?token=<token> once in a browser"
+        }
+        HttpAuth::Invalid => "the token is not valid for this cluster",
+    };
+    let mut r = text(StatusCode::UNAUTHORIZED, "text/plain; charset=utf-8", format!("{why}\n"));
+    r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer realm=\"lbfleet\""));
+    Some(r)
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {

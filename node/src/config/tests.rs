@@ -1,7 +1,11 @@
 use super::*;
 
+/// The TLS flags every node needs (the files are not read here).
+const TLS: &[&str] = &["--ca-file", "ca.pem", "--cert-file", "node.pem", "--key-file", "node.key"];
+
 fn cli(args: &[&str]) -> Cli {
     let mut all = vec!["lbnode"];
+    all.extend_from_slice(TLS);
     all.extend_from_slice(args);
     Cli::try_parse_from(all).expect("flags parse")
 }
@@ -167,7 +171,22 @@ fn missing_config_file_names_the_path() {
 
 #[test]
 fn peers_string_in_the_file_is_accepted() {
-    let f = file("id = 1\npeers = \"1=127.0.0.11:7400,2=127.0.0.12:7400@127.0.0.12:9000\"\n");
+    let f = file(
+        "id = 1\npeers = \"1=127.0.0.11:7400,2=127.0.0.12:7400@127.0.0.12:9000\"\n\
+         ca_file = \"ca.pem\"\ncert_file = \"n.pem\"\nkey_file = \"n.key\"\ntokens_file = \"t.toml\"\n",
+    );
     let c = NodeConfig::resolve(f, &Cli::default()).unwrap();
+    assert_eq!(c.tls.tokens.as_deref(), Some(std::path::Path::new("t.toml")));
     assert_eq!(c.peers[1].http_addr, "127.0.0.12:9000");
+}
+
+#[test]
+fn a_node_without_tls_files_is_refused_naming_each_one() {
+    let p = problems(
+        NodeConfig::resolve(FileConfig::default(), &Cli::try_parse_from(["lbnode", "--id", "1"]).unwrap())
+            .unwrap_err(),
+    );
+    let fields: Vec<&str> = p.iter().map(|p| p.field).collect();
+    assert_eq!(fields, ["ca_file", "cert_file", "key_file"]);
+    assert!(p[0].message.contains("lbctl ca init"), "{}", p[0].message);
 }

@@ -52,7 +52,7 @@ fn only_the_leader_of_the_same_term_acts() {
 async fn a_leader_activates_a_standby_under_load_runs_the_hook_and_deactivates_it_when_idle() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("node-1");
-    let cli = Cli::parse_from([
+    let mut args: Vec<String> = [
         "lbnode",
         "--id",
         "1",
@@ -62,7 +62,11 @@ async fn a_leader_activates_a_standby_under_load_runs_the_hook_and_deactivates_i
         data.to_str().unwrap(),
         "--peers",
         "1=127.0.94.11:7400",
-    ]);
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(lbfleet_tests::creds().node_args(1));
+    let cli = Cli::parse_from(args);
     let node = Node::start(NodeConfig::load(&cli).unwrap()).await.unwrap();
     let raft = node.raft().clone();
     wait_for("leadership", Duration::from_secs(20), || {
@@ -131,17 +135,21 @@ async fn a_leader_activates_a_standby_under_load_runs_the_hook_and_deactivates_i
 
 fn start_args(id: u64, dir: &std::path::Path, peers: &str) -> Cli {
     let data = dir.join(format!("node-{id}"));
-    Cli::parse_from([
-        "lbnode".to_string(),
-        "--id".into(),
-        id.to_string(),
-        "--bind".into(),
-        format!("127.0.94.2{id}"),
-        "--data-dir".into(),
-        data.display().to_string(),
-        "--peers".into(),
-        peers.to_string(),
-    ])
+    Cli::parse_from(
+        [
+            "lbnode".to_string(),
+            "--id".into(),
+            id.to_string(),
+            "--bind".into(),
+            format!("127.0.94.2{id}"),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--peers".into(),
+            peers.to_string(),
+        ]
+        .into_iter()
+        .chain(lbfleet_tests::creds().node_args(id)),
+    )
 }
 
 fn leader_of(nodes: &[Option<Node>]) -> Option<(usize, u64)> {

@@ -118,19 +118,20 @@ pub async fn start(config: &NodeConfig, channels: crate::channels::ChannelCache)
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
     let (log_store, sm_store) = lbfleet_raft_store::open(&config.data_dir)?;
-    let raft = new_raft(config, log_store, sm_store.clone()).await?;
+    let raft = new_raft(config, log_store, sm_store.clone(), channels.fresh()).await?;
     let proposer = Proposer::new(config.id, raft.clone(), config.write_timeout, channels);
     Ok(RaftNode::new(config.id, config.advertised(), raft, sm_store, proposer))
 }
 
-/// Create the openraft instance over the given storage and a gRPC network.
+/// Create the openraft instance over the given storage and a gRPC network on `channels`.
 pub async fn new_raft(
     config: &NodeConfig,
     log_store: lbfleet_raft_store::LogStore,
     sm_store: lbfleet_raft_store::StateMachineStore,
+    channels: crate::channels::ChannelCache,
 ) -> anyhow::Result<Raft> {
     let raft_config = Arc::new(raft_config(&config.raft).map_err(anyhow::Error::msg)?);
-    let network = network::GrpcNetworkFactory::new(config.id);
+    let network = network::GrpcNetworkFactory::new(config.id, channels);
     let raft = Raft::new(config.id, raft_config, network, log_store, sm_store)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start Raft for node {}: {e}", config.id))?;
@@ -144,7 +145,7 @@ mod tests {
     use clap::Parser;
 
     fn node(args: &[&str]) -> NodeConfig {
-        let mut all = vec!["lbnode"];
+        let mut all = vec!["lbnode", "--ca-file", "ca.pem", "--cert-file", "n.pem", "--key-file", "n.key"];
         all.extend_from_slice(args);
         NodeConfig::resolve(FileConfig::default(), &Cli::try_parse_from(all).unwrap()).unwrap()
     }

@@ -46,8 +46,9 @@ pub struct GrpcNetworkFactory {
 }
 
 impl GrpcNetworkFactory {
-    pub fn new(id: NodeId) -> Self {
-        GrpcNetworkFactory { id, channels: ChannelCache::new() }
+    /// Replication and votes go over `channels` (their own connections, apart from admin traffic).
+    pub fn new(id: NodeId, channels: ChannelCache) -> Self {
+        GrpcNetworkFactory { id, channels }
     }
 }
 

@@ -6,6 +6,10 @@
 //!
 //! `Propose` and `ReadIndex` are the leader's end of [`super::proposer`]: a follower's proposal or
 //! linearizable read, answered by this node's own [`Proposer`].
+//!
+//! Only cluster nodes reach this service ([`crate::auth`]), and a node speaks only for itself: the
+//! node a Raft message's vote names (candidate or leader) and the voter of a forwarded health vote
+//! must be the node whose certificate made the call.
 
 use lbfleet_api::pb::{raft_server, RaftPayload};
 use lbfleet_raft_store::{Raft, TypeConfig};
@@ -15,7 +19,10 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use super::proposer::{Forwarded, Proposer};
+use crate::auth::calling_node;
 use crate::raft::MAX_RAFT_MESSAGE_BYTES;
+use lbfleet_api::command::Command;
+use lbfleet_api::NodeId;
 
 /// Serves Raft RPCs from peers.
 #[derive(Clone)]
@@ -50,28 +57,52 @@ pub fn encode<T: Serialize>(rpc: &str, value: &T) -> Result<Response<RaftPayload
         .map_err(|e| Status::internal(format!("cannot encode {rpc} reply: {e}")))
 }
 
+/// Refuse a message whose vote names another node than the caller's certificate.
+fn speaks_for_itself(rpc: &str, caller: NodeId, vote: &openraft::Vote<NodeId>) -> Result<(), Status> {
+    match vote.leader_id().voted_for() {
+        Some(named) if named != caller => Err(Status::permission_denied(format!(
+            "{rpc} from node {caller} names node {named} as its sender; a node speaks only for itself"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let caller = calling_node(&request)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode("AppendEntries", &request.get_ref().data)?;
+        speaks_for_itself("AppendEntries", caller, &rpc.vote)?;
         let result = self.raft.append_entries(rpc).await;
         encode("AppendEntries", &result)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let caller = calling_node(&request)?;
         let rpc: VoteRequest<lbfleet_api::NodeId> = decode("Vote", &request.get_ref().data)?;
+        speaks_for_itself("Vote", caller, &rpc.vote)?;
         let result = self.raft.vote(rpc).await;
         encode("Vote", &result)
     }
 
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let caller = calling_node(&request)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode("InstallSnapshot", &request.get_ref().data)?;
+        speaks_for_itself("InstallSnapshot", caller, &rpc.vote)?;
         let result = self.raft.install_snapshot(rpc).await;
         encode("InstallSnapshot", &result)
     }
 
     async fn propose(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let caller = calling_node(&request)?;
         let fwd: Forwarded = decode("Propose", &request.get_ref().data)?;
+        if let Command::HealthVote { node, .. } = &fwd.command {
+            if *node != caller {
+                return Err(Status::permission_denied(format!(
+                    "node {caller} cannot propose a health vote as node {node}"
+                )));
+            }
+        }
         let result = self.proposer.propose_hops(fwd.command, fwd.hops).await;
         encode("Propose", &result)
     }

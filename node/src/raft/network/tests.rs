@@ -7,7 +7,7 @@ fn vote_request() -> VoteRequest<NodeId> {
 }
 
 async fn network_to(addr: &str) -> GrpcNetwork {
-    let mut factory = GrpcNetworkFactory::new(1);
+    let mut factory = GrpcNetworkFactory::new(1, ChannelCache::new(tonic::transport::ClientTlsConfig::new()));
     factory.new_client(2, &LbNode { addr: addr.into(), http_addr: String::new() }).await
 }
 
