@@ -25,6 +25,9 @@ use serde::Deserialize;
 pub const DEFAULT_GRPC_PORT: u16 = 7400;
 /// Default admin HTTP port.
 pub const DEFAULT_HTTP_PORT: u16 = 7401;
+/// Highest connection cap a node accepts for its servers (`grpc_max_connections`,
+/// `admin_http_max_connections`).
+pub const MAX_CONNECTIONS_CAP: usize = 1_000_000;
 
 /// Command-line flags of `lbnode`. Every flag is optional so that the TOML file can supply it.
 #[derive(Debug, Clone, Default, Parser)]
@@ -76,6 +79,12 @@ pub struct Cli {
     /// [default: the number of CPUs].
     #[arg(long)]
     pub dataplane_threads: Option<usize>,
+    /// Most open gRPC connections; further ones wait in the accept queue [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub grpc_max_connections: Option<usize>,
+    /// Most open admin HTTP connections; further ones wait in the accept queue [default: 256].
+    #[arg(long, value_name = "N")]
+    pub admin_http_max_connections: Option<usize>,
 }
 
 /// The TOML file: the same fields as [`Cli`], all optional.
@@ -96,6 +105,8 @@ pub struct FileConfig {
     pub snapshot_logs: Option<u64>,
     pub write_timeout_ms: Option<u64>,
     pub dataplane_threads: Option<usize>,
+    pub grpc_max_connections: Option<usize>,
+    pub admin_http_max_connections: Option<usize>,
 }
 
 /// `peers` in the file: one comma-separated string or a list of entries.
@@ -163,6 +174,10 @@ pub struct NodeConfig {
     pub write_timeout: Duration,
     /// Worker threads of the data-plane runtime.
     pub dataplane_threads: usize,
+    /// Cap on open gRPC connections (`crate::limits::GRPC_MAX_CONNECTIONS` by default).
+    pub grpc_max_connections: usize,
+    /// Cap on open admin HTTP connections (`crate::limits::ADMIN_HTTP_MAX_CONNECTIONS` by default).
+    pub admin_http_max_connections: usize,
 }
 
 /// One bad field.
@@ -318,6 +333,27 @@ impl NodeConfig {
             bad("dataplane_threads", format!("{dataplane_threads} is out of range 1..=256"));
         }
 
+        let grpc_max_connections = cli
+            .grpc_max_connections
+            .or(file.grpc_max_connections)
+            .unwrap_or(crate::limits::GRPC_MAX_CONNECTIONS);
+        if !(1..=MAX_CONNECTIONS_CAP).contains(&grpc_max_connections) {
+            bad(
+                "grpc_max_connections",
+                format!("{grpc_max_connections} is out of range 1..={MAX_CONNECTIONS_CAP}"),
+            );
+        }
+        let admin_http_max_connections = cli
+            .admin_http_max_connections
+            .or(file.admin_http_max_connections)
+            .unwrap_or(crate::limits::ADMIN_HTTP_MAX_CONNECTIONS);
+        if !(1..=MAX_CONNECTIONS_CAP).contains(&admin_http_max_connections) {
+            bad(
+                "admin_http_max_connections",
+                format!("{admin_http_max_connections} is out of range 1..={MAX_CONNECTIONS_CAP}"),
+            );
+        }
+
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
@@ -333,6 +369,8 @@ impl NodeConfig {
             raft,
             write_timeout: Duration::from_millis(write_timeout_ms),
             dataplane_threads,
+            grpc_max_connections,
+            admin_http_max_connections,
         })
     }
 

@@ -19,7 +19,8 @@
 //!   snapshot (whose digest each node publishes), request keys, node-local usability.
 //! - leaves: [`config`] (`NodeConfig` from flags and an optional TOML file), [`channels`] (one cached
 //!   gRPC channel per peer), [`net`] (sockets to backends from the node's IP), [`shutdown`] (the one
-//!   shutdown primitive).
+//!   shutdown primitive), [`accept`] (the accept loop of every server: connection cap, back-off when
+//!   out of descriptors), [`limits`] (every limit of the gRPC and admin HTTP servers, with defaults).
 //!
 //! The model itself (config, commands, `ClusterState` and its `apply`, views) is `lbfleet_api`.
 //!
@@ -34,6 +35,7 @@
 //!   `Arc<ClusterState>` and its log index, republished when it changes,
 //!   [`raft::RaftNode::watch_model`]), which the listener manager turns into the routing snapshot.
 
+pub mod accept;
 pub mod admin;
 pub mod balance;
 pub mod channels;
@@ -41,6 +43,7 @@ pub mod cluster;
 pub mod config;
 pub mod health;
 pub mod leader;
+pub mod limits;
 pub mod load;
 pub mod net;
 pub mod node;

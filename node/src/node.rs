@@ -16,10 +16,12 @@ use lbfleet_api::state::ClusterState;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::accept::Acceptor;
 use crate::admin::grpc::AdminService;
 use crate::channels::ChannelCache;
 use crate::cluster::Cluster;
 use crate::config::NodeConfig;
+use crate::limits;
 use crate::proxy::listeners::ListenerStatuses;
 use crate::proxy::ProxyContext;
 use crate::raft::service::RaftService;
@@ -107,19 +109,25 @@ impl Node {
 
         let grpc = {
             let mut stop = shutdown_rx.clone();
-            let router = tonic::transport::Server::builder()
+            let timeout = limits::grpc_request_timeout(node.proposer().forward_timeout());
+            let router = limits::grpc_server(timeout)
                 .add_service(RaftService::new(raft.clone(), node.proposer().clone()).into_server())
                 .add_service(AdminService::new(cluster.clone(), config.http_port).into_server());
-            // Accepted sockets get TCP_NODELAY here: the builder's setting applies only when tonic
-            // binds the listener itself.
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+            // TCP options, the connection cap and the back-off on accept errors (tonic's own accept
+            // loop retries at once, and spins when out of descriptors).
+            let incoming = Acceptor::new("gRPC", grpc_listener)
+                .max_connections(config.grpc_max_connections)
+                .tcp_keepalive(limits::TCP_KEEPALIVE_IDLE, limits::TCP_KEEPALIVE_INTERVAL)
+                .into_incoming();
             tokio::spawn(async move {
                 router.serve_with_incoming_shutdown(incoming, async move { stop.wait().await }).await
             })
         };
+        let http_acceptor = Acceptor::new("admin HTTP", http_listener)
+            .max_connections(config.admin_http_max_connections)
+            .tcp_keepalive(limits::TCP_KEEPALIVE_IDLE, limits::TCP_KEEPALIVE_INTERVAL);
         let http =
-            tokio::spawn(crate::admin::http::serve(http_listener, cluster.clone(), shutdown_rx.clone()));
+            tokio::spawn(crate::admin::http::serve(http_acceptor, cluster.clone(), shutdown_rx.clone()));
         tracing::info!(
             id = config.id,
             grpc = %grpc_addr,
@@ -188,7 +196,10 @@ impl Node {
         self.http_addr
     }
 
-    /// Resolves when a server stops on its own (an error: they only stop at shutdown otherwise).
+    /// Resolves when a server stops on its own (an error: they only stop at shutdown otherwise), or
+    /// when Raft stops on a fatal error (storage, a panic of its core): the node would otherwise
+    /// keep proxying on frozen state forever. `lbnode` then exits non-zero, for a supervisor to
+    /// restart it.
     pub async fn failed(&mut self) -> anyhow::Error {
         let (Some(grpc), Some(http)) = (self.grpc.as_mut(), self.http.as_mut()) else {
             return anyhow::anyhow!("node is already stopped");
@@ -206,6 +217,7 @@ impl Node {
                 self.http = None;
                 anyhow::anyhow!("admin HTTP server stopped: {r:?}")
             }
+            e = self.cluster.raft.fatal() => anyhow::anyhow!("Raft stopped on a fatal error: {e}"),
         }
     }
 

@@ -1,8 +1,10 @@
 //! The `Raft` gRPC service: the receiving end of [`super::network`].
 //!
-//! Each call decodes a postcard-encoded openraft request, hands it to the local `Raft`, and returns
-//! the postcard encoding of its `Result`. Bytes that do not decode are answered with
-//! `invalid_argument` naming the RPC; nothing a peer sends can panic this node.
+//! Each call decodes a postcard-encoded openraft request, checks it against [`super::bounds`]
+//! (terms, indexes, snapshot offsets, memberships, the sender's id), hands it to the local `Raft`,
+//! and returns the postcard encoding of its `Result`. Bytes that do not decode, and requests out of
+//! bounds, are answered with `invalid_argument` naming the RPC (and the field); such a request never
+//! reaches openraft, so nothing of it is persisted. Nothing a peer sends can panic this node.
 //!
 //! `Propose` and `ReadIndex` are the leader's end of [`super::proposer`]: a follower's proposal or
 //! linearizable read, answered by this node's own [`Proposer`].
@@ -14,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use super::bounds::{self, Local, OutOfBounds};
 use super::proposer::{Forwarded, Proposer};
 use crate::raft::MAX_RAFT_MESSAGE_BYTES;
 
@@ -27,6 +30,14 @@ pub struct RaftService {
 impl RaftService {
     pub fn new(raft: Raft, proposer: Proposer) -> Self {
         RaftService { raft, proposer }
+    }
+
+    /// What the bounds checks need to know of this node, from its metrics.
+    fn local(&self) -> Local {
+        let metrics = self.raft.metrics().borrow().clone();
+        let members = metrics.membership_config.membership().nodes().map(|(id, _)| *id).collect();
+        let last_log_id = self.raft.data_metrics().borrow().last_log;
+        Local { id: metrics.id, members, last_log_id }
     }
 
     /// The tonic server for this service, accepting messages up to [`MAX_RAFT_MESSAGE_BYTES`].
@@ -43,6 +54,12 @@ pub fn decode<T: DeserializeOwned>(rpc: &str, data: &[u8]) -> Result<T, Status> 
         .map_err(|e| Status::invalid_argument(format!("malformed {rpc} payload ({} bytes): {e}", data.len())))
 }
 
+/// A request out of bounds: `invalid_argument` naming the RPC and the field.
+pub fn refuse(rpc: &str, e: OutOfBounds) -> Status {
+    tracing::warn!(rpc, field = %e.field, "refused a peer's {rpc}: {e}");
+    Status::invalid_argument(format!("{rpc} refused: {e}"))
+}
+
 /// Encode a reply payload.
 pub fn encode<T: Serialize>(rpc: &str, value: &T) -> Result<Response<RaftPayload>, Status> {
     postcard::to_allocvec(value)
@@ -54,18 +71,21 @@ pub fn encode<T: Serialize>(rpc: &str, value: &T) -> Result<Response<RaftPayload
 impl raft_server::Raft for RaftService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode("AppendEntries", &request.get_ref().data)?;
+        bounds::append_entries(&rpc, &self.local()).map_err(|e| refuse("AppendEntries", e))?;
         let result = self.raft.append_entries(rpc).await;
         encode("AppendEntries", &result)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: VoteRequest<lbfleet_api::NodeId> = decode("Vote", &request.get_ref().data)?;
+        bounds::vote(&rpc, &self.local()).map_err(|e| refuse("Vote", e))?;
         let result = self.raft.vote(rpc).await;
         encode("Vote", &result)
     }
 
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode("InstallSnapshot", &request.get_ref().data)?;
+        bounds::install_snapshot(&rpc, &self.local()).map_err(|e| refuse("InstallSnapshot", e))?;
         let result = self.raft.install_snapshot(rpc).await;
         encode("InstallSnapshot", &result)
     }
