@@ -224,6 +224,9 @@ impl Node {
     /// Stop accepting, finish in-flight requests (bounded), shut Raft down and close the store.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         tracing::info!(id = self.cluster.id(), "shutting down");
+        // After a fatal storage error the store is not closed: sled 0.34 waits forever in its drop
+        // for a flush that can no longer succeed.
+        let store_failed = self.cluster.raft.metrics().running_state.is_err();
         self.shutdown_tx.trigger();
         self.bootstrap.abort();
         if let Some(health) = self.health.take() {
@@ -260,13 +263,20 @@ impl Node {
                 abort.abort();
             }
         }
-        self.cluster
+        let raft_stopped = self
+            .cluster
             .raft
             .raft()
             .shutdown()
             .await
-            .map_err(|e| anyhow::anyhow!("Raft did not shut down cleanly: {e}"))?;
-        drop(self.cluster);
+            .map_err(|e| anyhow::anyhow!("Raft did not shut down cleanly: {e}"));
+        if store_failed {
+            tracing::warn!("Raft had failed: the store is left as it is, not closed");
+            std::mem::forget(self.cluster);
+        } else {
+            drop(self.cluster);
+        }
+        raft_stopped?;
         tracing::info!("stopped");
         Ok(())
     }
