@@ -27,6 +27,9 @@ pub use crate::tls::TlsFiles;
 pub const DEFAULT_GRPC_PORT: u16 = 7400;
 /// Default admin HTTP port.
 pub const DEFAULT_HTTP_PORT: u16 = 7401;
+/// Highest connection cap a node accepts for its servers (`grpc_max_connections`,
+/// `admin_http_max_connections`).
+pub const MAX_CONNECTIONS_CAP: usize = 1_000_000;
 
 /// Command-line flags of `lbnode`. Every flag is optional so that the TOML file can supply it.
 #[derive(Debug, Clone, Default, Parser)]
@@ -91,6 +94,12 @@ pub struct Cli {
     /// it only cluster nodes may call the admin API.
     #[arg(long, value_name = "FILE")]
     pub tokens_file: Option<PathBuf>,
+    /// Most open gRPC connections; further ones wait in the accept queue [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub grpc_max_connections: Option<usize>,
+    /// Most open admin HTTP connections; further ones wait in the accept queue [default: 256].
+    #[arg(long, value_name = "N")]
+    pub admin_http_max_connections: Option<usize>,
 }
 
 /// The TOML file: the same fields as [`Cli`], all optional.
@@ -115,6 +124,8 @@ pub struct FileConfig {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub tokens_file: Option<PathBuf>,
+    pub grpc_max_connections: Option<usize>,
+    pub admin_http_max_connections: Option<usize>,
 }
 
 /// `peers` in the file: one comma-separated string or a list of entries.
@@ -184,6 +195,10 @@ pub struct NodeConfig {
     pub dataplane_threads: usize,
     /// The TLS material and the operators' tokens.
     pub tls: TlsFiles,
+    /// Cap on open gRPC connections (`crate::limits::GRPC_MAX_CONNECTIONS` by default).
+    pub grpc_max_connections: usize,
+    /// Cap on open admin HTTP connections (`crate::limits::ADMIN_HTTP_MAX_CONNECTIONS` by default).
+    pub admin_http_max_connections: usize,
 }
 
 /// One bad field.
@@ -358,6 +373,26 @@ impl NodeConfig {
             key: tls_path("key_file", cli.key_file.as_ref(), file.key_file),
             tokens: cli.tokens_file.clone().or(file.tokens_file),
         };
+        let grpc_max_connections = cli
+            .grpc_max_connections
+            .or(file.grpc_max_connections)
+            .unwrap_or(crate::limits::GRPC_MAX_CONNECTIONS);
+        if !(1..=MAX_CONNECTIONS_CAP).contains(&grpc_max_connections) {
+            bad(
+                "grpc_max_connections",
+                format!("{grpc_max_connections} is out of range 1..={MAX_CONNECTIONS_CAP}"),
+            );
+        }
+        let admin_http_max_connections = cli
+            .admin_http_max_connections
+            .or(file.admin_http_max_connections)
+            .unwrap_or(crate::limits::ADMIN_HTTP_MAX_CONNECTIONS);
+        if !(1..=MAX_CONNECTIONS_CAP).contains(&admin_http_max_connections) {
+            bad(
+                "admin_http_max_connections",
+                format!("{admin_http_max_connections} is out of range 1..={MAX_CONNECTIONS_CAP}"),
+            );
+        }
 
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
@@ -375,6 +410,8 @@ impl NodeConfig {
             write_timeout: Duration::from_millis(write_timeout_ms),
             dataplane_threads,
             tls,
+            grpc_max_connections,
+            admin_http_max_connections,
         })
     }
 

@@ -20,7 +20,9 @@
 //! - leaves: [`config`] (`NodeConfig` from flags and an optional TOML file), [`channels`] (one cached
 //!   gRPC channel per peer), [`net`] (sockets to backends from the node's IP), [`shutdown`] (the one
 //!   shutdown primitive), [`tls`] (the cluster CA, this node's certificate, the operators' hashed
-//!   tokens) and [`auth`] (the gate every gRPC call passes: who is calling, and may they).
+//!   tokens), [`auth`] (the gate every gRPC call passes: who is calling, and may they), [`accept`]
+//!   (the accept loop of every server: connection cap, back-off when out of descriptors) and
+//!   [`limits`] (every limit of the gRPC and admin HTTP servers, with defaults).
 //!
 //! The model itself (config, commands, `ClusterState` and its `apply`, views) is `lbfleet_api`.
 //!
@@ -35,6 +37,7 @@
 //!   `Arc<ClusterState>` and its log index, republished when it changes,
 //!   [`raft::RaftNode::watch_model`]), which the listener manager turns into the routing snapshot.
 
+pub mod accept;
 pub mod admin;
 pub mod auth;
 pub mod balance;
@@ -43,6 +46,7 @@ pub mod cluster;
 pub mod config;
 pub mod health;
 pub mod leader;
+pub mod limits;
 pub mod load;
 pub mod net;
 pub mod node;

@@ -3,7 +3,12 @@
 //! Reads its [`NodeConfig`] from flags and an optional TOML file, starts the node (Raft, gRPC admin
 //! and Raft service, admin HTTP) and runs until SIGTERM or SIGINT, then shuts down gracefully and
 //! exits 0. A bad config exits 2 with every bad field named; a failure at start or while running
-//! exits 1. Logs go to stderr (`RUST_LOG` wins over `--log-level`).
+//! exits 1 — including a fatal Raft or storage error, after which the node would only serve frozen
+//! state: it stops so that a supervisor restarts it. Logs go to stderr (`RUST_LOG` wins over
+//! `--log-level`).
+//!
+//! At start the soft limit of open files is raised to the hard limit (every connection, peer
+//! channel and store file is a descriptor), and both are logged.
 
 use std::process::ExitCode;
 
@@ -38,6 +43,14 @@ fn main() -> ExitCode {
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+
+    match lbfleet_node::accept::raise_nofile_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::info!(before, after, "raised the open-file limit (RLIMIT_NOFILE) to its hard limit")
+        }
+        Ok((_, limit)) => tracing::info!(limit, "open-file limit (RLIMIT_NOFILE) already at its hard limit"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit (RLIMIT_NOFILE): {e}"),
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -81,9 +94,16 @@ async fn run(config: NodeConfig, dataplane: tokio::runtime::Handle) -> anyhow::R
         _ = int.recv() => { tracing::info!("SIGINT received"); None }
         e = node.failed() => Some(e),
     };
-    node.shutdown().await?;
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(()),
+    if let Some(e) = &failure {
+        tracing::error!("{e:#}; stopping this node (exit code 1) so that a supervisor restarts it");
+    }
+    let stopped = node.shutdown().await;
+    match (failure, stopped) {
+        (Some(e), Err(also)) => {
+            tracing::warn!("while stopping after the failure: {also:#}");
+            Err(e)
+        }
+        (Some(e), Ok(())) => Err(e),
+        (None, stopped) => stopped,
     }
 }

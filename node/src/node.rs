@@ -16,11 +16,13 @@ use lbfleet_api::state::ClusterState;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::accept::Acceptor;
 use crate::admin::grpc::AdminService;
 use crate::auth::AuthLayer;
 use crate::channels::ChannelCache;
 use crate::cluster::Cluster;
 use crate::config::NodeConfig;
+use crate::limits;
 use crate::proxy::listeners::ListenerStatuses;
 use crate::proxy::ProxyContext;
 use crate::raft::service::RaftService;
@@ -114,22 +116,28 @@ impl Node {
 
         let grpc = {
             let mut stop = shutdown_rx.clone();
-            let router = tonic::transport::Server::builder()
+            let timeout = limits::grpc_request_timeout(node.proposer().forward_timeout());
+            let router = limits::grpc_server(timeout)
                 .tls_config(tls.server_config())
                 .context("gRPC server TLS (cert_file, key_file, ca_file)")?
                 .layer(AuthLayer::new(Arc::clone(&tls.tokens)))
                 .add_service(RaftService::new(raft.clone(), node.proposer().clone()).into_server())
                 .add_service(AdminService::new(cluster.clone(), config.http_port).into_server());
-            // Accepted sockets get TCP_NODELAY here: the builder's setting applies only when tonic
-            // binds the listener itself.
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+            // TCP options, the connection cap and the back-off on accept errors (tonic's own accept
+            // loop retries at once, and spins when out of descriptors).
+            let incoming = Acceptor::new("gRPC", grpc_listener)
+                .max_connections(config.grpc_max_connections)
+                .tcp_keepalive(limits::TCP_KEEPALIVE_IDLE, limits::TCP_KEEPALIVE_INTERVAL)
+                .into_incoming();
             tokio::spawn(async move {
                 router.serve_with_incoming_shutdown(incoming, async move { stop.wait().await }).await
             })
         };
+        let http_acceptor = Acceptor::new("admin HTTP", http_listener)
+            .max_connections(config.admin_http_max_connections)
+            .tcp_keepalive(limits::TCP_KEEPALIVE_IDLE, limits::TCP_KEEPALIVE_INTERVAL);
         let http =
-            tokio::spawn(crate::admin::http::serve(http_listener, cluster.clone(), shutdown_rx.clone()));
+            tokio::spawn(crate::admin::http::serve(http_acceptor, cluster.clone(), shutdown_rx.clone()));
         tracing::info!(
             id = config.id,
             grpc = %grpc_addr,
@@ -198,7 +206,10 @@ impl Node {
         self.http_addr
     }
 
-    /// Resolves when a server stops on its own (an error: they only stop at shutdown otherwise).
+    /// Resolves when a server stops on its own (an error: they only stop at shutdown otherwise), or
+    /// when Raft stops on a fatal error (storage, a panic of its core): the node would otherwise
+    /// keep proxying on frozen state forever. `lbnode` then exits non-zero, for a supervisor to
+    /// restart it.
     pub async fn failed(&mut self) -> anyhow::Error {
         let (Some(grpc), Some(http)) = (self.grpc.as_mut(), self.http.as_mut()) else {
             return anyhow::anyhow!("node is already stopped");
@@ -216,12 +227,16 @@ impl Node {
                 self.http = None;
                 anyhow::anyhow!("admin HTTP server stopped: {r:?}")
             }
+            e = self.cluster.raft.fatal() => anyhow::anyhow!("Raft stopped on a fatal error: {e}"),
         }
     }
 
     /// Stop accepting, finish in-flight requests (bounded), shut Raft down and close the store.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         tracing::info!(id = self.cluster.id(), "shutting down");
+        // After a fatal storage error the store is not closed: sled 0.34 waits forever in its drop
+        // for a flush that can no longer succeed.
+        let store_failed = self.cluster.raft.metrics().running_state.is_err();
         self.shutdown_tx.trigger();
         self.bootstrap.abort();
         if let Some(health) = self.health.take() {
@@ -258,13 +273,20 @@ impl Node {
                 abort.abort();
             }
         }
-        self.cluster
+        let raft_stopped = self
+            .cluster
             .raft
             .raft()
             .shutdown()
             .await
-            .map_err(|e| anyhow::anyhow!("Raft did not shut down cleanly: {e}"))?;
-        drop(self.cluster);
+            .map_err(|e| anyhow::anyhow!("Raft did not shut down cleanly: {e}"));
+        if store_failed {
+            tracing::warn!("Raft had failed: the store is left as it is, not closed");
+            std::mem::forget(self.cluster);
+        } else {
+            drop(self.cluster);
+        }
+        raft_stopped?;
         tracing::info!("stopped");
         Ok(())
     }

@@ -26,6 +26,8 @@ pub struct NodeProc {
     pub args: Vec<String>,
     /// `RUST_LOG` of the process (`LBF_TEST_LOG` overrides it).
     log_filter: String,
+    /// `RLIMIT_NOFILE` (soft, hard) the process starts with, when set.
+    nofile: Option<(u64, u64)>,
     child: Option<Child>,
 }
 
@@ -49,13 +51,32 @@ impl NodeProc {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Start the process (from its next [`NodeProc::start`] on) with this open-file limit.
+    pub fn set_nofile_limit(&mut self, soft: u64, hard: u64) {
+        self.nofile = Some((soft, hard));
+    }
+
     /// Start (or restart) the process with the same arguments and data dir.
     pub fn start(&mut self) -> Result<()> {
         if self.is_running() {
             bail!("node {} is already running", self.id);
         }
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let child = Command::new(bin("lbnode"))
+        let mut cmd = Command::new(bin("lbnode"));
+        if let Some((soft, hard)) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+            // SAFETY: setrlimit is async-signal-safe and touches only the struct copied in here.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args(&self.args)
             .env("RUST_LOG", std::env::var("LBF_TEST_LOG").unwrap_or_else(|_| self.log_filter.clone()))
             .stdin(Stdio::null())
@@ -83,6 +104,15 @@ impl NodeProc {
         let status = process::wait_exit(&mut c, timeout)
             .await
             .with_context(|| format!("node {} after SIGTERM", self.id))?;
+        Ok(status.code())
+    }
+
+    /// Wait until the process exits on its own and return its exit code (`None` when a signal ended
+    /// it); after `timeout` it is killed and the wait fails.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let Some(mut c) = self.child.take() else { bail!("node {} was not started", self.id) };
+        let status =
+            process::wait_exit(&mut c, timeout).await.with_context(|| format!("node {}", self.id))?;
         Ok(status.code())
     }
 
@@ -243,6 +273,7 @@ impl Cluster {
             log: self.dir.path().join(format!("node-{id}.log")),
             args,
             log_filter: self.log_filter.clone(),
+            nofile: None,
             child: None,
         }
     }

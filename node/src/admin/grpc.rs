@@ -77,8 +77,12 @@ impl AdminService {
         AdminService { cluster, default_http_port }
     }
 
+    /// The tonic server for this service, accepting messages up to
+    /// [`crate::limits::ADMIN_MAX_MESSAGE_BYTES`] each way.
     pub fn into_server(self) -> AdminServer<Self> {
         AdminServer::new(self)
+            .max_decoding_message_size(crate::limits::ADMIN_MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::limits::ADMIN_MAX_MESSAGE_BYTES)
     }
 
     fn id(&self) -> NodeId {

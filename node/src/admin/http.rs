@@ -12,69 +12,112 @@
 //! redirect that stores the token in an HttpOnly, SameSite=Strict cookie (see [`crate::auth::http_auth`]);
 //! without one the answer is `401` naming what is missing.
 //!
-//! Any other path is `404`; another method on a known path is `405`. Everything is answered from
-//! this node's local view, without contacting other nodes.
+//! Any other path is `404`; another method on a known path is `405`; a request with a body over
+//! [`limits::ADMIN_HTTP_MAX_BODY_BYTES`] is `413`. Everything is answered from this node's local
+//! view, without contacting other nodes.
+//!
+//! Connections come from [`Acceptor`] (a connection cap, back-off when out of descriptors); each
+//! is bounded by a header read timeout (HTTP/1), an idle timeout (no bytes either way, both
+//! protocols: also a client that never sends anything) and size limits, see `crate::limits`.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use lbfleet_api::state::ClusterState;
 use serde_json::json;
-use tokio::net::TcpListener;
 
 use lbfleet_api::view::{backend_views, Member, NodeStatus as LocalView};
 
+use crate::accept::Acceptor;
 use crate::auth::{http_auth, HttpAuth, TOKEN_COOKIE};
 use crate::balance::Routing;
 use crate::cluster::Cluster;
+use crate::limits;
 use crate::proxy::counters::GaugeSources;
+use crate::proxy::http::activity::{Activity, IdleIo};
 use crate::proxy::listeners::ListenerStatus;
 use crate::shutdown::Shutdown;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-/// Serve until `shutdown` becomes true, then let open connections finish (at most 2 s).
-pub async fn serve(listener: TcpListener, cluster: Cluster, mut shutdown: Shutdown) {
+/// Serve until `shutdown` becomes true, then let open connections finish (at most 2 s). The
+/// connection cap, header and idle timeouts and size limits are `crate::limits`' `ADMIN_HTTP_*`.
+pub async fn serve(mut acceptor: Acceptor, cluster: Cluster, mut shutdown: Shutdown) {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(limits::ADMIN_HTTP_HEADER_TIMEOUT)
+        .max_buf_size(limits::ADMIN_HTTP_MAX_HEADER_BYTES)
+        .max_headers(limits::ADMIN_HTTP_MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits::ADMIN_HTTP_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(limits::ADMIN_HTTP_MAX_HEADER_BYTES as u32);
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let cluster = cluster.clone();
-                    let service = hyper::service::service_fn(move |req| {
-                        let response = handle(&cluster, &req);
-                        async move { Ok::<_, Infallible>(response) }
-                    });
-                    let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!("admin HTTP connection ended with an error: {e}");
+            (conn, peer) = acceptor.accept() => {
+                let cluster = cluster.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    let response = body_too_large(&req).unwrap_or_else(|| handle(&cluster, &req));
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let activity = Arc::new(Activity::default());
+                let io = TokioIo::new(IdleIo::new(conn, Arc::clone(&activity)));
+                let conn = graceful.watch(builder.serve_connection(io, service).into_owned());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        r = conn => if let Err(e) = r {
+                            tracing::debug!(%peer, "admin HTTP connection ended with an error: {e}");
+                        },
+                        _ = activity.idle_for(limits::ADMIN_HTTP_IDLE_TIMEOUT) => {
+                            tracing::debug!(%peer, "admin HTTP connection idle for {:?}; closed",
+                                limits::ADMIN_HTTP_IDLE_TIMEOUT);
                         }
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: keep serving the connections we have.
-                    tracing::warn!("admin HTTP accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
+                    }
+                });
+            }
             _ = shutdown.wait() => break,
         }
     }
-    drop(listener);
+    drop(acceptor);
     if tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await.is_err() {
         tracing::warn!("admin HTTP connections still open after 2s; closing them");
     }
+}
+
+/// `413` for a request announcing a body above [`limits::ADMIN_HTTP_MAX_BODY_BYTES`], or one of
+/// unknown length (every path is read-only; the body is never read). The connection is closed.
+fn body_too_large<B>(req: &Request<B>) -> Option<Response<Full<Bytes>>> {
+    let length =
+        req.headers().get(CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|t| t.parse::<u64>().ok()));
+    let too_large = match length {
+        Some(Some(n)) => n > limits::ADMIN_HTTP_MAX_BODY_BYTES,
+        Some(None) => true,
+        None => req.headers().contains_key(TRANSFER_ENCODING),
+    };
+    if !too_large {
+        return None;
+    }
+    let mut r = text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "text/plain; charset=utf-8",
+        format!("request bodies are limited to {} bytes here\n", limits::ADMIN_HTTP_MAX_BODY_BYTES),
+    );
+    r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    Some(r)
 }
 
 fn handle(cluster: &Cluster, req: &Request<Incoming>) -> Response<Full<Bytes>> {

@@ -27,7 +27,7 @@
 //! HTTP/1.1. Backends are spoken to in HTTP/1.1 only. There is no cap on client connections per listener
 //! beyond the process's file descriptors.
 
-mod activity;
+pub mod activity;
 mod body;
 pub mod headers;
 mod proxy;
@@ -50,6 +50,7 @@ use tokio::net::{TcpListener, TcpStream};
 use self::activity::{Activity, IdleIo, TaskGuard, Tasks};
 use self::upstream::{PoolLimits, Upstreams};
 use super::ProxyContext;
+use crate::accept::Acceptor;
 use crate::shutdown::Shutdown;
 
 /// Longest wait for open connections to finish after `stop`, before they are closed: the whole
@@ -62,8 +63,6 @@ pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 pub const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// HTTP/2: most streams the proxy resets because of client errors before closing the connection.
 pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
-/// Pause after a failed accept (e.g. out of file descriptors) before the next one.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How often idle upstream connections are checked for expiry.
 const REAP_EVERY: Duration = Duration::from_secs(5);
 /// After the grace, how long closing the remaining connections may take.
@@ -136,24 +135,21 @@ pub async fn serve_with(
         }
     });
     tracing::info!(listener = %name, addr = ?listener.local_addr().ok(), "http listener serving");
+    // Backs off when out of descriptors (see `crate::accept`); no cap of its own here.
+    let mut acceptor = Acceptor::new(format!("http listener {name}"), listener);
 
     let mut stop_rx = stop.clone();
     loop {
         tokio::select! {
             _ = stop_rx.wait() => break,
-            r = listener.accept() => match r {
-                Ok((stream, peer)) => {
-                    let guard = tasks.enter();
-                    tokio::spawn(serve_conn(stream, peer, Arc::clone(&shared), stop.clone(), guard));
-                }
-                Err(e) => {
-                    tracing::warn!(listener = %name, "accept failed: {e}");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
-            },
+            (conn, peer) = acceptor.accept() => {
+                let (stream, _) = conn.into_parts();
+                let guard = tasks.enter();
+                tokio::spawn(serve_conn(stream, peer, Arc::clone(&shared), stop.clone(), guard));
+            }
         }
     }
-    drop(listener);
+    drop(acceptor);
     tracing::info!(listener = %name, open = tasks.live(), "http listener stopping");
     if tokio::time::timeout(opts.grace, tasks.all_done()).await.is_err() {
         tracing::warn!(

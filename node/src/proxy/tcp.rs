@@ -35,6 +35,7 @@ use tracing::{debug, info, warn};
 
 use super::proxy_protocol;
 use super::ProxyContext;
+use crate::accept::Acceptor;
 use crate::balance::key::l4_key;
 use crate::balance::{hash_ip, BackendHandle};
 use crate::net::connect_tcp;
@@ -46,8 +47,6 @@ pub const CONNECT_ATTEMPTS: usize = 3;
 pub const BUF_SIZE: usize = 64 * 1024;
 /// How long established connections may keep running after `stop` before they are dropped.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 /// IP protocol number of TCP, for [`hash_flow`].
 const PROTO_TCP: u8 = 6;
@@ -69,25 +68,22 @@ pub(crate) async fn serve_with(
     let name: Arc<str> = Arc::from(name);
     let local = listener.local_addr().ok();
     info!(listener = %name, addr = ?local, "tcp listener serving");
+    // Backs off when out of descriptors (see `crate::accept`); no cap of its own here.
+    let mut acceptor = Acceptor::new(format!("tcp listener {name}"), listener);
     let refusals = Arc::new(RefusalLog::new());
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             _ = stop.wait() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let (name, ctx, refusals) = (Arc::clone(&name), Arc::clone(&ctx), Arc::clone(&refusals));
-                    conns.spawn(async move { handle(&name, stream, peer, &ctx, &refusals).await });
-                }
-                Err(e) => {
-                    warn!(listener = %name, error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                }
-            },
+            (conn, peer) = acceptor.accept() => {
+                let (stream, _) = conn.into_parts();
+                let (name, ctx, refusals) = (Arc::clone(&name), Arc::clone(&ctx), Arc::clone(&refusals));
+                conns.spawn(async move { handle(&name, stream, peer, &ctx, &refusals).await });
+            }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
-    drop(listener);
+    drop(acceptor);
     let open = conns.len();
     if open > 0 {
         info!(listener = %name, open, "tcp listener stopped accepting; waiting for open connections");

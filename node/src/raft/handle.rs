@@ -53,6 +53,25 @@ impl RaftNode {
         self.raft.metrics()
     }
 
+    /// Resolves when openraft has stopped on its own: a fatal storage error, a panic of its core
+    /// task, or its core gone (the metrics channel closed). Returns what happened. Such a node would
+    /// serve frozen state forever; the caller should stop the process (see `Node::failed`).
+    pub async fn fatal(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let stopped = metrics.borrow_and_update().running_state.as_ref().err().map(|e| match e {
+                openraft::error::Fatal::StorageError(e) => format!("storage error: {e}"),
+                other => other.to_string(),
+            });
+            if let Some(e) = stopped {
+                return e;
+            }
+            if metrics.changed().await.is_err() {
+                return "the Raft core task ended (its metrics channel closed)".into();
+            }
+        }
+    }
+
     /// Whether this node leads `term` now.
     pub fn leads(&self, term: u64) -> bool {
         leads(&self.metrics(), term)

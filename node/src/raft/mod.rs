@@ -2,8 +2,11 @@
 //! service that receives Raft RPCs, and the one-time bootstrap of a new cluster.
 //!
 //! - [`network`]: `RaftNetworkFactory`/`RaftNetwork` over gRPC, one cached channel per peer.
-//! - [`service`]: the `Raft` gRPC service; decodes postcard payloads and hands them to openraft, and
-//!   answers followers' forwarded proposals and read-index requests.
+//! - [`service`]: the `Raft` gRPC service; decodes postcard payloads, checks them against
+//!   [`bounds`] and hands them to openraft, and answers followers' forwarded proposals and
+//!   read-index requests.
+//! - [`bounds`]: what a peer's message may carry (terms, indexes, snapshot chunks, memberships),
+//!   pure.
 //! - [`proposer`]: the one write path ([`Proposer`]: `propose`, `read_linearizable`, typed errors).
 //! - [`handle`]: [`RaftNode`], what the rest of the node uses of its Raft member (metrics, the applied
 //!   model as `Arc<ClusterState>`, the local view, the proposer). Only this module names the storage
@@ -21,6 +24,7 @@
 //! `--peers` would try to form a fresh cluster; it is refused by the others (their term and log are
 //! ahead) but the wiped node should be re-added with `RemoveNode` + `AddNode` instead.
 
+pub mod bounds;
 pub mod handle;
 pub mod network;
 pub mod proposer;

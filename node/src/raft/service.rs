@@ -1,8 +1,10 @@
 //! The `Raft` gRPC service: the receiving end of [`super::network`].
 //!
-//! Each call decodes a postcard-encoded openraft request, hands it to the local `Raft`, and returns
-//! the postcard encoding of its `Result`. Bytes that do not decode are answered with
-//! `invalid_argument` naming the RPC; nothing a peer sends can panic this node.
+//! Each call decodes a postcard-encoded openraft request, checks it against [`super::bounds`]
+//! (terms, indexes, snapshot offsets, memberships, the sender's id), hands it to the local `Raft`,
+//! and returns the postcard encoding of its `Result`. Bytes that do not decode, and requests out of
+//! bounds, are answered with `invalid_argument` naming the RPC (and the field); such a request never
+//! reaches openraft, so nothing of it is persisted. Nothing a peer sends can panic this node.
 //!
 //! `Propose` and `ReadIndex` are the leader's end of [`super::proposer`]: a follower's proposal or
 //! linearizable read, answered by this node's own [`Proposer`].
@@ -18,6 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use super::bounds::{self, Local, OutOfBounds};
 use super::proposer::{Forwarded, Proposer};
 use crate::auth::calling_node;
 use crate::raft::MAX_RAFT_MESSAGE_BYTES;
@@ -36,6 +39,14 @@ impl RaftService {
         RaftService { raft, proposer }
     }
 
+    /// What the bounds checks need to know of this node, from its metrics.
+    fn local(&self) -> Local {
+        let metrics = self.raft.metrics().borrow().clone();
+        let members = metrics.membership_config.membership().nodes().map(|(id, _)| *id).collect();
+        let last_log_id = self.raft.data_metrics().borrow().last_log;
+        Local { id: metrics.id, members, last_log_id }
+    }
+
     /// The tonic server for this service, accepting messages up to [`MAX_RAFT_MESSAGE_BYTES`].
     pub fn into_server(self) -> raft_server::RaftServer<Self> {
         raft_server::RaftServer::new(self)
@@ -48,6 +59,12 @@ impl RaftService {
 pub fn decode<T: DeserializeOwned>(rpc: &str, data: &[u8]) -> Result<T, Status> {
     postcard::from_bytes(data)
         .map_err(|e| Status::invalid_argument(format!("malformed {rpc} payload ({} bytes): {e}", data.len())))
+}
+
+/// A request out of bounds: `invalid_argument` naming the RPC and the field.
+pub fn refuse(rpc: &str, e: OutOfBounds) -> Status {
+    tracing::warn!(rpc, field = %e.field, "refused a peer's {rpc}: {e}");
+    Status::invalid_argument(format!("{rpc} refused: {e}"))
 }
 
 /// Encode a reply payload.
@@ -73,6 +90,7 @@ impl raft_server::Raft for RaftService {
         let caller = calling_node(&request)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode("AppendEntries", &request.get_ref().data)?;
         speaks_for_itself("AppendEntries", caller, &rpc.vote)?;
+        bounds::append_entries(&rpc, &self.local()).map_err(|e| refuse("AppendEntries", e))?;
         let result = self.raft.append_entries(rpc).await;
         encode("AppendEntries", &result)
     }
@@ -81,6 +99,7 @@ impl raft_server::Raft for RaftService {
         let caller = calling_node(&request)?;
         let rpc: VoteRequest<lbfleet_api::NodeId> = decode("Vote", &request.get_ref().data)?;
         speaks_for_itself("Vote", caller, &rpc.vote)?;
+        bounds::vote(&rpc, &self.local()).map_err(|e| refuse("Vote", e))?;
         let result = self.raft.vote(rpc).await;
         encode("Vote", &result)
     }
@@ -89,6 +108,7 @@ impl raft_server::Raft for RaftService {
         let caller = calling_node(&request)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode("InstallSnapshot", &request.get_ref().data)?;
         speaks_for_itself("InstallSnapshot", caller, &rpc.vote)?;
+        bounds::install_snapshot(&rpc, &self.local()).map_err(|e| refuse("InstallSnapshot", e))?;
         let result = self.raft.install_snapshot(rpc).await;
         encode("InstallSnapshot", &result)
     }
