@@ -7,6 +7,7 @@ use std::sync::Arc;
 use lbfleet_api::view::NodeStatus;
 
 use crate::channels::ChannelCache;
+use crate::config::Hooks;
 use crate::load::LoadBoard;
 use crate::proxy::listeners::{ListenerStatus, ListenerStatuses};
 use crate::proxy::ProxyContext;
@@ -28,6 +29,8 @@ pub struct Cluster {
     pub listeners: ListenerStatuses,
     /// On the leader: the latest load report of each node (see [`crate::load`]).
     pub loads: LoadBoard,
+    /// The scale hooks of this node's local config: a config naming another is refused here.
+    pub hooks: Arc<Hooks>,
 }
 
 impl Cluster {

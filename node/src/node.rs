@@ -77,6 +77,7 @@ impl Node {
             dataplane: Arc::new(ProxyContext::new(config.id, config.bind)),
             listeners: ListenerStatuses::default(),
             loads: crate::load::LoadBoard::default(),
+            hooks: Arc::new(config.hooks.clone()),
         };
         let dataplane = tokio::spawn(crate::proxy::listeners::run(
             Arc::clone(&cluster.dataplane),
@@ -102,6 +103,7 @@ impl Node {
             raft: node.clone(),
             channels: channels.clone(),
             loads: cluster.loads.clone(),
+            hooks: Arc::clone(&cluster.hooks),
             shutdown: shutdown_rx.clone(),
         }));
 
