@@ -864,6 +864,11 @@ impl RawConfig {
                 p.push("", format!("{n} {what}, above the limit of {limit}"));
             }
         }
+        // Over a count limit, the rest is not looked at: the work spent on a hostile document stays
+        // bounded by the limits, not by its size.
+        if !p.0.is_empty() {
+            return Err(ConfigErrors(p.0));
+        }
         let mut pools = Vec::with_capacity(self.pool.len());
         let mut seen_pools = BTreeSet::new();
         for (i, rp) in self.pool.iter().enumerate() {
@@ -890,6 +895,8 @@ impl RawConfig {
             );
         }
 
+        let by_name: BTreeMap<&str, usize> =
+            pools.iter().enumerate().rev().map(|(i, pl)| (pl.name.as_str(), i)).collect();
         let mut listeners = Vec::with_capacity(self.listener.len());
         let mut seen_listeners = BTreeSet::new();
         let mut ports: BTreeMap<(&'static str, u16), String> = BTreeMap::new();
@@ -925,7 +932,7 @@ impl RawConfig {
                 pool_refs.push((r.pool.clone(), format!("route {} pool", ri + 1)));
             }
             for (pool_name, what) in pool_refs {
-                match pools.iter().find(|pl: &&Pool| pl.name == pool_name) {
+                match by_name.get(pool_name.as_str()).map(|&i| &pools[i]) {
                     None if seen_pools.contains(&pool_name) => {}
                     None => p.push(&place, format!("{what} \"{}\" does not exist", shown(&pool_name))),
                     Some(pool) => {
