@@ -48,8 +48,11 @@ pub enum LeaderAction {
     SetStandby { pool: String, backend: String, active: bool },
     /// Mark an lbnode down (it stopped answering) or up again. A down node's health votes are dropped.
     SetNodeDown { id: NodeId, down: bool },
-    /// Outcome of a `scale_out_cmd` / `scale_in_cmd` hook run by the leader.
+    /// Outcome of a scale hook run by the leader. `command` is the hook's name (the hooks themselves
+    /// are defined in each node's local config).
     HookResult { pool: String, backend: String, command: String, exit_code: Option<i32>, output: String },
+    /// The config names a scale hook that the leader's local config does not define: nothing ran.
+    HookMissing { pool: String, backend: String, hook: String },
 }
 
 impl Command {

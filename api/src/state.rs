@@ -239,6 +239,9 @@ impl ClusterState {
                 "hook `{command}` for backend {backend} of pool \"{pool}\" exited with {}",
                 exit_code.map_or("a signal".to_string(), |c| c.to_string())
             )),
+            LeaderAction::HookMissing { pool, backend, hook } => Ok(format!(
+                "hook `{hook}` for backend {backend} of pool \"{pool}\" did not run: the leader does not define it"
+            )),
         }
     }
 
@@ -569,6 +572,33 @@ mod tests {
         assert!(matches!(s.apply(&on(4), 3), CommandResult::Rejected { .. }));
         assert_eq!(s.apply(&on(5), 4), CommandResult::Ok, "the same term may decide again");
         assert_eq!(s.events.iter().filter(|e| e.leader == Some(1)).count(), 2);
+    }
+
+    #[test]
+    fn leader_action_tags_are_stable_and_a_missing_hook_is_recorded() {
+        let tag = |a: &LeaderAction| postcard::to_allocvec(a).unwrap()[0];
+        let (pool, backend) = ("web".to_string(), "127.0.0.1:9100".to_string());
+        assert_eq!(
+            tag(&LeaderAction::SetStandby { pool: pool.clone(), backend: backend.clone(), active: true }),
+            0
+        );
+        assert_eq!(tag(&LeaderAction::SetNodeDown { id: 1, down: true }), 1);
+        let ran = LeaderAction::HookResult {
+            pool: pool.clone(),
+            backend: backend.clone(),
+            command: "add-web".into(),
+            exit_code: Some(0),
+            output: String::new(),
+        };
+        assert_eq!(tag(&ran), 2);
+        let missing = LeaderAction::HookMissing { pool, backend, hook: "add-web".into() };
+        assert_eq!(tag(&missing), 3);
+        let mut s = three_voters();
+        assert_eq!(s.apply(&leader(2, missing), 1), CommandResult::Ok);
+        assert_eq!(
+            s.events.back().map(|e| e.what.as_str()),
+            Some("hook `add-web` for backend 127.0.0.1:9100 of pool \"web\" did not run: the leader does not define it")
+        );
     }
 
     #[test]

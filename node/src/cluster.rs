@@ -7,6 +7,7 @@ use std::sync::Arc;
 use lbfleet_api::view::NodeStatus;
 
 use crate::channels::ChannelCache;
+use crate::config::Hooks;
 use crate::load::LoadBoard;
 use crate::proxy::listeners::{ListenerStatus, ListenerStatuses};
 use crate::proxy::ProxyContext;
@@ -30,6 +31,8 @@ pub struct Cluster {
     pub loads: LoadBoard,
     /// The operators' tokens (hashed), for the admin HTTP pages that need a token.
     pub tokens: Arc<lbfleet_api::auth::TokenSet>,
+    /// The scale hooks of this node's local config: a config naming another is refused here.
+    pub hooks: Arc<Hooks>,
 }
 
 impl Cluster {

@@ -8,10 +8,23 @@
 //! part, the peer's admin HTTP address is its gRPC host with this node's `http_port` (every node uses
 //! the same ports on its own IP, as in containers).
 //!
+//! Scale hooks exist only here, in the file (never as flags, never in the replicated config): named,
+//! allow-listed commands, each an argv run without a shell, that the pools' `scale_out_hook` /
+//! `scale_in_hook` refer to by name:
+//!
+//! ```toml
+//! [hooks.add-web]
+//! command = ["/usr/local/bin/add-backend", "--pool", "web"]
+//! timeout = "60s"      # optional: 1s..=10m, 60s by default
+//! ```
+//!
 //! Everything here is pure: [`NodeConfig::resolve`] turns a parsed file and parsed flags into a
-//! validated config and reports every bad field at once; only [`NodeConfig::load`] reads a file.
+//! validated config and reports every bad field at once; only [`NodeConfig::load`] reads a file (at
+//! most [`MAX_FILE_BYTES`]).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,6 +43,29 @@ pub const DEFAULT_HTTP_PORT: u16 = 7401;
 /// Highest connection cap a node accepts for its servers (`grpc_max_connections`,
 /// `admin_http_max_connections`).
 pub const MAX_CONNECTIONS_CAP: usize = 1_000_000;
+/// Largest node config file read, in bytes.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+/// Accepted `heartbeat_ms`.
+pub const HEARTBEAT_MS_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000;
+/// Largest `election_min_ms` / `election_max_ms`.
+pub const MAX_ELECTION_MS: u64 = 60_000;
+/// Accepted `snapshot_logs`.
+pub const SNAPSHOT_LOGS_RANGE: std::ops::RangeInclusive<u64> = 1..=1_000_000;
+/// Accepted `write_timeout_ms`.
+pub const WRITE_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 1..=300_000;
+/// Accepted `dataplane_threads`.
+pub const DATAPLANE_THREADS_RANGE: std::ops::RangeInclusive<usize> = 1..=256;
+/// Most hooks one node defines.
+pub const MAX_HOOKS: usize = 64;
+/// Most arguments of one hook's `command`, the program included.
+pub const MAX_HOOK_ARGS: usize = 64;
+/// Longest argument of a hook's `command`, in bytes.
+pub const MAX_HOOK_ARG_LEN: usize = 4_096;
+/// A hook's `timeout` when none is given.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Accepted hook `timeout`s.
+pub const HOOK_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(600);
 
 /// Command-line flags of `lbnode`. Every flag is optional so that the TOML file can supply it.
 #[derive(Debug, Clone, Default, Parser)]
@@ -126,6 +162,58 @@ pub struct FileConfig {
     pub tokens_file: Option<PathBuf>,
     pub grpc_max_connections: Option<usize>,
     pub admin_http_max_connections: Option<usize>,
+    /// Scale hooks by name (file only).
+    #[serde(default)]
+    pub hooks: BTreeMap<String, FileHook>,
+}
+
+/// One `[hooks.NAME]` table of the file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHook {
+    /// The program (an absolute path) and its arguments; run as is, without a shell.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// How long it may run before it is killed (humantime, e.g. "60s").
+    pub timeout: Option<String>,
+}
+
+/// A scale hook this node may run when it leads: a named, allow-listed argv.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    pub name: String,
+    /// `argv[0]` is an absolute path; never passed to a shell.
+    pub argv: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// The hooks of this node, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hooks(BTreeMap<String, Hook>);
+
+impl Hooks {
+    pub fn get(&self, name: &str) -> Option<&Hook> {
+        self.0.get(name)
+    }
+
+    /// The names the replicated config may refer to.
+    pub fn names(&self) -> BTreeSet<String> {
+        self.0.keys().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<Hook> for Hooks {
+    fn from_iter<I: IntoIterator<Item = Hook>>(iter: I) -> Self {
+        Hooks(iter.into_iter().map(|h| (h.name.clone(), h)).collect())
+    }
 }
 
 /// `peers` in the file: one comma-separated string or a list of entries.
@@ -199,6 +287,8 @@ pub struct NodeConfig {
     pub grpc_max_connections: usize,
     /// Cap on open admin HTTP connections (`crate::limits::ADMIN_HTTP_MAX_CONNECTIONS` by default).
     pub admin_http_max_connections: usize,
+    /// Scale hooks this node runs when it leads (from the file's `[hooks.NAME]` tables).
+    pub hooks: Hooks,
 }
 
 /// One bad field.
@@ -318,8 +408,15 @@ impl NodeConfig {
             election_max_ms: cli.election_max_ms.or(file.election_max_ms).unwrap_or(d.election_max_ms),
             snapshot_logs: cli.snapshot_logs.or(file.snapshot_logs).unwrap_or(d.snapshot_logs),
         };
-        if raft.heartbeat_ms == 0 {
-            bad("heartbeat_ms", "must be at least 1".into());
+        if !HEARTBEAT_MS_RANGE.contains(&raft.heartbeat_ms) {
+            bad("heartbeat_ms", out_of_range(raft.heartbeat_ms, &HEARTBEAT_MS_RANGE));
+        }
+        for (field, v) in
+            [("election_min_ms", raft.election_min_ms), ("election_max_ms", raft.election_max_ms)]
+        {
+            if v > MAX_ELECTION_MS {
+                bad(field, format!("{v} is above the limit of {MAX_ELECTION_MS}"));
+            }
         }
         if raft.election_min_ms <= raft.heartbeat_ms {
             bad(
@@ -339,19 +436,19 @@ impl NodeConfig {
                 ),
             );
         }
-        if raft.snapshot_logs == 0 {
-            bad("snapshot_logs", "must be at least 1".into());
+        if !SNAPSHOT_LOGS_RANGE.contains(&raft.snapshot_logs) {
+            bad("snapshot_logs", out_of_range(raft.snapshot_logs, &SNAPSHOT_LOGS_RANGE));
         }
 
         let write_timeout_ms = cli.write_timeout_ms.or(file.write_timeout_ms).unwrap_or(5000);
-        if write_timeout_ms == 0 {
-            bad("write_timeout_ms", "must be at least 1".into());
+        if !WRITE_TIMEOUT_MS_RANGE.contains(&write_timeout_ms) {
+            bad("write_timeout_ms", out_of_range(write_timeout_ms, &WRITE_TIMEOUT_MS_RANGE));
         }
 
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let dataplane_threads = cli.dataplane_threads.or(file.dataplane_threads).unwrap_or(cpus);
-        if !(1..=256).contains(&dataplane_threads) {
-            bad("dataplane_threads", format!("{dataplane_threads} is out of range 1..=256"));
+        let dataplane_threads = cli.dataplane_threads.or(file.dataplane_threads).unwrap_or(cpus.min(256));
+        if !DATAPLANE_THREADS_RANGE.contains(&dataplane_threads) {
+            bad("dataplane_threads", out_of_range(dataplane_threads, &DATAPLANE_THREADS_RANGE));
         }
 
         let mut tls_path = |field: &'static str, flag: Option<&PathBuf>, file: Option<PathBuf>| {
@@ -393,6 +490,7 @@ impl NodeConfig {
                 format!("{admin_http_max_connections} is out of range 1..={MAX_CONNECTIONS_CAP}"),
             );
         }
+        let hooks = resolve_hooks(&file.hooks, &mut bad);
 
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
@@ -412,6 +510,7 @@ impl NodeConfig {
             tls,
             grpc_max_connections,
             admin_http_max_connections,
+            hooks,
         })
     }
 
@@ -430,9 +529,100 @@ impl NodeConfig {
     }
 }
 
+fn out_of_range<T: fmt::Display>(v: T, range: &std::ops::RangeInclusive<T>) -> String {
+    format!("{v} is out of range {}..={}", range.start(), range.end())
+}
+
+/// Validate the `[hooks.NAME]` tables: at most [`MAX_HOOKS`], names of the replicated config's charset,
+/// a non-empty argv of at most [`MAX_HOOK_ARGS`] arguments starting with an absolute path, a timeout
+/// within [`HOOK_TIMEOUT_RANGE`].
+fn resolve_hooks(file: &BTreeMap<String, FileHook>, bad: &mut impl FnMut(&'static str, String)) -> Hooks {
+    if file.len() > MAX_HOOKS {
+        bad("hooks", format!("{} hooks, above the limit of {MAX_HOOKS}", file.len()));
+    }
+    let mut hooks = Vec::new();
+    for (name, h) in file {
+        let shown: String = name.chars().take(64).collect();
+        let mut problem = |message: String| bad("hooks", format!("hooks.{shown}: {message}"));
+        let mut ok = true;
+        if !lbfleet_api::config::is_name(name) {
+            problem(format!(
+                "invalid hook name: use 1 to {} of A-Z a-z 0-9 - _ .",
+                lbfleet_api::config::MAX_NAME_LEN
+            ));
+            ok = false;
+        }
+        match h.command.first() {
+            None => {
+                problem(
+                    "command must name a program: command = [\"/absolute/program\", \"arg\", ...]".into(),
+                );
+                ok = false;
+            }
+            Some(program) if !Path::new(program).is_absolute() => {
+                problem(format!(
+                    "the program \"{}\" must be an absolute path (hooks are run without a shell or a PATH search)",
+                    program.chars().take(64).collect::<String>()
+                ));
+                ok = false;
+            }
+            Some(_) => {}
+        }
+        if h.command.len() > MAX_HOOK_ARGS {
+            problem(format!("command has {} arguments, above the limit of {MAX_HOOK_ARGS}", h.command.len()));
+            ok = false;
+        }
+        if let Some((i, a)) = h.command.iter().enumerate().find(|(_, a)| a.len() > MAX_HOOK_ARG_LEN) {
+            problem(format!(
+                "argument {} is {} bytes long, above the limit of {MAX_HOOK_ARG_LEN}",
+                i + 1,
+                a.len()
+            ));
+            ok = false;
+        }
+        if h.command.iter().any(|a| a.contains('\0')) {
+            problem("command contains a NUL byte".into());
+            ok = false;
+        }
+        let timeout = match &h.timeout {
+            None => DEFAULT_HOOK_TIMEOUT,
+            Some(t) => match humantime::parse_duration(t) {
+                Ok(d) if HOOK_TIMEOUT_RANGE.contains(&d) => d,
+                Ok(_) => {
+                    problem(format!(
+                        "timeout {t} is out of range {}..={}",
+                        humantime::format_duration(*HOOK_TIMEOUT_RANGE.start()),
+                        humantime::format_duration(*HOOK_TIMEOUT_RANGE.end())
+                    ));
+                    ok = false;
+                    DEFAULT_HOOK_TIMEOUT
+                }
+                Err(e) => {
+                    problem(format!("invalid timeout \"{}\": {e}", t.chars().take(64).collect::<String>()));
+                    ok = false;
+                    DEFAULT_HOOK_TIMEOUT
+                }
+            },
+        };
+        if ok {
+            hooks.push(Hook { name: name.clone(), argv: h.command.clone(), timeout });
+        }
+    }
+    hooks.into_iter().collect()
+}
+
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let read = |source| ConfigError::Read { path: path.to_owned(), source };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text))
+        .map_err(read)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(ConfigError::Parse {
+            path: path.to_owned(),
+            message: format!("the file is larger than the limit of {MAX_FILE_BYTES} bytes"),
+        });
+    }
     toml::from_str(&text)
         .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string().trim_end().into() })
 }

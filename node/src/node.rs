@@ -86,6 +86,7 @@ impl Node {
             listeners: ListenerStatuses::default(),
             loads: crate::load::LoadBoard::default(),
             tokens: Arc::clone(&tls.tokens),
+            hooks: Arc::new(config.hooks.clone()),
         };
         let dataplane = tokio::spawn(crate::proxy::listeners::run(
             Arc::clone(&cluster.dataplane),
@@ -111,6 +112,7 @@ impl Node {
             raft: node.clone(),
             channels: channels.clone(),
             loads: cluster.loads.clone(),
+            hooks: Arc::clone(&cluster.hooks),
             shutdown: shutdown_rx.clone(),
         }));
 

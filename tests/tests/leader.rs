@@ -5,8 +5,9 @@
 //! - `lbctl drain --wait` commits the drain and returns when no node has anything in flight to the
 //!   backend; `LocalLoad` and `ReportLoad` answer on every node;
 //! - load through the TCP proxy (open connections to demo backends) and through the HTTP proxy (slow
-//!   `/sleep/<ms>` requests) makes the leader activate a standby (and run the hook), and deactivate it
-//!   once the load is gone; `drain --wait` follows real requests until they finish.
+//!   `/sleep/<ms>` requests) makes the leader activate a standby (and run the hook its config names,
+//!   defined in the nodes' local config), and deactivate it once the load is gone; `drain --wait`
+//!   follows real requests until they finish.
 //!
 //! Every test uses its own 127.0.<net>.0/24 (91..=99 belong to this file).
 
@@ -243,9 +244,10 @@ async fn local_in_flight(addr: &str) -> Result<u64> {
     Ok(r.backends.iter().filter(|b| b.pool == "web").map(|b| b.in_flight + b.connections).sum())
 }
 
-/// Start a cluster on `net`, apply `cfg` and wait until node 1 proxies TCP on `port`.
-async fn serving(net: u8, cfg: &str, port: u16) -> Result<Cluster> {
-    let mut c = Cluster::start(net, 3, &[])?;
+/// Start a cluster on `net` (nodes get the flags `args`), apply `cfg` and wait until node 1 proxies
+/// TCP on `port`.
+async fn serving(net: u8, cfg: &str, port: u16, args: &[&str]) -> Result<Cluster> {
+    let mut c = Cluster::start(net, 3, args)?;
     c.wait_for_leader(ELECTION).await?;
     let via = c.nodes[0].grpc_addr();
     wait_until("the config applied", ELECTION, || async { Ok(admin::apply_toml(&via, cfg).await?) }).await?;
@@ -287,17 +289,26 @@ async fn connections_through_the_tcp_proxy_scale_a_standby_out_and_back_in() -> 
     );
     let hooks = tempfile::NamedTempFile::new()?;
     let log = hooks.path().display().to_string();
+    // The hooks are defined in every node's local config; the replicated config names them.
+    let node_toml = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        node_toml.path(),
+        format!(
+            "[hooks.web-out]\ncommand = [\"/bin/sh\", \"-c\", \"echo out $LBFLEET_POOL $LBFLEET_BACKEND >> {log}\"]\n\
+             [hooks.web-in]\ncommand = [\"/bin/sh\", \"-c\", \"echo in $LBFLEET_POOL $LBFLEET_BACKEND >> {log}\"]\n"
+        ),
+    )?;
+    let node_toml_path = node_toml.path().display().to_string();
     let cfg = format!(
         "[[pool]]\nname = \"web\"\npolicy = \"round_robin\"\n\
          [[pool.backend]]\naddr = \"{b1}\"\n[[pool.backend]]\naddr = \"{b2}\"\n\
          [[pool.backend]]\naddr = \"{s1}\"\nstandby = true\n\
          [pool.health]\nkind = \"none\"\n\
          [pool.scale]\nmin_active = 2\nmax_active = 3\nhigh_watermark = 3\nlow_watermark = 1\nwindow = \"2s\"\n\
-         scale_out_cmd = \"echo out $LBFLEET_POOL $LBFLEET_BACKEND >> {log}\"\n\
-         scale_in_cmd = \"echo in $LBFLEET_POOL $LBFLEET_BACKEND >> {log}\"\n\
+         scale_out_hook = \"web-out\"\nscale_in_hook = \"web-in\"\n\
          [[listener]]\nname = \"tcp\"\nprotocol = \"tcp\"\nport = {PORT}\npool = \"web\"\n"
     );
-    let c = serving(96, &cfg, PORT).await?;
+    let c = serving(96, &cfg, PORT, &["--config", &node_toml_path]).await?;
     let grpc = c.nodes[0].grpc_addr();
     let front = format!("{}:{PORT}", c.nodes[0].ip);
     assert!(!is_active(&grpc, s1).await?);
@@ -352,6 +363,7 @@ async fn connections_through_the_tcp_proxy_scale_a_standby_out_and_back_in() -> 
     let (code, out, err) = lbctl(&["--endpoint", &grpc, "events"]).await?;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("deactivated standby backend {s1}")), "{out}");
+    assert!(out.contains("hook `web-out`") && out.contains("hook `web-in`"), "{out}");
     assert!(out.contains("exited with 0"), "{out}");
     Ok(())
 }
@@ -377,7 +389,7 @@ async fn drain_wait_follows_real_requests_until_they_finish() -> Result<()> {
          [pool.health]\nkind = \"none\"\n\
          [[listener]]\nname = \"tcp\"\nprotocol = \"tcp\"\nport = {PORT}\npool = \"web\"\n"
     );
-    let c = serving(97, &cfg, PORT).await?;
+    let c = serving(97, &cfg, PORT, &[]).await?;
     let grpc = c.nodes[0].grpc_addr();
     let front = format!("{}:{PORT}", c.nodes[0].ip);
 
@@ -444,7 +456,7 @@ async fn slow_http_requests_scale_a_standby_out_and_back_in() -> Result<()> {
          [pool.scale]\nmin_active = 2\nmax_active = 3\nhigh_watermark = 3\nlow_watermark = 1\nwindow = \"2s\"\n\
          [[listener]]\nname = \"web\"\nprotocol = \"http\"\nport = {PORT}\npool = \"web\"\n"
     );
-    let c = serving(98, &cfg, PORT).await?;
+    let c = serving(98, &cfg, PORT, &[]).await?;
     let grpc = c.nodes[0].grpc_addr();
     let front = format!("{}:{PORT}", c.nodes[0].ip);
     wait_until("node 1 to proxy HTTP", ELECTION, || async {

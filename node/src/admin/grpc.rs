@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use futures::Stream;
 use lbfleet_api::command::{Command, CommandResult};
-use lbfleet_api::config::{parse, Format};
+use lbfleet_api::config::{check_hooks, parse, Format};
 use lbfleet_api::pb::admin_client::AdminClient;
 use lbfleet_api::pb::admin_server::{Admin, AdminServer};
 use lbfleet_api::pb::{self};
@@ -377,6 +377,9 @@ impl Admin for AdminService {
         let req = request.into_inner();
         let format: Format = req.format.parse().map_err(|e: String| invalid(format!("format: {e}")))?;
         let config = parse(&req.body, format).map_err(|e| invalid(e.to_string()))?;
+        // Hooks are named in the replicated config but defined in each node's local config: one this
+        // node does not define is refused before anything is proposed (and so nothing can run).
+        check_hooks(&config, self.id(), &self.cluster.hooks.names()).map_err(|e| invalid(e.to_string()))?;
         let version = |p: Proposed| match p.result {
             CommandResult::ConfigApplied { version } => {
                 Ok(pb::ApplyConfigResponse { version, log_index: p.log_index })

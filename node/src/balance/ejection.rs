@@ -16,16 +16,17 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use lbfleet_api::config::OutlierDetection;
+use lbfleet_api::config::{OutlierDetection, MAX_EJECTION};
 
 /// Whether a consecutive count `after` has reached `threshold` (0 disables).
 pub fn threshold_reached(after: u32, threshold: u32) -> bool {
     threshold > 0 && after >= threshold
 }
 
-/// How long the `n`-th ejection (n ≥ 1) lasts: `base × n`, at most `max`.
+/// How long the `n`-th ejection (n ≥ 1) lasts: `base × n`, at most `max`, and never more than
+/// [`MAX_EJECTION`] (validation refuses more; this holds for configs committed before it did).
 pub fn ejection_time(cfg: &OutlierDetection, n: u32) -> Duration {
-    cfg.base_ejection.saturating_mul(n.max(1)).min(cfg.max_ejection)
+    cfg.base_ejection.saturating_mul(n.max(1)).min(cfg.max_ejection).min(MAX_EJECTION)
 }
 
 /// How many of `pool_size` backends may be ejected at once.
@@ -84,11 +85,14 @@ impl EjectionBook {
         }
         let e = self.entries.entry(addr).or_default();
         // A backend that stayed in service for `max_ejection` since its last ejection starts over.
-        if e.until.is_some_and(|u| now.saturating_duration_since(u) >= cfg.max_ejection) {
+        if e.until.is_some_and(|u| now.saturating_duration_since(u) >= cfg.max_ejection.min(MAX_EJECTION)) {
             e.count = 0;
         }
         e.count = e.count.saturating_add(1);
-        let until = now + ejection_time(cfg, e.count);
+        // Never panics (this runs under the pool's lock): an end past what `Instant` holds is not
+        // reachable with a bounded duration, and falls back to the bound if it were.
+        let time = ejection_time(cfg, e.count);
+        let until = now.checked_add(time).or_else(|| now.checked_add(MAX_EJECTION)).unwrap_or(now);
         e.until = Some(until);
         Some(until)
     }
@@ -132,6 +136,24 @@ mod tests {
         assert_eq!(ejection_time(&c, 3), Duration::from_secs(90));
         assert_eq!(ejection_time(&c, 4), Duration::from_secs(100));
         assert_eq!(ejection_time(&c, u32::MAX), Duration::from_secs(100));
+    }
+
+    #[test]
+    fn a_huge_ejection_time_is_capped_and_never_overflows() {
+        let huge = OutlierDetection {
+            base_ejection: Duration::MAX,
+            max_ejection: Duration::MAX,
+            ..OutlierDetection::default()
+        };
+        assert_eq!(ejection_time(&huge, 1), MAX_EJECTION);
+        let mut book = EjectionBook::default();
+        let now = Instant::now();
+        let until = book.try_eject(addr(1), now, &huge, 4).expect("ejected");
+        assert_eq!(until, now + MAX_EJECTION);
+        assert!(book.is_ejected(addr(1), now + Duration::from_secs(3600)));
+        assert!(!book.is_ejected(addr(1), until));
+        // A second backend still fits under the cap: ejection stays on.
+        assert!(book.try_eject(addr(2), now, &huge, 4).is_some());
     }
 
     #[test]

@@ -9,10 +9,10 @@
 use super::backend_set::{sorted_order, RingError, Seen};
 use super::hash::{hash_with_seed, Digest, RING_SEED};
 
-/// Points per unit of weight on the hash ring (libketama uses 160 per server).
-pub const RING_POINTS_PER_WEIGHT: u64 = 160;
-/// Most points a hash ring holds; beyond this, point counts are scaled down in proportion to weight.
-pub const RING_MAX_POINTS: u64 = 1 << 17;
+/// Points per unit of weight on the hash ring (libketama uses 160 per server), and the most points a
+/// ring holds (beyond, point counts are scaled down in proportion to weight). Defined with the config,
+/// whose validation bounds the points of every ring together.
+pub use lbfleet_api::config::{RING_MAX_POINTS, RING_POINTS_PER_WEIGHT};
 
 /// A consistent-hash ring with points in proportion to weight. See the module documentation.
 #[derive(Debug, Clone)]

@@ -120,9 +120,9 @@ impl OutlierTracker {
                 })
                 .collect();
             let book = prev.map(|p| Arc::clone(&p.book)).unwrap_or_default();
-            if let Ok(mut b) = book.lock() {
-                b.retain(|a| backends.contains_key(a));
-            }
+            book.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .retain(|a| backends.contains_key(a));
             let entry = PoolEntry { cfg: pool.outlier.clone(), size: pool.backend.len(), backends, book };
             next.insert(pool.name.clone(), Arc::new(entry));
         }
@@ -209,7 +209,9 @@ impl OutlierTracker {
 
     fn eject(&self, pool: &str, p: &PoolEntry, b: &BackendEntry, addr: SocketAddr, why: String) {
         let now = Instant::now();
-        let Ok(mut book) = p.book.lock() else { return };
+        // A poisoned lock would turn ejection off for the pool for good: take the book back instead
+        // (its bookkeeping stays consistent; nothing in it panics).
+        let mut book = p.book.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match book.try_eject(addr, now, &p.cfg, p.size) {
             Some(until) => {
                 b.ejected_until_ms.store(self.now_ms(until) + 1, Ordering::Relaxed);
@@ -219,7 +221,7 @@ impl OutlierTracker {
                     pool,
                     backend = %addr,
                     ejection = book.ejections(addr),
-                    duration = %humantime::format_duration(until - now),
+                    duration = %humantime::format_duration(until.saturating_duration_since(now)),
                     "backend ejected on this node: {why}"
                 );
             }
@@ -250,7 +252,7 @@ impl OutlierTracker {
         let pools = self.pools.load();
         let mut out = Vec::new();
         for (name, p) in pools.iter() {
-            let book = p.book.lock().map(|b| b.clone()).unwrap_or_default();
+            let book = p.book.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
             for (addr, b) in &p.backends {
                 let until = b.ejected_until_ms.load(Ordering::Relaxed);
                 let ejected_ms = (until > now_ms + 1).then(|| until - now_ms - 1);

@@ -190,3 +190,134 @@ fn a_node_without_tls_files_is_refused_naming_each_one() {
     assert_eq!(fields, ["ca_file", "cert_file", "key_file"]);
     assert!(p[0].message.contains("lbctl ca init"), "{}", p[0].message);
 }
+
+#[test]
+fn hooks_come_from_the_file_as_named_argvs() {
+    let f = file(
+        r#"
+        id = 1
+        [hooks.add-web]
+        command = ["/usr/local/bin/add-backend", "--pool", "web"]
+        timeout = "30s"
+        [hooks.del-web]
+        command = ["/usr/local/bin/del-backend"]
+        "#,
+    );
+    let c = NodeConfig::resolve(f, &cli(&[])).unwrap();
+    assert_eq!(c.hooks.len(), 2);
+    let add = c.hooks.get("add-web").unwrap();
+    assert_eq!(add.argv, ["/usr/local/bin/add-backend", "--pool", "web"]);
+    assert_eq!(add.timeout, Duration::from_secs(30));
+    assert_eq!(c.hooks.get("del-web").unwrap().timeout, DEFAULT_HOOK_TIMEOUT);
+    assert_eq!(c.hooks.names(), ["add-web".to_string(), "del-web".to_string()].into());
+    assert!(NodeConfig::resolve(FileConfig::default(), &cli(&["--id", "1"])).unwrap().hooks.is_empty());
+}
+
+#[test]
+fn bad_hooks_are_refused_one_problem_each() {
+    let long_arg = "x".repeat(MAX_HOOK_ARG_LEN + 1);
+    let many_args: Vec<String> = (0..=MAX_HOOK_ARGS).map(|i| format!("\"{i}\"")).collect();
+    let f = file(&format!(
+        r#"
+        id = 1
+        [hooks."rm -rf"]
+        command = ["/bin/rm"]
+        [hooks.empty]
+        command = []
+        [hooks.relative]
+        command = ["add-backend", "--pool", "web"]
+        [hooks.slow]
+        command = ["/bin/true"]
+        timeout = "1h"
+        [hooks.never]
+        command = ["/bin/true"]
+        timeout = "soon"
+        [hooks.long]
+        command = ["/bin/echo", "{long_arg}"]
+        [hooks.many]
+        command = ["/bin/echo", {}]
+        [hooks.ok]
+        command = ["/bin/true"]
+        "#,
+        many_args.join(", ")
+    ));
+    let p = problems(NodeConfig::resolve(f, &cli(&[])).unwrap_err());
+    let text: Vec<String> = p.iter().map(ToString::to_string).collect();
+    let want = [
+        "hooks: hooks.empty: command must name a program",
+        "hooks: hooks.long: argument 2 is 4097 bytes long, above the limit of 4096",
+        "hooks: hooks.many: command has 66 arguments, above the limit of 64",
+        "hooks: hooks.never: invalid timeout \"soon\"",
+        "hooks: hooks.relative: the program \"add-backend\" must be an absolute path",
+        "hooks: hooks.rm -rf: invalid hook name",
+        "hooks: hooks.slow: timeout 1h is out of range 1s..=10m",
+    ];
+    for w in want {
+        assert!(text.iter().any(|t| t.starts_with(w)), "missing {w:?} in {text:#?}");
+    }
+    assert_eq!(text.len(), want.len(), "{text:#?}");
+}
+
+#[test]
+fn the_number_of_hooks_is_bounded() {
+    let text: String =
+        (0..=MAX_HOOKS).map(|i| format!("[hooks.h{i}]\ncommand = [\"/bin/true\"]\n")).collect();
+    let p = problems(NodeConfig::resolve(file(&format!("id = 1\n{text}")), &cli(&[])).unwrap_err());
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].to_string(), format!("hooks: {} hooks, above the limit of {MAX_HOOKS}", MAX_HOOKS + 1));
+}
+
+#[test]
+fn hooks_cannot_be_given_as_raw_commands() {
+    let err = toml::from_str::<FileConfig>("[hooks.x]\ncmd = \"echo hi\"\n").unwrap_err();
+    assert!(err.to_string().contains("unknown field `cmd`"), "{err}");
+}
+
+#[test]
+fn numeric_fields_are_bounded() {
+    let args = [
+        "--id",
+        "1",
+        "--heartbeat-ms",
+        "10001",
+        "--election-min-ms",
+        "60001",
+        "--election-max-ms",
+        "60002",
+        "--snapshot-logs",
+        "1000001",
+        "--write-timeout-ms",
+        "300001",
+        "--dataplane-threads",
+        "257",
+    ];
+    let p = problems(NodeConfig::resolve(FileConfig::default(), &cli(&args)).unwrap_err());
+    let text: Vec<String> = p.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        text,
+        [
+            "heartbeat_ms: 10001 is out of range 1..=10000",
+            "election_min_ms: 60001 is above the limit of 60000",
+            "election_max_ms: 60002 is above the limit of 60000",
+            "snapshot_logs: 1000001 is out of range 1..=1000000",
+            "write_timeout_ms: 300001 is out of range 1..=300000",
+            "dataplane_threads: 257 is out of range 1..=256",
+        ]
+    );
+    let ok = ["--id", "1", "--snapshot-logs", "1000000", "--write-timeout-ms", "300000"];
+    assert!(NodeConfig::resolve(FileConfig::default(), &cli(&ok)).is_ok());
+}
+
+#[test]
+fn a_config_file_above_the_size_limit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.toml");
+    let mut text = "id = 1\n".to_string();
+    text.push_str(&"# padding\n".repeat(MAX_FILE_BYTES as usize / 10 + 1));
+    std::fs::write(&path, text).unwrap();
+    let err = NodeConfig::load(&cli(&["--config", path.to_str().unwrap()])).unwrap_err();
+    assert!(
+        err.to_string().ends_with(&format!("the file is larger than the limit of {MAX_FILE_BYTES} bytes")),
+        "{err}"
+    );
+}

@@ -22,7 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lbfleet_api::config::{ClusterConfig, HealthCheck, HealthKind};
+use lbfleet_api::config::{ClusterConfig, HealthCheck, HealthKind, MAX_HEALTH_INTERVAL};
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
@@ -101,9 +101,10 @@ pub async fn probe(check: &HealthCheck, addr: SocketAddr, bind_ip: IpAddr) -> Re
     }
 }
 
-/// `interval` with ±10% jitter.
+/// `interval` with ±10% jitter. The interval is clamped to the config's bound first, so that the
+/// multiplication cannot overflow (it panics if it does) whatever the committed config says.
 fn jittered(interval: Duration) -> Duration {
-    interval.mul_f64(rand::rng().random_range(0.9..=1.1))
+    interval.min(MAX_HEALTH_INTERVAL).mul_f64(rand::rng().random_range(0.9..=1.1))
 }
 
 /// What one checker task needs.
@@ -118,7 +119,7 @@ pub struct CheckEnv {
 /// Probe `addr` of `pool` forever (until aborted).
 async fn check_loop(pool: String, addr: SocketAddr, check: HealthCheck, env: CheckEnv) {
     let mut rf = RiseFall::new(check.rise, check.fall);
-    let first = check.interval.mul_f64(rand::rng().random_range(0.0..1.0));
+    let first = check.interval.min(MAX_HEALTH_INTERVAL).mul_f64(rand::rng().random_range(0.0..1.0));
     tokio::time::sleep(first).await;
     loop {
         let result = match env.permits.acquire().await {

@@ -1,16 +1,16 @@
-//! Scale hooks: the operator's `scale_out_cmd` / `scale_in_cmd`, run by the leader with `sh -c` after a
-//! committed activation or deactivation, with `LBFLEET_POOL` and `LBFLEET_BACKEND` set, bounded in
-//! time (killed past [`HOOK_TIMEOUT`]) and in memory (only the last [`OUTPUT_TAIL`] bytes of its
-//! combined output are kept).
+//! Scale hooks: the named commands of this node's local config (`[hooks.NAME]`, see
+//! [`crate::config`]) that a pool's `scale_out_hook` / `scale_in_hook` refers to. The leader runs one
+//! after a committed activation or deactivation: its argv directly (no shell, no PATH search), with
+//! `LBFLEET_POOL` and `LBFLEET_BACKEND` set and stdin closed, bounded in time (killed past the hook's
+//! `timeout`) and in memory (only the last [`OUTPUT_TAIL`] bytes of its combined output are kept).
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
-/// How long a hook may run before it is killed.
-pub const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::config::Hook;
+
 /// How many bytes of a hook's output (stdout then stderr) go to the event log.
 pub const OUTPUT_TAIL: usize = 512;
 
@@ -23,11 +23,13 @@ pub struct HookOutcome {
     pub output: String,
 }
 
-/// Run `command` through `sh -c` for `pool`/`backend`, at most `timeout`.
-pub async fn run(command: &str, pool: &str, backend: &str, timeout: Duration) -> HookOutcome {
-    let child = Command::new("sh")
-        .arg("-c")
-        .arg(command)
+/// Run `hook` for `pool`/`backend`, at most `hook.timeout`.
+pub async fn run(hook: &Hook, pool: &str, backend: &str) -> HookOutcome {
+    let Some((program, args)) = hook.argv.split_first() else {
+        return HookOutcome { exit_code: None, output: format!("hook `{}` has no command", hook.name) };
+    };
+    let child = Command::new(program)
+        .args(args)
         .env("LBFLEET_POOL", pool)
         .env("LBFLEET_BACKEND", backend)
         .stdin(Stdio::null())
@@ -37,7 +39,7 @@ pub async fn run(command: &str, pool: &str, backend: &str, timeout: Duration) ->
         .spawn();
     let mut child = match child {
         Ok(c) => c,
-        Err(e) => return HookOutcome { exit_code: None, output: format!("cannot start `sh -c`: {e}") },
+        Err(e) => return HookOutcome { exit_code: None, output: format!("cannot start {program}: {e}") },
     };
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -46,7 +48,7 @@ pub async fn run(command: &str, pool: &str, backend: &str, timeout: Duration) ->
         let status = child.wait().await;
         (out, err, status)
     };
-    match tokio::time::timeout(timeout, work).await {
+    match tokio::time::timeout(hook.timeout, work).await {
         Ok((out, err, status)) => {
             let mut text = out;
             text.extend_from_slice(&err);
@@ -63,7 +65,7 @@ pub async fn run(command: &str, pool: &str, backend: &str, timeout: Duration) ->
             let _ = child.kill().await;
             HookOutcome {
                 exit_code: None,
-                output: format!("killed after {}", humantime::format_duration(timeout)),
+                output: format!("killed after {}", humantime::format_duration(hook.timeout)),
             }
         }
     }
@@ -95,15 +97,25 @@ fn tail_text(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::config::DEFAULT_HOOK_TIMEOUT;
+
+    fn hook(argv: &[&str], timeout: Duration) -> Hook {
+        Hook { name: "h".into(), argv: argv.iter().map(|a| a.to_string()).collect(), timeout }
+    }
+
+    fn sh(script: &str) -> Hook {
+        hook(&["/bin/sh", "-c", script], DEFAULT_HOOK_TIMEOUT)
+    }
 
     #[tokio::test]
     async fn a_hook_sees_its_pool_and_backend_and_reports_its_exit_code() {
         let o = run(
-            "echo \"$LBFLEET_POOL $LBFLEET_BACKEND\"; echo oops >&2; exit 3",
+            &sh("echo \"$LBFLEET_POOL $LBFLEET_BACKEND\"; echo oops >&2; exit 3"),
             "web",
             "127.0.0.1:9101",
-            HOOK_TIMEOUT,
         )
         .await;
         assert_eq!(o.exit_code, Some(3));
@@ -111,9 +123,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_the_tail_of_a_long_output_is_kept() {
+    async fn arguments_reach_the_program_as_they_are_without_a_shell() {
         let o =
-            run("i=0; while [ $i -lt 2000 ]; do echo line$i; i=$((i+1)); done", "p", "b", HOOK_TIMEOUT).await;
+            run(&hook(&["/bin/echo", "$LBFLEET_POOL", "a;b", "`x`"], DEFAULT_HOOK_TIMEOUT), "web", "b").await;
+        assert_eq!(o.exit_code, Some(0));
+        assert_eq!(o.output, "$LBFLEET_POOL a;b `x`");
+    }
+
+    #[tokio::test]
+    async fn a_program_that_cannot_start_is_reported() {
+        let o = run(&hook(&["/nonexistent/add-backend"], DEFAULT_HOOK_TIMEOUT), "p", "b").await;
+        assert_eq!(o.exit_code, None);
+        assert!(o.output.starts_with("cannot start /nonexistent/add-backend: "), "{}", o.output);
+    }
+
+    #[tokio::test]
+    async fn only_the_tail_of_a_long_output_is_kept() {
+        let o = run(&sh("i=0; while [ $i -lt 2000 ]; do echo line$i; i=$((i+1)); done"), "p", "b").await;
         assert_eq!(o.exit_code, Some(0));
         assert!(o.output.len() <= OUTPUT_TAIL, "{}", o.output.len());
         assert!(o.output.ends_with("line1999"), "{}", o.output);
@@ -121,7 +147,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_hook_past_its_deadline_is_killed() {
-        let o = run("exec sleep 30", "p", "b", Duration::from_millis(200)).await;
+        let o = run(&hook(&["/bin/sleep", "30"], Duration::from_millis(200)), "p", "b").await;
         assert_eq!(o.exit_code, None);
         assert_eq!(o.output, "killed after 200ms");
     }

@@ -3,7 +3,9 @@
 //! Layout:
 //! - [`liveness`]: pure bookkeeping of status probes; which members to mark down or up.
 //! - [`autoscale`]: pure per-pool decision to activate or deactivate a standby backend.
-//! - [`hooks`]: runs an operator's `scale_out_cmd` / `scale_in_cmd` after a committed step.
+//! - [`hooks`]: runs the hook a pool's `scale_out_hook` / `scale_in_hook` names, from this node's own
+//!   local config, after a committed step (a hook this node does not define runs nothing: the event
+//!   log says so).
 //! - this file: the loop ([`run`] with its [`Duties`]). It watches the Raft metrics; when this node becomes leader of a term it starts
 //!   the duties with empty memory, and drops them the moment the node stops leading that term.
 //!
@@ -21,6 +23,7 @@ pub mod hooks;
 pub mod liveness;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -33,6 +36,7 @@ use openraft::ServerState;
 use tokio::time::Instant;
 
 use crate::channels::ChannelCache;
+use crate::config::Hooks;
 use crate::load::{now_ms, LoadBoard, STALE_AFTER};
 use crate::raft::{leads, ProposeError, Proposed, RaftNode};
 use crate::shutdown::Shutdown;
@@ -52,6 +56,8 @@ pub struct Duties {
     pub channels: ChannelCache,
     /// The latest load report of each node (recorded by the admin service and the load reporter).
     pub loads: LoadBoard,
+    /// The scale hooks of this node's local config.
+    pub hooks: Arc<Hooks>,
     pub shutdown: Shutdown,
 }
 
@@ -154,9 +160,9 @@ async fn duties(cluster: &Duties, term: u64) {
                 if let Some(step) = autoscale::decide(pool, states, load, now, track) {
                     let hook = pool.scale.as_ref().and_then(|s| {
                         if step.active {
-                            s.scale_out_cmd.clone()
+                            s.scale_out_hook.clone()
                         } else {
-                            s.scale_in_cmd.clone()
+                            s.scale_in_hook.clone()
                         }
                     });
                     let action = LeaderAction::SetStandby {
@@ -179,8 +185,8 @@ async fn duties(cluster: &Duties, term: u64) {
                 Err(NotLeader) => return,
                 Ok(false) => {}
                 Ok(true) => {
-                    if let (Some(cmd), Some((pool, backend))) = (hook, standby) {
-                        tokio::spawn(run_hook(cluster.clone(), term, cmd, pool, backend));
+                    if let (Some(name), Some((pool, backend))) = (hook, standby) {
+                        tokio::spawn(run_hook(cluster.clone(), term, name, pool, backend));
                     }
                 }
             }
@@ -232,15 +238,28 @@ async fn propose(cluster: &Duties, term: u64, action: LeaderAction, why: String)
     }
 }
 
-/// Run a scale hook and record its outcome as a decision of `term` (refused if a later leader has
-/// decided since).
-async fn run_hook(cluster: Duties, term: u64, command: String, pool: String, backend: String) {
-    let outcome = hooks::run(&command, &pool, &backend, hooks::HOOK_TIMEOUT).await;
+/// Run the scale hook `name` of this node's local config and record its outcome as a decision of
+/// `term` (refused if a later leader has decided since). A hook this node does not define runs nothing;
+/// that is recorded too.
+async fn run_hook(cluster: Duties, term: u64, name: String, pool: String, backend: String) {
+    let Some(hook) = cluster.hooks.get(&name) else {
+        tracing::warn!(
+            term,
+            pool,
+            backend,
+            "scale hook `{name}` is not defined in this node's local config: nothing runs"
+        );
+        let why = format!("node {} has no [hooks.{name}] in its local config", cluster.raft.id);
+        let action = LeaderAction::HookMissing { pool, backend, hook: name };
+        let _ = propose(&cluster, term, action, why).await;
+        return;
+    };
+    let outcome = hooks::run(hook, &pool, &backend).await;
     let why = if outcome.output.is_empty() { "(no output)".to_string() } else { outcome.output.clone() };
     let action = LeaderAction::HookResult {
         pool,
         backend,
-        command,
+        command: name,
         exit_code: outcome.exit_code,
         output: outcome.output,
     };

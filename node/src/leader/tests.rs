@@ -52,8 +52,23 @@ fn only_the_leader_of_the_same_term_acts() {
 async fn a_leader_activates_a_standby_under_load_runs_the_hook_and_deactivates_it_when_idle() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("node-1");
+    let hook_log = dir.path().join("hooks.log");
+    // The hooks live in the node's local config; the replicated config names them.
+    let node_toml = dir.path().join("node.toml");
+    std::fs::write(
+        &node_toml,
+        format!(
+            "[hooks.web-out]\ncommand = [\"/bin/sh\", \"-c\", \"echo out $LBFLEET_POOL $LBFLEET_BACKEND >> {log}\"]\n\
+             [hooks.web-in]\ncommand = [\"/bin/sh\", \"-c\", \"echo in $LBFLEET_POOL $LBFLEET_BACKEND >> {log}\"]\n\
+             timeout = \"10s\"\n",
+            log = hook_log.display()
+        ),
+    )
+    .unwrap();
     let mut args: Vec<String> = [
         "lbnode",
+        "--config",
+        node_toml.to_str().unwrap(),
         "--id",
         "1",
         "--bind",
@@ -74,16 +89,13 @@ async fn a_leader_activates_a_standby_under_load_runs_the_hook_and_deactivates_i
     })
     .await;
 
-    let hook_log = dir.path().join("hooks.log");
     let config = format!(
         "[[pool]]\nname = \"web\"\npolicy = \"round_robin\"\n\
          [[pool.backend]]\naddr = \"{P1}\"\n[[pool.backend]]\naddr = \"{P2}\"\n\
          [[pool.backend]]\naddr = \"{S2}\"\nstandby = true\n[[pool.backend]]\naddr = \"{S1}\"\nstandby = true\n\
          [pool.health]\nkind = \"none\"\n\
          [pool.scale]\nmin_active = 2\nmax_active = 3\nhigh_watermark = 2\nlow_watermark = 1\nwindow = \"2s\"\n\
-         scale_out_cmd = \"echo out $LBFLEET_POOL $LBFLEET_BACKEND >> {log}\"\n\
-         scale_in_cmd = \"echo in $LBFLEET_POOL $LBFLEET_BACKEND >> {log}\"\n",
-        log = hook_log.display()
+         scale_out_hook = \"web-out\"\nscale_in_hook = \"web-in\"\n"
     );
     let config = parse(&config, Format::Toml).unwrap();
     raft.client_write(Command::ApplyConfig { config }).await.unwrap();
@@ -107,7 +119,7 @@ async fn a_leader_activates_a_standby_under_load_runs_the_hook_and_deactivates_i
         "{evs:#?}"
     );
     wait_for("the scale-out hook's result", Duration::from_secs(20), || {
-        events(&node).iter().any(|e| e.contains("hook `echo out") && e.contains("exited with 0"))
+        events(&node).iter().any(|e| e.contains("hook `web-out`") && e.contains("exited with 0"))
     })
     .await;
     let log = std::fs::read_to_string(&hook_log).unwrap();
@@ -182,7 +194,8 @@ async fn no_standby_is_activated_twice_across_a_leader_change() {
          [[pool.backend]]\naddr = \"{P1}\"\n[[pool.backend]]\naddr = \"{P2}\"\n\
          [[pool.backend]]\naddr = \"{S1}\"\nstandby = true\n[[pool.backend]]\naddr = \"{S2}\"\nstandby = true\n\
          [pool.health]\nkind = \"none\"\n\
-         [pool.scale]\nmin_active = 2\nmax_active = 4\nhigh_watermark = 2\nlow_watermark = 1\nwindow = \"3s\"\n"
+         [pool.scale]\nmin_active = 2\nmax_active = 4\nhigh_watermark = 2\nlow_watermark = 1\nwindow = \"3s\"\n\
+         scale_out_hook = \"web-out\"\n"
     );
     let leader = nodes[a].as_ref().unwrap();
     leader
@@ -217,6 +230,16 @@ async fn no_standby_is_activated_twice_across_a_leader_change() {
     assert!(steps[0].what.contains(S1) && steps[0].term == term_a, "{steps:#?}");
     assert!(steps[1].what.contains(S2) && steps[1].term == term_b, "{steps:#?}");
     assert_ne!(steps[0].leader, steps[1].leader);
+    // No node defines `web-out` (the config was written straight to the log, past the admin check):
+    // each leader ran nothing and said so.
+    wait_for("both missing hooks recorded", Duration::from_secs(20), || {
+        survivor.model().events.iter().filter(|e| e.what.contains("did not run")).count() == 2
+    })
+    .await;
+    let state = lbfleet_api::state::ClusterState::clone(&survivor.model());
+    let missing: Vec<_> = state.events.iter().filter(|e| e.what.contains("did not run")).collect();
+    assert!(missing[0].what.contains(S1) && missing[1].what.contains(S2), "{missing:#?}");
+    assert!(missing[0].why.contains("has no [hooks.web-out] in its local config"), "{missing:#?}");
     drop(guards);
     for n in nodes.into_iter().flatten() {
         n.shutdown().await.unwrap();

@@ -174,7 +174,9 @@ async fn serve_conn(
     _guard: TaskGuard,
 ) {
     // Timeouts as of the accept; if the listener is gone, its requests get 503 "listener removed".
-    let timeouts = shared.ctx.routing.load().listener(&shared.name).map(|l| l.timeouts).unwrap_or_default();
+    // Clamped: hyper adds the header timeout to an `Instant`, which a huge one overflows.
+    let timeouts =
+        shared.ctx.routing.load().listener(&shared.name).map(|l| l.timeouts.clamped()).unwrap_or_default();
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::default());
     let io = TokioIo::new(IdleIo::new(stream, Arc::clone(&activity)));

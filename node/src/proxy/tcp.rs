@@ -207,7 +207,8 @@ async fn proxy(
         return Err(Refused::NoBackend(listener.pool.clone()));
     }
 
-    let connect_timeout = listener.timeouts.connect;
+    let timeouts = listener.timeouts.clamped();
+    let connect_timeout = timeouts.connect;
     let mut last = String::new();
     let mut connected = None;
     for backend in &candidates {
@@ -247,7 +248,7 @@ async fn proxy(
         }
     }
 
-    let idle = listener.timeouts.idle;
+    let idle = timeouts.idle;
     drop(listener);
     let (end, to_backend, to_client) = splice(&mut client, &mut upstream, idle).await;
     Ok(Outcome { backend: backend.addr(), end, to_backend, to_client })
@@ -329,7 +330,11 @@ impl Activity {
     /// Completes once nothing has moved for `idle`.
     async fn idle_for(&self, idle: Duration) {
         loop {
-            let deadline = self.start + Duration::from_nanos(self.last.load(Ordering::Relaxed)) + idle;
+            let last = Duration::from_nanos(self.last.load(Ordering::Relaxed));
+            // An end past what `Instant` holds is never: wait for shutdown instead of panicking.
+            let Some(deadline) = self.start.checked_add(last).and_then(|t| t.checked_add(idle)) else {
+                return std::future::pending().await;
+            };
             if Instant::now() >= deadline {
                 return;
             }

@@ -175,7 +175,7 @@ async fn respond(
         Request::from_parts(parts, ReqBody::new(body))
     });
 
-    let timeouts = listener.timeouts;
+    let timeouts = listener.timeouts.clamped();
     let mut connect_errors: Vec<String> = Vec::new();
     let mut idx = 0;
     let mut fresh = false;

@@ -475,3 +475,15 @@ async fn backend_connections_leave_from_the_proxy_bind_ip() {
     let answer = request(ip(73, 50), p.addr, b"who am i").await;
     assert_eq!(String::from_utf8_lossy(&answer), ip(71, 13).to_string());
 }
+
+/// A committed idle timeout past what `Instant` holds (validation refuses it now; an old log may still
+/// hold one) waits forever instead of panicking every connection.
+#[tokio::test(start_paused = true)]
+async fn an_idle_timeout_past_what_an_instant_holds_never_panics() {
+    let activity = Activity::new();
+    activity.touch();
+    let waited = tokio::time::timeout(Duration::from_secs(86_400), activity.idle_for(Duration::MAX)).await;
+    assert!(waited.is_err(), "never idle");
+    let clamped = lbfleet_api::config::Timeouts { idle: Duration::MAX, ..Default::default() }.clamped();
+    assert_eq!(clamped.idle, lbfleet_api::config::MAX_IDLE_TIMEOUT);
+}
