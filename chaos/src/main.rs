@@ -121,9 +121,10 @@ fn creds() -> &'static lbfleet_cli::client::Loaded {
 fn load_creds(dir: &Path) -> Result<()> {
     let tls = lbfleet_cli::ca::CaDir::new(&dir.join("tls"));
     let token = tls.read_token(lbfleet_api::auth::Role::Admin)?;
-    let loaded = lbfleet_cli::client::Credentials { ca: Some(tls.ca_cert()), token: Some(token) }
-        .load()
-        .map_err(|e| anyhow!("{e}"))?;
+    let loaded =
+        lbfleet_cli::client::Credentials { ca: Some(tls.ca_cert()), token: Some(token), token_file: None }
+            .load()
+            .map_err(|e| anyhow!("{e}"))?;
     let _ = CREDS.set(loaded);
     Ok(())
 }

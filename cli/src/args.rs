@@ -40,6 +40,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "LBCTL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
+    /// File holding the bearer token (used when --token is not given).
+    #[arg(long, global = true, env = "LBCTL_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     pub json: bool,
@@ -107,6 +111,10 @@ pub struct CaInitArgs {
     /// Extra DNS name or IP address for every node certificate (repeatable).
     #[arg(long = "san")]
     pub sans: Vec<String>,
+    /// When DIR already holds a CA, keep it and its tokens and only add missing node certificates
+    /// (for a one-shot container that runs on every start).
+    #[arg(long)]
+    pub if_missing: bool,
 }
 
 #[derive(Debug, Args)]

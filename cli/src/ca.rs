@@ -101,6 +101,26 @@ impl CaDir {
         write_file(&self.tokens(), &set.to_toml(), false)
     }
 
+    /// [`CaDir::init`] when the directory holds no CA yet; else keep the CA and tokens and issue
+    /// the node certificates of `1..=nodes` that are missing. Safe to run on every start.
+    pub fn ensure(&self, nodes: u64, sans: &[String]) -> anyhow::Result<()> {
+        if !self.ca_cert().exists() {
+            return self.init(nodes, sans);
+        }
+        if !(1..=MAX_NODES).contains(&nodes) {
+            bail!("--nodes {nodes} is out of range 1..={MAX_NODES}");
+        }
+        for id in 1..=nodes {
+            if !self.node_cert(id).exists() {
+                self.issue(id, sans)?;
+            }
+        }
+        if !self.tokens().exists() {
+            bail!("{} holds a CA but no tokens.toml", self.dir.display());
+        }
+        Ok(())
+    }
+
     /// Make node `id`'s certificate and key, signed by the CA in this directory.
     pub fn issue(&self, id: NodeId, sans: &[String]) -> anyhow::Result<()> {
         if id == 0 {
@@ -172,6 +192,11 @@ mod tests {
         assert_eq!(tokens.verify(&ca.read_token(Role::Read).unwrap()), Some(("read".into(), Role::Read)));
         assert!(!fs::read_to_string(ca.tokens()).unwrap().contains(&admin), "tokens.toml holds only hashes");
         assert!(ca.init(1, &[]).unwrap_err().to_string().contains("already holds a CA"));
+        let before = fs::read(ca.node_cert(1)).unwrap();
+        ca.ensure(3, &[]).unwrap();
+        assert_eq!(fs::read(ca.node_cert(1)).unwrap(), before, "ensure keeps what exists");
+        assert!(ca.node_cert(3).exists());
+        assert_eq!(ca.read_token(Role::Admin).unwrap(), admin);
         ca.issue(7, &[]).unwrap();
         assert_eq!(
             lbfleet_api::auth::node_id_from_cert(&x509_der(&fs::read(ca.node_cert(7)).unwrap())),

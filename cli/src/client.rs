@@ -31,6 +31,8 @@ const MAX_CA_BYTES: u64 = 256 * 1024;
 pub struct Credentials {
     pub ca: Option<PathBuf>,
     pub token: Option<String>,
+    /// Read the token from this file when `token` is not given (`--token-file`, `LBCTL_TOKEN_FILE`).
+    pub token_file: Option<PathBuf>,
 }
 
 /// Credentials read and checked, ready for a connection.
@@ -67,7 +69,14 @@ impl Credentials {
         if lbfleet_api::auth::pem_certificates(&pem).is_empty() {
             return Err(missing(&format!("{} holds no PEM certificate (--ca / LBCTL_CA)", ca.display())));
         }
-        let token = match self.token.as_deref().map(str::trim) {
+        let from_file = match (&self.token, &self.token_file) {
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| missing(&format!("cannot read the token file {}: {e}", path.display())))?,
+            ),
+            _ => None,
+        };
+        let token = match self.token.as_deref().or(from_file.as_deref()).map(str::trim) {
             None | Some("") => return Err(missing(
                 "no token: pass --token TOKEN or set LBCTL_TOKEN (for a local cluster: `. DIR/lbctl.env`)",
             )),

@@ -36,7 +36,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         endpoint: cli.endpoint.clone(),
         json: cli.json,
         timeout,
-        credentials: client::Credentials { ca: cli.ca.clone(), token: cli.token.clone() },
+        credentials: client::Credentials {
+            ca: cli.ca.clone(),
+            token: cli.token.clone(),
+            token_file: cli.token_file.clone(),
+        },
     };
     match &cli.command {
         Command::Status => commands::status(&g).await,
@@ -62,9 +66,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Ca(c) => match &c.action {
             CaAction::Init(i) => {
                 let dir = ca::CaDir::new(&i.dir);
-                dir.init(i.nodes, &i.sans).map_err(CliError::Local)?;
+                if i.if_missing {
+                    dir.ensure(i.nodes, &i.sans).map_err(CliError::Local)?;
+                } else {
+                    dir.init(i.nodes, &i.sans).map_err(CliError::Local)?;
+                }
                 commands::print(&format!(
-                    "made a cluster CA, {} node certificates and tokens in {}\n\
+                    "the cluster CA, {} node certificates and tokens in {}\n\
                      nodes: --ca-file {} --cert-file {} --key-file {} --tokens-file {}\n\
                      operators: LBCTL_CA={} LBCTL_TOKEN=$(cat {})\n",
                     i.nodes,

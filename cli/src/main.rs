@@ -1,5 +1,5 @@
 //! `lbctl`: parses the command line, runs the command on a tokio runtime, prints any error and exits with
-//! its code (see `lbctl --help`: 0 ok, 1 refused/failed, 2 unreachable, 3 unavailable, 64 usage).
+//! its code (see `lbctl --help`: 0 ok, 1 refused/failed, 2 unreachable, 3 unavailable, 4 credentials, 64 usage).
 //! Everything else lives in the `lbfleet_cli` library.
 
 use clap::Parser;

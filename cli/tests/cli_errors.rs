@@ -60,8 +60,14 @@ async fn json_errors_are_machine_readable() -> Result<()> {
 
 #[test]
 fn endpoint_comes_from_the_environment() {
-    let out =
-        Command::new(bin("lbctl")).args(["status"]).env("LBCTL_ENDPOINT", "127.0.0.1:1").output().unwrap();
+    let creds = lbfleet_tests::creds();
+    let out = Command::new(bin("lbctl"))
+        .args(["status"])
+        .env("LBCTL_ENDPOINT", "127.0.0.1:1")
+        .env("LBCTL_CA", creds.ca())
+        .env("LBCTL_TOKEN", &creds.admin_token)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:1"));
 }

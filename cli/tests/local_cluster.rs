@@ -5,14 +5,45 @@
 //! 7400, 7401, 8080 and 8081 free (no other test uses those addresses).
 
 use std::io::BufRead;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use lbfleet_tests::process::alive;
-use lbfleet_tests::{bin, lbctl, wait_until};
+use lbfleet_tests::process::output_within;
+use lbfleet_tests::{bin, wait_until};
 use serde_json::Value;
+
+/// `DIR/lbctl.env` of the cluster under test, once `local up` wrote it.
+static ENV_FILE: OnceLock<PathBuf> = OnceLock::new();
+
+/// The variables `. DIR/lbctl.env` sets (its `export NAME=VALUE` lines).
+fn cluster_env() -> Vec<(String, String)> {
+    let Some(path) = ENV_FILE.get() else { return Vec::new() };
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// lbctl with only the local cluster's own credentials (from its lbctl.env) in the environment.
+fn lbctl_cmd(args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin("lbctl"));
+    cmd.args(args)
+        .env_remove("LBCTL_ENDPOINT")
+        .env_remove("LBCTL_CA")
+        .env_remove("LBCTL_TOKEN")
+        .envs(cluster_env());
+    cmd
+}
+
+async fn lbctl(args: &[&str], deadline: Duration) -> Result<Output> {
+    output_within(&mut lbctl_cmd(args), deadline).await
+}
 
 async fn ok_json(args: &[&str]) -> Result<Value> {
     let out = lbctl(args, Duration::from_secs(60)).await?;
@@ -64,6 +95,23 @@ async fn local_up_serves_every_admin_command_then_local_down_stops_everything() 
     ])
     .await?;
     let leader = up["leader"].as_u64().expect("leader id");
+    // The credentials file: `. DIR/lbctl.env` then `lbctl status` works, and only its owner reads it.
+    let env_file = d.join("lbctl.env");
+    assert_eq!(up["env_file"].as_str(), Some(env_file.to_str().unwrap()));
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&env_file)?.permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let sourced = Command::new("sh")
+        .arg("-c")
+        .arg(format!(". {} && exec {} status", env_file.display(), bin("lbctl").display()))
+        .env_remove("LBCTL_CA")
+        .env_remove("LBCTL_TOKEN")
+        .output()?;
+    assert!(
+        sourced.status.success(),
+        ". lbctl.env && lbctl status: {}",
+        String::from_utf8_lossy(&sourced.stderr)
+    );
+    ENV_FILE.set(env_file).unwrap();
     assert_eq!(up["nodes"].as_array().unwrap().len(), 3);
     assert_eq!(up["backends"].as_array().unwrap().len(), 3);
     for name in ["node-1", "node-2", "node-3", "backend-1", "backend-2", "backend-3"] {
@@ -156,8 +204,7 @@ async fn local_up_serves_every_admin_command_then_local_down_stops_everything() 
     assert_eq!(n["nodes"].as_array().unwrap().iter().filter(|m| m["voter"] == true).count(), 3);
 
     // Watch prints a JSON line per change.
-    let mut watch = Command::new(bin("lbctl"))
-        .args(["--endpoint", "127.0.0.12:7400", "watch", "--json"])
+    let mut watch = lbctl_cmd(&["--endpoint", "127.0.0.12:7400", "watch", "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

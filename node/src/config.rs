@@ -456,10 +456,9 @@ impl NodeConfig {
             if path.is_none() {
                 bad(
                     field,
-                    format!(
-                        "missing: every node needs the cluster CA, its certificate and key \
-                         (--ca-file, --cert-file, --key-file; make them with `lbctl ca init --dir DIR`)"
-                    ),
+                    "missing: every node needs the cluster CA, its certificate and key \
+                     (--ca-file, --cert-file, --key-file; make them with `lbctl ca init --dir DIR`)"
+                        .to_string(),
                 );
             }
             path.unwrap_or_default()

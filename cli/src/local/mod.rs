@@ -210,15 +210,7 @@ async fn up_steps(
 /// a node added to the plan gets its certificate), and `DIR/lbctl.env`.
 fn credentials(plan: &Plan) -> anyhow::Result<Loaded> {
     let tls = &plan.tls;
-    if tls.ca_cert().exists() {
-        for n in &plan.nodes {
-            if !tls.node_cert(n.id).exists() {
-                tls.issue(n.id, &[])?;
-            }
-        }
-    } else {
-        tls.init(plan.nodes.len() as u64, &[])?;
-    }
+    tls.ensure(plan.nodes.len() as u64, &[])?;
     let token = tls.read_token(lbfleet_api::auth::Role::Admin)?;
     std::fs::write(&plan.env_file, plan.env_text(&token))
         .with_context(|| format!("cannot write \"{}\"", plan.env_file.display()))?;
@@ -228,7 +220,9 @@ fn credentials(plan: &Plan) -> anyhow::Result<Loaded> {
         plan.env_file.display(),
         tls.dir.display()
     ));
-    Credentials { ca: Some(tls.ca_cert()), token: Some(token) }.load().map_err(|e| anyhow!("{e}"))
+    Credentials { ca: Some(tls.ca_cert()), token: Some(token), token_file: None }
+        .load()
+        .map_err(|e| anyhow!("{e}"))
 }
 
 fn start(
