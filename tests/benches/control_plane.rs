@@ -1,6 +1,7 @@
 //! Control-plane benchmark on a local 3-node cluster (real processes, release build):
 //! config commit latency (p50/p99 over sequential writes, through the leader and through a follower),
-//! leader failover time after SIGKILL, and idle RSS of one node.
+//! the cost of a new gRPC channel (TCP + mutual-TLS handshake + first call, against a call on an open
+//! channel), leader failover time after SIGKILL, and idle RSS of one node.
 //!
 //! Run: `cargo bench -p lbfleet-tests --bench control_plane` (about a minute).
 
@@ -35,6 +36,29 @@ async fn commit_latencies(addr: &str, n: usize, base: u32) -> Result<Vec<Duratio
     }
     out.sort();
     Ok(out)
+}
+
+const CHANNELS: usize = 200;
+
+/// Median of `LocalStatus` on a fresh channel (connect, TLS handshake, call) and on one open channel.
+async fn channel_cost(addr: &str) -> Result<(Duration, Duration)> {
+    let mut fresh = Vec::with_capacity(CHANNELS);
+    for _ in 0..CHANNELS {
+        let t = Instant::now();
+        let mut c = admin::connect(addr).await?;
+        c.local_status(lbfleet_tests::pb::LocalStatusRequest {}).await?;
+        fresh.push(t.elapsed());
+    }
+    let mut c = admin::connect(addr).await?;
+    let mut open = Vec::with_capacity(CHANNELS);
+    for _ in 0..CHANNELS {
+        let t = Instant::now();
+        c.local_status(lbfleet_tests::pb::LocalStatusRequest {}).await?;
+        open.push(t.elapsed());
+    }
+    fresh.sort();
+    open.sort();
+    Ok((percentile(&fresh, 0.5), percentile(&open, 0.5)))
 }
 
 /// Time from SIGKILL of the leader until every survivor names the same new leader.
@@ -88,6 +112,8 @@ async fn main() -> Result<()> {
     let via_leader = commit_latencies(&leader_addr, WRITES, 1000).await?;
     let via_follower = commit_latencies(&follower_addr, WRITES, 5000).await?;
 
+    let (fresh, open) = channel_cost(&follower_addr).await?;
+
     let mut failovers = Vec::new();
     for _ in 0..FAILOVERS {
         failovers.push(failover(&mut c).await?);
@@ -104,6 +130,13 @@ async fn main() -> Result<()> {
             ms(*l.last().unwrap())
         );
     }
+    println!(
+        "LocalStatus ({CHANNELS} calls): on a new channel (TCP + mTLS handshake) median {}, on an open \
+         channel {}; a new channel costs {}",
+        ms(fresh),
+        ms(open),
+        ms(fresh.saturating_sub(open))
+    );
     println!(
         "leader failover after SIGKILL ({FAILOVERS} runs): median {}  max {}",
         ms(percentile(&failovers, 0.5)),
