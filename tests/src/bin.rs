@@ -19,9 +19,13 @@ pub fn bin(name: &str) -> PathBuf {
         let exe = std::env::current_exe().expect("current test executable");
         // target/<profile>/deps/<test> -> target/<profile>
         let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir").to_path_buf();
+        // scripts/test.sh builds every binary before the tests start; a build here would only redo
+        // it with the test run's feature set, competing for CPU with timing-sensitive tests.
+        if std::env::var_os("LBFLEET_TEST_BINS_BUILT").is_some() {
+            return profile_dir;
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
         let mut cmd = Command::new(cargo);
-        // Exactly the command scripts/test.sh runs first, so the features match and this is a no-op there.
         cmd.args(["build", "--workspace", "--bins"]);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
