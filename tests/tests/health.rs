@@ -279,7 +279,16 @@ async fn submit_health_vote_validates_and_forwards_to_the_leader() -> Result<()>
     // No backend process: the checkers will vote it down, which this test does not wait for.
     admin::apply_toml(&c.nodes[0].grpc_addr(), &config(&[b1])).await?;
     let follower = c.nodes.iter().find(|n| n.id != leader).expect("a follower").grpc_addr();
-    let mut client = admin::connect(&follower).await?;
+    // Votes come from nodes: each client presents the certificate of the node it votes as.
+    let as_node = |id: u64| {
+        let follower = follower.clone();
+        async move {
+            anyhow::Ok(lbfleet_tests::pb::admin_client::AdminClient::new(
+                admin::node_channel(&follower, Duration::from_secs(15), id).await?,
+            ))
+        }
+    };
+    let mut client = as_node(1).await?;
     let vote = |node: u64, pool: &str, backend: &str| lbfleet_tests::pb::HealthVoteRequest {
         node,
         pool: pool.into(),
@@ -295,13 +304,13 @@ async fn submit_health_vote_validates_and_forwards_to_the_leader() -> Result<()>
     assert!(m1.contains("nope"), "{m1}");
     let (c2, m2) = code(client.submit_health_vote(vote(1, "web", "127.0.0.1:1")).await).expect("refused");
     assert_eq!(c2, tonic::Code::NotFound, "{m2}");
-    let (c3, _) = code(client.submit_health_vote(vote(0, "web", b1)).await).expect("refused");
-    assert_eq!(c3, tonic::Code::InvalidArgument);
-    let (c4, m4) = code(client.submit_health_vote(vote(42, "web", b1)).await).expect("refused");
+    let (c3, m3) = code(client.submit_health_vote(vote(2, "web", b1)).await).expect("refused");
+    assert_eq!(c3, tonic::Code::PermissionDenied, "node 1 cannot vote as node 2: {m3}");
+    let (c4, m4) = code(as_node(9).await?.submit_health_vote(vote(9, "web", b1)).await).expect("refused");
     assert_eq!(c4, tonic::Code::FailedPrecondition, "{m4}");
-    assert!(m4.contains("node 42"), "{m4}");
+    assert!(m4.contains("node 9"), "{m4}");
     // A valid vote sent to a follower is committed through the leader.
-    let r = client.submit_health_vote(vote(2, "web", b1)).await?.into_inner();
+    let r = as_node(2).await?.submit_health_vote(vote(2, "web", b1)).await?.into_inner();
     assert!(r.log_index > 0);
     Ok(())
 }

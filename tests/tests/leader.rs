@@ -179,13 +179,17 @@ async fn drain_wait_returns_once_no_node_has_requests_in_flight() -> Result<()> 
     let (code, _, err) = lbctl(&["--endpoint", &via, "undrain", "web", "127.0.93.200:9001"]).await?;
     assert_eq!(code, 0, "{err}");
 
-    // Load reports: only the leader takes them, and only from members.
+    // Load reports: only the leader takes them, only from members, each from the node its certificate names.
     let report = |node| pb::LoadReport { node, at_ms: 1, backends: vec![] };
-    let mut l = admin::connect(&c.node(leader).grpc_addr()).await?;
+    let as_node = |addr: String, id: u64| async move {
+        anyhow::Ok(pb::admin_client::AdminClient::new(admin::node_channel(&addr, Duration::from_secs(15), id).await?))
+    };
+    let mut l = as_node(c.node(leader).grpc_addr(), 1).await?;
     assert!(l.report_load(report(1)).await?.into_inner().accepted);
-    let refused = l.report_load(report(77)).await.expect_err("node 77 is not a member");
+    let mut stranger = as_node(c.node(leader).grpc_addr(), 9).await?;
+    let refused = stranger.report_load(report(9)).await.expect_err("node 9 is not a member");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
-    let mut f = admin::connect(&via).await?;
+    let mut f = as_node(via.clone(), 1).await?;
     assert!(!f.report_load(report(1)).await?.into_inner().accepted, "a follower does not collect");
     Ok(())
 }
