@@ -23,6 +23,10 @@
 //! - A command naming a pool, backend or node that the state does not have is refused and changes
 //!   nothing; the refusal is part of the replicated outcome.
 //!
+//! [`ClusterState::check_invariants`] checks what of this a state shows by itself (backend state
+//! matches the config, health follows the live voters' votes, non-standby backends are active, the
+//! event log is bounded); the `apply` fuzz target (`fuzz/`) runs it after every step.
+//!
 //! Leader decisions (`Command::Leader`) are fenced by term: once a decision of term T is applied, any
 //! decision of an earlier term is refused, so a deposed leader cannot repeat or contradict its
 //! successor. Accepted decisions and fleet-wide health changes go to a bounded event log.
@@ -337,6 +341,90 @@ impl ClusterState {
     pub fn backend(&self, pool: &str, backend: &str) -> Option<&BackendState> {
         self.backends.get(pool)?.get(backend)
     }
+
+    /// Check the invariants a state reached by `apply` and `apply_membership` must hold, whatever the
+    /// log: the first one broken, named. Pure and linear in the size of the state; the fuzz targets
+    /// and tests call it after every step.
+    ///
+    /// Pools whose name appears more than once in the config (validation has always refused that, so
+    /// no committed config has it) are applied deterministically but are exempt from the per-pool
+    /// checks.
+    pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
+        let broken = |invariant: &'static str, detail: String| Err(InvariantViolation { invariant, detail });
+        if self.events.len() > MAX_EVENTS {
+            return broken("bounded events", format!("{} events kept", self.events.len()));
+        }
+        let members = |n: &NodeId| self.voters.contains(n) || self.nodes.contains_key(n);
+        if let Some(n) = self.down_nodes.iter().find(|n| !members(n)) {
+            return broken("down nodes are members", format!("node {n} is down but not a member"));
+        }
+        let Some(config) = &self.config else {
+            if self.config_version != 0 || !self.backends.is_empty() {
+                return broken(
+                    "no config, no backends",
+                    format!("version {}, {} pools of state", self.config_version, self.backends.len()),
+                );
+            }
+            return Ok(());
+        };
+        if self.config_version == 0 {
+            return broken("a config in force has a version", "version 0".to_string());
+        }
+        let names: BTreeSet<&str> = config.pool.iter().map(|p| p.name.as_str()).collect();
+        let state_names: BTreeSet<&str> = self.backends.keys().map(String::as_str).collect();
+        if names != state_names {
+            return broken(
+                "backend state per pool of the config",
+                format!("config pools {names:?}, state pools {state_names:?}"),
+            );
+        }
+        let live = self.live_voters();
+        for (pool, states) in &self.backends {
+            let mut same_name = config.pool.iter().filter(|p| p.name == *pool);
+            let (Some(p), None) = (same_name.next(), same_name.next()) else { continue };
+            let keys: BTreeSet<String> = p.backend.iter().map(Backend::key).collect();
+            let state_keys: BTreeSet<String> = states.keys().cloned().collect();
+            if keys != state_keys {
+                return broken(
+                    "backend state per backend of the pool",
+                    format!("pool \"{pool}\": config backends {keys:?}, state backends {state_keys:?}"),
+                );
+            }
+            for (key, st) in states {
+                let standby = p.backend.iter().any(|b| b.key() == *key && b.standby);
+                if !standby && !st.active {
+                    return broken(
+                        "non-standby backends are active",
+                        format!("pool \"{pool}\" backend {key} is inactive"),
+                    );
+                }
+                if let Some(n) = st.votes.keys().find(|n| !members(n) || self.down_nodes.contains(n)) {
+                    return broken(
+                        "only live members' votes are kept",
+                        format!("pool \"{pool}\" backend {key} keeps a vote of node {n}"),
+                    );
+                }
+                if st.healthy != fleet_healthy(&st.votes, &live, p.health.quorum) {
+                    return broken(
+                        "health follows the votes",
+                        format!(
+                            "pool \"{pool}\" backend {key}: healthy = {} disagrees with its votes",
+                            st.healthy
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An invariant of [`ClusterState`] that does not hold (see [`ClusterState::check_invariants`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invariant \"{invariant}\" broken: {detail}")]
+pub struct InvariantViolation {
+    pub invariant: &'static str,
+    pub detail: String,
 }
 
 /// Down when the "down" votes of live voters reach the quorum: `quorum` if the pool sets one, else a
@@ -609,6 +697,32 @@ mod tests {
         }
         assert_eq!(s.events.len(), MAX_EVENTS);
         assert_eq!(s.events.back().unwrap().index, MAX_EVENTS as u64 + 10);
+    }
+
+    #[test]
+    fn the_invariants_hold_along_a_log_and_a_broken_state_is_named() {
+        let mut s = three_voters();
+        let log = [
+            Command::ApplyConfig { config: config(&["127.0.0.1:9001", "127.0.0.1:9002"]) },
+            vote(1, false),
+            vote(2, false),
+            leader(1, LeaderAction::SetNodeDown { id: 2, down: true }),
+            Command::SetStandby { pool: "web".into(), backend: "127.0.0.1:9100".into(), active: true },
+            Command::ApplyConfig { config: config(&["127.0.0.1:9002"]) },
+        ];
+        for (i, c) in log.iter().enumerate() {
+            s.apply(c, i as u64 + 1);
+            assert_eq!(s.check_invariants(), Ok(()), "after {c:?}");
+        }
+        let mut broken = s.clone();
+        broken.backends.get_mut("web").unwrap().get_mut("127.0.0.1:9002").unwrap().healthy = false;
+        assert_eq!(broken.check_invariants().unwrap_err().invariant, "health follows the votes");
+        let mut broken = s.clone();
+        broken.backends.get_mut("web").unwrap().remove("127.0.0.1:9002");
+        assert_eq!(broken.check_invariants().unwrap_err().invariant, "backend state per backend of the pool");
+        let mut broken = s;
+        broken.down_nodes.insert(9);
+        assert_eq!(broken.check_invariants().unwrap_err().invariant, "down nodes are members");
     }
 
     #[test]

@@ -140,12 +140,19 @@ impl EventView {
     }
 }
 
-/// RFC 3339 UTC (to the millisecond) of a Unix time in milliseconds; `None` for 0.
+/// RFC 3339 UTC (to the millisecond) of a Unix time in milliseconds; `None` for 0, and for a time
+/// after the year 9999, which RFC 3339 cannot write (the stamp comes from the proposer, e.g. a health
+/// vote's `observed_at_ms`, so it may be anything).
 fn time_of(at_ms: u64) -> Option<String> {
-    (at_ms > 0).then(|| {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms);
-        humantime::format_rfc3339_millis(t).to_string()
-    })
+    use std::fmt::Write;
+    if at_ms == 0 {
+        return None;
+    }
+    let t = std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(at_ms))?;
+    let mut text = String::new();
+    // humantime's Display returns an error past 9999-12-31, which `to_string()` turns into a panic.
+    write!(text, "{}", humantime::format_rfc3339_millis(t)).ok()?;
+    Some(text)
 }
 
 impl From<&Event> for EventView {
@@ -309,5 +316,16 @@ mod tests {
         assert_eq!(EventView::from(&pb::EventRecord::from(&e)), v, "the admin service loses nothing");
         let unknown = EventView::from(&Event { at_ms: 0, leader: None, ..e });
         assert_eq!((unknown.time, unknown.leader), (None, None));
+    }
+
+    /// Found by the `apply` fuzz target: an event stamped after the year 9999 (a health vote may
+    /// carry any `observed_at_ms`) made every view of the event log panic.
+    #[test]
+    fn an_event_stamped_after_the_year_9999_has_no_time_instead_of_a_panic() {
+        let last_ms_of_9999 = 253_402_300_799_999;
+        let at = |at_ms| EventView::from(&pb::EventRecord { at_ms, ..Default::default() }).time;
+        assert_eq!(at(last_ms_of_9999).as_deref(), Some("9999-12-31T23:59:59.999Z"));
+        assert_eq!(at(last_ms_of_9999 + 1), None);
+        assert_eq!(at(u64::MAX), None);
     }
 }

@@ -182,7 +182,9 @@ async fn drain_wait_returns_once_no_node_has_requests_in_flight() -> Result<()> 
     // Load reports: only the leader takes them, only from members, each from the node its certificate names.
     let report = |node| pb::LoadReport { node, at_ms: 1, backends: vec![] };
     let as_node = |addr: String, id: u64| async move {
-        anyhow::Ok(pb::admin_client::AdminClient::new(admin::node_channel(&addr, Duration::from_secs(15), id).await?))
+        anyhow::Ok(pb::admin_client::AdminClient::new(
+            admin::node_channel(&addr, Duration::from_secs(15), id).await?,
+        ))
     };
     let mut l = as_node(c.node(leader).grpc_addr(), 1).await?;
     assert!(l.report_load(report(1)).await?.into_inner().accepted);
