@@ -56,13 +56,27 @@ pub async fn node_channel(addr: &str, per_call: Duration, id: u64) -> Result<Cha
 
 /// A channel with the given TLS.
 pub async fn channel_with(addr: &str, per_call: Duration, tls: ClientTlsConfig) -> Result<Channel> {
-    tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
+    let endpoint = lazy_endpoint(addr, per_call, tls)?;
+    // The TLS handshake is part of connecting, and `connect_timeout` bounds only the TCP part.
+    tokio::time::timeout(CONNECT_WITH_HANDSHAKE, endpoint.connect())
+        .await
+        .with_context(|| format!("connect to {addr}: no TLS handshake within {CONNECT_WITH_HANDSHAKE:?}"))?
+        .with_context(|| format!("connect to {addr}"))
+}
+
+/// How long connecting may take, TLS handshake included.
+pub const CONNECT_WITH_HANDSHAKE: Duration = Duration::from_secs(5);
+
+/// An endpoint that connects on first use (each call then bounded by `per_call`, connecting included).
+pub fn lazy_endpoint(
+    addr: &str,
+    per_call: Duration,
+    tls: ClientTlsConfig,
+) -> Result<tonic::transport::Endpoint> {
+    Ok(tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
         .tls_config(tls)?
         .connect_timeout(Duration::from_millis(500))
-        .timeout(per_call)
-        .connect()
-        .await
-        .with_context(|| format!("connect to {addr}"))
+        .timeout(per_call))
 }
 
 pub async fn local_status(addr: &str) -> Result<pb::NodeStatus> {

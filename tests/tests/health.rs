@@ -278,7 +278,14 @@ async fn submit_health_vote_validates_and_forwards_to_the_leader() -> Result<()>
     let leader = c.wait_for_leader(ELECTION).await?;
     // No backend process: the checkers will vote it down, which this test does not wait for.
     admin::apply_toml(&c.nodes[0].grpc_addr(), &config(&[b1])).await?;
-    let follower = c.nodes.iter().find(|n| n.id != leader).expect("a follower").grpc_addr();
+    let follower_id = c.nodes.iter().find(|n| n.id != leader).expect("a follower").id;
+    let follower = c.node(follower_id).grpc_addr();
+    // The follower checks pool and backend against its own applied state: wait until it has the config.
+    wait_until("the config applied on the follower", ELECTION, || async {
+        ensure!(admin::get_config(&follower, true).await?.version >= 1, "no config yet");
+        Ok(())
+    })
+    .await?;
     // Votes come from nodes: each client presents the certificate of the node it votes as.
     let as_node = |id: u64| {
         let follower = follower.clone();
@@ -288,7 +295,7 @@ async fn submit_health_vote_validates_and_forwards_to_the_leader() -> Result<()>
             ))
         }
     };
-    let mut client = as_node(1).await?;
+    let mut client = as_node(follower_id).await?;
     let vote = |node: u64, pool: &str, backend: &str| lbfleet_tests::pb::HealthVoteRequest {
         node,
         pool: pool.into(),
@@ -299,18 +306,22 @@ async fn submit_health_vote_validates_and_forwards_to_the_leader() -> Result<()>
     let code = |r: std::result::Result<tonic::Response<lbfleet_tests::pb::WriteResponse>, tonic::Status>| {
         r.err().map(|s| (s.code(), s.message().to_string()))
     };
-    let (c1, m1) = code(client.submit_health_vote(vote(1, "nope", b1)).await).expect("refused");
+    let me = follower_id;
+    let other = (1..=3).find(|&i| i != me).unwrap();
+    let (c1, m1) = code(client.submit_health_vote(vote(me, "nope", b1)).await).expect("refused");
     assert_eq!(c1, tonic::Code::NotFound, "{m1}");
     assert!(m1.contains("nope"), "{m1}");
-    let (c2, m2) = code(client.submit_health_vote(vote(1, "web", "127.0.0.1:1")).await).expect("refused");
+    let (c2, m2) = code(client.submit_health_vote(vote(me, "web", "127.0.0.1:1")).await).expect("refused");
     assert_eq!(c2, tonic::Code::NotFound, "{m2}");
-    let (c3, m3) = code(client.submit_health_vote(vote(2, "web", b1)).await).expect("refused");
-    assert_eq!(c3, tonic::Code::PermissionDenied, "node 1 cannot vote as node 2: {m3}");
+    let (c3, m3) = code(client.submit_health_vote(vote(other, "web", b1)).await).expect("refused");
+    assert_eq!(c3, tonic::Code::PermissionDenied, "node {me} cannot vote as node {other}: {m3}");
     let (c4, m4) = code(as_node(9).await?.submit_health_vote(vote(9, "web", b1)).await).expect("refused");
     assert_eq!(c4, tonic::Code::FailedPrecondition, "{m4}");
     assert!(m4.contains("node 9"), "{m4}");
-    // A valid vote sent to a follower is committed through the leader.
-    let r = as_node(2).await?.submit_health_vote(vote(2, "web", b1)).await?.into_inner();
+    // Another node's own vote is taken only by the leader (which checks the voter itself).
+    assert!(m4.contains("not the leader"), "{m4}");
+    // A follower's own vote, sent to it, is committed through the leader.
+    let r = client.submit_health_vote(vote(me, "web", b1)).await?.into_inner();
     assert!(r.log_index > 0);
     Ok(())
 }

@@ -73,7 +73,13 @@ async fn at_the_grpc_connection_cap_new_connections_wait_and_open_ones_are_serve
         open.push(client);
     }
     // One over the cap: TCP completes in the kernel's accept queue, but nothing answers.
-    let mut extra = admin::connect_with_timeout(&addr, Duration::from_millis(1500)).await?;
+    // Lazy: connecting (TCP, then the TLS handshake the node never starts) happens inside the call.
+    let lazy =
+        admin::lazy_endpoint(&addr, Duration::from_millis(1500), lbfleet_tests::creds().operator_tls())?;
+    let mut extra = pb::admin_client::AdminClient::with_interceptor(
+        lazy.connect_lazy(),
+        admin::Bearer::of(&lbfleet_tests::creds().admin_token),
+    );
     let started = Instant::now();
     let r = extra.local_status(pb::LocalStatusRequest {}).await;
     ensure!(r.is_err(), "a connection over the cap was served: {r:?}");

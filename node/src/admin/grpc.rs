@@ -605,6 +605,16 @@ impl Admin for AdminService {
                 )));
             }
         }
+        // A forwarded proposal carries this node's certificate, so the leader would refuse another
+        // node's vote: only the leader takes votes from other nodes.
+        let metrics = self.cluster.raft.metrics();
+        if caller != self.id() && metrics.state != openraft::ServerState::Leader {
+            return Err(Status::failed_precondition(format!(
+                "node {} is not the leader: send node {caller}'s health vote to the leader (node {})",
+                self.id(),
+                metrics.current_leader.map_or_else(|| "unknown".to_string(), |l| l.to_string())
+            )));
+        }
         let cmd = Command::HealthVote {
             node: req.node,
             pool: req.pool,

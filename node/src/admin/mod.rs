@@ -70,6 +70,7 @@ pub fn propose_failure(e: ProposeError) -> Status {
     match e {
         ProposeError::Unknown { .. } => Status::deadline_exceeded(e.to_string()),
         ProposeError::Fatal { .. } => Status::internal(e.to_string()),
+        ProposeError::Refused { .. } => Status::permission_denied(e.to_string()),
         ProposeError::ShuttingDown(_) => Status::unavailable("this node is shutting down"),
         ProposeError::NotLeader { .. }
         | ProposeError::NoLeader(_)

@@ -76,6 +76,9 @@ pub enum ProposeError {
     /// The proposal reached the leader, but its answer was lost: it may have been applied.
     #[error("outcome unknown: {what} was sent to leader {leader} but its answer was lost ({message}); it may have been applied")]
     Unknown { what: String, leader: NodeId, message: String },
+    /// The leader refused the forwarded request before proposing anything (nothing was written).
+    #[error("leader {leader} refused {what}: {message}")]
+    Refused { what: String, leader: NodeId, message: String },
     /// The node is shutting down.
     #[error("node {0} is shutting down")]
     ShuttingDown(NodeId),
@@ -164,6 +167,13 @@ impl Proposer {
                         Err(Sent::Maybe(message)) => {
                             return Err(ProposeError::Unknown { what: what.into(), leader: id, message })
                         }
+                        Err(Sent::Refused(status)) => {
+                            return Err(ProposeError::Refused {
+                                what: what.into(),
+                                leader: id,
+                                message: status.message().to_string(),
+                            })
+                        }
                     }
                 }
             };
@@ -216,6 +226,13 @@ impl Proposer {
                     Ok(Err(e)) => return Err(e),
                     // A read changes nothing: retrying it is always safe.
                     Err(Sent::No(why) | Sent::Maybe(why)) => why,
+                    Err(Sent::Refused(status)) => {
+                        return Err(ProposeError::Refused {
+                            what: "read index".into(),
+                            leader: id,
+                            message: status.message().to_string(),
+                        })
+                    }
                 },
             };
             tracing::debug!("retrying a linearizable read: {retry_because}");
@@ -338,6 +355,17 @@ impl Proposer {
             Err(s) if is_transport_failure(&s) && !crate::channels::is_deadline_expired(&s) => {
                 Err(Sent::No(format!("leader {leader} is unreachable: {}", s.message())))
             }
+            // The leader's gate or decoder answered: nothing was proposed.
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::PermissionDenied
+                        | tonic::Code::Unauthenticated
+                        | tonic::Code::InvalidArgument
+                ) =>
+            {
+                Err(Sent::Refused(s))
+            }
             Err(s) => Err(Sent::Maybe(format!("{:?}: {}", s.code(), s.message()))),
         }
     }
@@ -396,6 +424,8 @@ enum Sent {
     No(String),
     /// It may have: the outcome is unknown.
     Maybe(String),
+    /// The leader refused it before proposing anything (credentials, identity, malformed request).
+    Refused(tonic::Status),
 }
 
 /// Give leadership a moment to settle: wake on the next metrics change or after 100 ms.
