@@ -29,10 +29,13 @@
 
 pub mod activity;
 mod body;
+pub mod guard;
 pub mod headers;
 mod proxy;
 pub mod upstream;
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;
 
@@ -85,6 +88,8 @@ impl Default for Options {
 pub(crate) struct Shared {
     name: String,
     ctx: Arc<ProxyContext>,
+    /// The listener's address: the `Host` given to backends for an HTTP/1.0 request without one.
+    local_host: Option<HeaderValue>,
     upstreams: Arc<Upstreams>,
     node_header: HeaderValue,
     tasks: Arc<Tasks>,
@@ -121,6 +126,7 @@ pub async fn serve_with(
     let shared = Arc::new(Shared {
         name: name.clone(),
         ctx,
+        local_host: listener.local_addr().ok().and_then(|a| HeaderValue::from_str(&a.to_string()).ok()),
         upstreams: Arc::clone(&upstreams),
         node_header,
         tasks: Arc::clone(&tasks),
@@ -175,8 +181,13 @@ async fn serve_conn(
 ) {
     // Timeouts as of the accept; if the listener is gone, its requests get 503 "listener removed".
     // Clamped: hyper adds the header timeout to an `Instant`, which a huge one overflows.
-    let timeouts =
-        shared.ctx.routing.load().listener(&shared.name).map(|l| l.timeouts.clamped()).unwrap_or_default();
+    let (timeouts, limits) = shared
+        .ctx
+        .routing
+        .load()
+        .listener(&shared.name)
+        .map(|l| (l.timeouts.clamped(), l.limits.clamped()))
+        .unwrap_or_default();
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::default());
     let io = TokioIo::new(IdleIo::new(stream, Arc::clone(&activity)));
@@ -190,10 +201,17 @@ async fn serve_conn(
     });
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(timeouts.request_header);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(timeouts.request_header)
+        .max_buf_size(guard::hyper_buffer(&limits))
+        .max_headers(guard::hyper_max_headers(&limits));
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_request_head)
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
         .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
@@ -205,6 +223,9 @@ async fn serve_conn(
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(%peer, "client connection ended: {e}");
+                    if let Some(reason) = hyper_refusal(&*e) {
+                        shared.ctx.metrics.http_refused(&shared.name, reason);
+                    }
                 }
                 break;
             }
@@ -218,5 +239,20 @@ async fn serve_conn(
             }
             _ = force.wait() => break,
         }
+    }
+}
+
+/// The `reason` of what hyper refused on its own before a request reached the proxy (see [`guard`]):
+/// its automatic 400/414/431 answers and the header read timeout (on which it closes the connection).
+fn hyper_refusal(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let e = e.downcast_ref::<hyper::Error>()?;
+    if e.is_timeout() {
+        Some("header_timeout")
+    } else if e.is_parse_too_large() {
+        Some("head_too_large")
+    } else if e.is_parse() {
+        Some("malformed")
+    } else {
+        None
     }
 }
