@@ -783,3 +783,44 @@ async fn slowloris_heads_are_cut_at_the_request_header_timeout() {
     let a = exchange(p.addr, b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(), false).await;
     assert_eq!(a.status, 200);
 }
+
+/// HTTP/2 has the same limits: the header list size is hyper's `max_header_list_size`, set to
+/// `max_request_head` (h2 answers 431 itself), and the header count and `Host` rules are the proxy's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_meet_the_same_limits() {
+    use hyper::Request;
+    let b = RawBackend::start(163, 2).await;
+    let p = Proxy::start(163, 1, b.addr, "").await;
+    let tcp = within("connect", TcpStream::connect(p.addr)).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let send = |mut client: h2::client::SendRequest<bytes::Bytes>, req: Request<()>| async move {
+        client = within("h2 ready", client.ready()).await.unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        let resp = within("h2 response", resp).await.unwrap();
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        let mut text = Vec::new();
+        while let Some(chunk) = within("h2 body", body.data()).await {
+            text.extend_from_slice(&chunk.unwrap());
+        }
+        (client, status, String::from_utf8_lossy(&text).into_owned())
+    };
+    let mut req = Request::get(format!("http://{}/h2-many", p.addr));
+    for i in 0..101 {
+        req = req.header(format!("x-{i}"), "v");
+    }
+    let (client, status, text) = send(client, req.body(()).unwrap()).await;
+    assert_eq!((status, text.as_str()), (431, "101 header lines, above the limit of 100\n"));
+    let req = Request::get(format!("http://{}/h2-big", p.addr)).header("x-big", "h".repeat(40 * 1024));
+    let (client, status, _) = send(client, req.body(()).unwrap()).await;
+    assert_eq!(status, 431);
+    // 20 KiB: above hyper's default list size (16 KiB), within the listener's 32 KiB head.
+    let req = Request::get(format!("http://{}/h2-mid", p.addr)).header("x-mid", "h".repeat(20 * 1024));
+    let (_client, status, _) = send(client, req.body(()).unwrap()).await;
+    assert_eq!(status, 200);
+    let targets: Vec<String> = b.requests().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/h2-mid"]);
+    assert_eq!(p.refused("too_many_headers"), 1);
+    conn.abort();
+}
