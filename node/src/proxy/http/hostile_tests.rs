@@ -640,6 +640,13 @@ async fn smuggling_and_framing_cases_are_refused_or_forwarded_as_one_request() {
     // hyper's own refusals (14 cases above) are counted when their connections end.
     wait_until("hyper's refusals counted", || p.refused("malformed") == 14).await;
 
+    // A client's bad body is the client's fault: nothing counted as a backend failure, and the backend
+    // stays usable on this node (six 502s would have ejected it: `consecutive_5xx` is 5).
+    let text = counters_text(&p.ctx.metrics);
+    let backend_5xx = format!("backend=\"{}\",code_class=\"5xx\"", b.addr);
+    assert!(!text.contains(&backend_5xx), "{text}");
+    assert!(p.ctx.outlier.is_usable("web", b.addr));
+
     // Still serving.
     let a = exchange(p.addr, b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(), false).await;
     assert_eq!(a.status, 200);
