@@ -340,6 +340,7 @@ impl GenListener {
             redirect: self.redirect,
             proxy_protocol: self.proxy_protocol,
             timeouts: Timeouts { connect, request_header, idle, upstream_response },
+            limits: Default::default(),
             route: self
                 .routes
                 .iter()
