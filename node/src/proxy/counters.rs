@@ -2,7 +2,8 @@
 //!
 //! The proxies count into one shared [`DataplaneMetrics`] (`ProxyContext::metrics`): HTTP responses by
 //! listener, pool, backend and status class; backend connect failures; TCP connections and UDP flows per
-//! backend; UDP datagrams dropped by reason. The gauges (in-flight requests, fleet-wide health, this
+//! backend; UDP datagrams dropped by reason; connections refused by a cap or a rate limit, HTTP
+//! requests refused by a rate limit, and picks that skipped a backend at its connection limit. The gauges (in-flight requests, fleet-wide health, this
 //! node's usability of each backend, bound listeners) are not kept here: [`register_gauges`] reads them
 //! at scrape time from the routing snapshot, the committed state and the outlier tracker.
 //!
@@ -55,6 +56,20 @@ pub struct DropLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub listener: String,
+    /// `listener_cap`, `source_cap` or `rate_limit`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLabels {
+    pub listener: String,
+    /// The route's number (1 for the first `[[listener.route]]`); empty for the listener's own limit.
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
     pub listener: String,
 }
@@ -67,6 +82,9 @@ pub struct DataplaneMetrics {
     tcp_connections: Family<FlowLabels, Counter>,
     udp_flows: Family<FlowLabels, Counter>,
     udp_dropped: Family<DropLabels, Counter>,
+    connections_refused: Family<RefusedLabels, Counter>,
+    rate_limited: Family<RateLabels, Counter>,
+    backend_at_limit: Family<BackendLabels, Counter>,
 }
 
 /// `2xx`, `5xx`, …: the label of a status code's class.
@@ -130,6 +148,29 @@ impl DataplaneMetrics {
         self.udp_dropped.get_or_create(&labels).clone()
     }
 
+    /// A client connection (UDP: a new flow) of `listener` refused for `reason` (`listener_cap`,
+    /// `source_cap`, `rate_limit`).
+    pub fn connection_refused(&self, listener: &str, reason: &'static str) {
+        let labels = RefusedLabels { listener: listener.to_string(), reason };
+        self.connections_refused.get_or_create(&labels).inc();
+    }
+
+    /// An HTTP request of `listener` answered 429 by the listener's rate limit (`route: None`) or by
+    /// that of route number `route` (1-based).
+    pub fn rate_limited(&self, listener: &str, route: Option<usize>) {
+        let labels = RateLabels {
+            listener: listener.to_string(),
+            route: route.map(|r| r.to_string()).unwrap_or_default(),
+        };
+        self.rate_limited.get_or_create(&labels).inc();
+    }
+
+    /// A pick skipped `backend` of `pool` because it was at the pool's `max_connections_per_backend`.
+    pub fn backend_at_limit(&self, pool: &str, backend: SocketAddr) {
+        let labels = BackendLabels { pool: pool.to_string(), backend: backend.to_string() };
+        self.backend_at_limit.get_or_create(&labels).inc();
+    }
+
     /// Add the counters to `registry` (which shares them: later increments show in its next encoding).
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
@@ -149,6 +190,21 @@ impl DataplaneMetrics {
         );
         registry.register("udp_flows", "UDP flows started towards a backend", self.udp_flows.clone());
         registry.register("udp_dropped", "UDP datagrams dropped, by reason", self.udp_dropped.clone());
+        registry.register(
+            "connections_refused",
+            "Client connections (UDP: new flows) refused by a connection cap or a rate limit, by reason",
+            self.connections_refused.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "HTTP requests answered 429 by a rate limit, by listener and route (empty: the listener's)",
+            self.rate_limited.clone(),
+        );
+        registry.register(
+            "backend_at_limit",
+            "Picks that skipped a backend at its pool's max_connections_per_backend",
+            self.backend_at_limit.clone(),
+        );
     }
 }
 
