@@ -7,6 +7,9 @@
 //! of 2 nodes a burst of 15 refilled at 1/2 per second. A burst is counted by sending requests until
 //! the first 429; the bucket may refill during that count, which the bounds allow for.
 //!
+//! Meanwhile an unlimited listener of the same nodes keeps serving, and a config over a limit is
+//! refused and leaves the old one in force.
+//!
 //! Addresses: nodes on 127.0.170.11–13 (the harness's layout), a demo backend on 127.0.170.101:9001.
 
 use std::time::{Duration, Instant};
@@ -147,6 +150,28 @@ async fn a_fleet_wide_budget_is_divided_by_the_live_nodes_and_regrows_when_one_i
         .await?;
         ensure!(limited == Some(1.0), "node {id}: rate_limited_total {limited:?}");
     }
+
+    // The node keeps serving everything else: the unlimited listener answers on every node.
+    for id in 1..=3 {
+        let (status, _, _) = http_get(&format!("{}:{PLAIN_PORT}", c.ip_of(id)), "/", &[]).await?;
+        ensure!(status == 200, "node {id}'s unlimited listener answered {status} while a was limited");
+    }
+    // A config over a limit is refused with its place and leaves the old one serving.
+    let bad = config(&backend.addr).replacen("rate = 1\n", "rate = 0\n", 1);
+    let refused = admin::apply_toml(&c.grpc_addr(leader), &bad).await.expect_err("rate = 0 accepted");
+    ensure!(
+        refused.message().contains("listener \"a\" limits rate_limit: rate 0 out of range 1..=1000000"),
+        "{}",
+        refused.message()
+    );
+    let in_force = admin::get_config(&c.grpc_addr(leader), false).await?.config_json;
+    ensure!(in_force.contains("\"rate\": 1,") && !in_force.contains("\"rate\": 0"), "{in_force}");
+    let (status, _, body) = http_get(&format!("{}:{A_PORT}", c.ip_of(1)), "/", &[]).await?;
+    let body = String::from_utf8_lossy(&body);
+    ensure!(
+        status == 200 || status == 429 && body.contains("burst 10") && body.contains("over 3 live nodes"),
+        "after the refused config: {status} {body}"
+    );
 
     // Kill a follower; once the leader marks it down, the two survivors divide the budget by 2.
     let victim = (1..=3).find(|id| *id != leader).expect("a follower");

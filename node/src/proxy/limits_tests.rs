@@ -1,11 +1,12 @@
 //! In-process tests of connection caps, per-backend limits and rate limits on real sockets: the real
-//! HTTP and TCP proxies ([`super::http::serve_with`], [`super::tcp::serve_with`]) on loopback, a routing
+//! HTTP, TCP and UDP proxies ([`super::http::serve_with`], [`super::tcp::serve_with`],
+//! [`super::udp::serve`]) on loopback, a routing
 //! snapshot built from a real `ClusterState` (three live nodes, see [`state_with`]), real backends
 //! (small hyper servers; TCP backends that name themselves and echo) and real clients bound to the
 //! source addresses under test.
 //!
 //! Addresses: proxies on 127.0.170.x, clients on 127.0.171.x (127.0.171.2 and 127.0.171.3 as two
-//! sources), backends on 127.0.172.x; TCP proxies on 127.0.173.x with backends on 127.0.174.x.
+//! sources), backends on 127.0.172.x; TCP and UDP proxies on 127.0.173.x with backends on 127.0.174.x.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -18,12 +19,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::counters::{counters_text, value_of};
-use super::testkit::{context, ip, routing_for, wait_for, within, WAIT};
+use super::testkit::{context, ip, reconfigure, routing_for, wait_for, within, WAIT};
 use super::ProxyContext;
 use crate::shutdown::Trigger;
 
@@ -304,6 +305,17 @@ async fn http_source_cap_refuses_one_address_and_serves_another() {
     assert_eq!(send(&mut first, "/").await.status, StatusCode::OK);
     assert_eq!(p.counter("connections_refused_total{listener=\"web\",reason=\"source_cap\"}"), Some(1));
     assert_eq!(p.counter("connections_refused_total{listener=\"web\",reason=\"listener_cap\"}"), None);
+
+    // A committed config with a higher cap applies from the next accept, counting what is open.
+    let raised = toml.replace("max_connections_per_source = 1", "max_connections_per_source = 2");
+    reconfigure(&p.ctx.routing, &raised, 2);
+    let mut second = h1(s2, p.addr).await;
+    assert_eq!(send(&mut second, "/").await.status, StatusCode::OK);
+    assert_eq!(
+        get(s2, p.addr, "/").await.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a third from 127.0.171.2"
+    );
 }
 
 #[tokio::test]
@@ -494,4 +506,74 @@ async fn a_tcp_rate_limit_closes_new_connections_over_it() {
     assert_eq!(tcp_open(ip(171, 3), p.addr).await.0.as_deref(), Some("backend-1"), "another source");
     assert!(tcp_echoes(&mut c1).await, "an admitted connection is not affected");
     assert_eq!(p.counter("connections_refused_total{listener=\"web\",reason=\"rate_limit\"}"), Some(1));
+}
+
+// -------------------------------------------------------------------------------------------------
+// UDP flows
+// -------------------------------------------------------------------------------------------------
+
+/// A UDP backend answering each datagram with `<name>:` and the datagram.
+async fn udp_echo_backend(name: &str, at: IpAddr) -> (SocketAddr, JoinHandle<()>) {
+    let sock = UdpSocket::bind((at, 0)).await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let name = format!("{name}:");
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf).await else { return };
+            let mut reply = name.clone().into_bytes();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = sock.send_to(&reply, from).await;
+        }
+    });
+    (addr, task)
+}
+
+/// Send `msg` from `c` to `to`; the reply if one comes within `window`.
+async fn udp_ask(c: &UdpSocket, to: SocketAddr, msg: &str, window: Duration) -> Option<String> {
+    c.send_to(msg.as_bytes(), to).await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    let (n, _) = tokio::time::timeout(window, c.recv_from(&mut buf)).await.ok()?.ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+#[tokio::test]
+async fn udp_flow_caps_drop_new_flows_over_them_until_a_flow_expires() {
+    let (backend, _b) = udp_echo_backend("backend-1", ip(174, 5)).await;
+    let toml = config(
+        "udp",
+        "round_robin",
+        "",
+        &[backend],
+        "[listener.timeouts]\nidle = \"300ms\"\n[listener.limits]\nmax_connections = 2\nmax_connections_per_source = 1\n",
+    );
+    let routing = routing_for(&toml);
+    let ctx = context(ip(173, 4), &routing);
+    let sock = UdpSocket::bind((ip(173, 4), 0)).await.unwrap();
+    let to = sock.local_addr().unwrap();
+    let (_stop, stop_rx) = crate::shutdown::channel();
+    let task = tokio::spawn(super::udp::serve("web".into(), sock, Arc::clone(&ctx), stop_rx));
+    let client = |d| async move { UdpSocket::bind((ip(171, d), 0)).await.unwrap() };
+    let refused = |reason: &str| {
+        value_of(
+            &counters_text(&ctx.metrics),
+            &format!("connections_refused_total{{listener=\"web\",reason=\"{reason}\"}}"),
+        )
+    };
+    let (c1, c1b, c3, c4) = (client(2).await, client(2).await, client(3).await, client(4).await);
+    assert_eq!(udp_ask(&c1, to, "one", WAIT).await.as_deref(), Some("backend-1:one"));
+    // A second flow of 127.0.171.2 (another port) is over the per-source cap: dropped, counted.
+    c1b.send_to(b"two", to).await.unwrap();
+    wait_for("the second flow of 127.0.171.2 to be refused", WAIT, || async { refused("source_cap") }).await;
+    assert_eq!(udp_ask(&c3, to, "three", WAIT).await.as_deref(), Some("backend-1:three"));
+    // A third source is over the listener's 2 flows.
+    c4.send_to(b"four", to).await.unwrap();
+    wait_for("a third flow to be refused", WAIT, || async { refused("listener_cap") }).await;
+    assert_eq!(udp_ask(&c1, to, "again", WAIT).await.as_deref(), Some("backend-1:again"));
+    // Once 127.0.171.2's flow idles out, its other port may start one.
+    wait_for("127.0.171.2's second port to get a flow after the first expired", WAIT, || async {
+        udp_ask(&c1b, to, "later", Duration::from_millis(200)).await.filter(|r| r == "backend-1:later")
+    })
+    .await;
+    task.abort();
 }
