@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use lbfleet_api::config::{RateKey, RateLimit, RateScope};
 
-/// Most per-source buckets one rate limit (of a listener or a route) keeps on one node, about 64
-/// bytes each.
+/// Most per-source buckets one rate limit (of a listener or a route) keeps on one node: 48 bytes an
+/// entry, in a hash table of at most 131,072 slots when full (about 6.4 MiB).
 pub const MAX_RATE_SOURCES: usize = 65_536;
 
 /// The rate and burst one node enforces.
@@ -241,6 +241,11 @@ mod tests {
         assert_eq!(share(&limit(2, 2, RateScope::Fleet), 5), Params { rate: 0.4, burst: 1.0 });
         // Per node: the whole of it whatever N is.
         assert_eq!(share(&limit(90, 10, RateScope::Node), 3), Params { rate: 90.0, burst: 10.0 });
+    }
+
+    #[test]
+    fn a_table_entry_is_48_bytes() {
+        assert_eq!(std::mem::size_of::<(IpAddr, Bucket)>(), 48);
     }
 
     #[test]

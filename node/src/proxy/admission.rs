@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,10 @@ pub struct Admission {
     pub caps: Arc<ConnCaps>,
     listener: Mutex<Option<Limiter>>,
     routes: Mutex<HashMap<usize, Limiter>>,
+    /// Whether `listener` holds a limiter, and how many `routes` holds: a listener without rate
+    /// limits takes no lock per request.
+    listener_active: AtomicBool,
+    routes_active: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -122,7 +127,13 @@ impl Admission {
         source: IpAddr,
         now: Instant,
     ) -> Result<(), Limited> {
-        take(&mut lock(&self.listener), limit, live_nodes, source, now)
+        if limit.is_none() && !self.listener_active.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut slot = lock(&self.listener);
+        let r = take(&mut slot, limit, live_nodes, source, now);
+        self.listener_active.store(slot.is_some(), Ordering::Relaxed);
+        r
     }
 
     /// Take a token of route `index`'s rate limit `limit` (none: always admitted) for `source`.
@@ -134,6 +145,9 @@ impl Admission {
         source: IpAddr,
         now: Instant,
     ) -> Result<(), Limited> {
+        if limit.is_none() && self.routes_active.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
         let mut routes = lock(&self.routes);
         if limit.is_none() && !routes.contains_key(&index) {
             return Ok(());
@@ -143,6 +157,7 @@ impl Admission {
         if let Some(l) = slot {
             routes.insert(index, l);
         }
+        self.routes_active.store(routes.len(), Ordering::Relaxed);
         r
     }
 
