@@ -24,10 +24,11 @@
 //!   the response head (504).
 //!
 //! Connection caps (`limits.max_connections`, `limits.max_connections_per_source`, see
-//! [`super::admission`]) are checked at accept: a connection over one is answered `503` with the reason
-//! and `Connection: close` (HTTP/1.1; over HTTP/2 each request of it gets the 503) by a short task that reads at most one request head and lives at most [`REFUSAL_WAIT`]; at
-//! most [`MAX_REFUSING`] such answers run at once per listener, beyond that an over-cap connection is
-//! closed without an answer. Rate limits are per request, in [`proxy`].
+//! [`super::admission`]) are checked at accept: a connection over one is answered `503` with the
+//! reason and `Connection: close` (HTTP/1.1 reads one request head first; over HTTP/2 each request of
+//! it gets the 503) by a short task that lives at most [`REFUSAL_WAIT`]; at most [`MAX_REFUSING`] such
+//! answers run at once per listener, beyond that an over-cap connection is closed without an answer.
+//! Rate limits are per request, in [`proxy`].
 //!
 //! Known limits: WebSocket over HTTP/2 (RFC 8441 extended CONNECT) is not offered; upgrades work on
 //! HTTP/1.1. Backends are spoken to in HTTP/1.1 only. Caps count connections of this node only.

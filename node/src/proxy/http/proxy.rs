@@ -11,8 +11,9 @@
 //! - nothing else: any other failure answers 502, a response head later than `upstream_response` after
 //!   the request was sent in full answers 504.
 //!
-//! Before any of that, the listener's rate limit and then the matched route's take a token for the
-//! client's IP (see [`crate::proxy::admission`]); without one the answer is `429` with `Retry-After`
+//! Before any of that, the listener's rate limit and then the matched route's each take a token (from
+//! the client IP's bucket, or the one bucket of the listener or route; see [`crate::proxy::admission`]);
+//! without one the answer is `429` with `Retry-After`
 //! (whole seconds until a token is there, at least 1). A pool's `max_connections_per_backend` limits
 //! the requests in flight from this node to each of its backends (each holds one upstream connection
 //! for its whole exchange, HTTP/1.1 to backends; idle pooled connections do not count): a backend at
