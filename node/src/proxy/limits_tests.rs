@@ -287,6 +287,29 @@ async fn http_listener_cap_answers_503_to_the_connection_over_it_and_frees_a_pla
 }
 
 #[tokio::test]
+async fn an_http2_connection_over_the_cap_gets_503_with_the_reason() {
+    let b = HttpBackend::start("backend-1", ip(172, 7)).await;
+    let toml = config("http", "round_robin", "", &[b.addr], "[listener.limits]\nmax_connections = 1\n");
+    let p = Proxy::start("http", ip(170, 6), &toml).await;
+    let mut held = h1(ip(171, 2), p.addr).await;
+    assert_eq!(send(&mut held, "/").await.status, StatusCode::OK);
+    // h2c with prior knowledge, over the cap.
+    let stream = connect_from(ip(171, 3), p.addr).await;
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("http://test.local/").body(Full::new(Bytes::new())).unwrap();
+    let resp = within("h2 response", h2.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.version(), hyper::Version::HTTP_2);
+    let body = within("h2 body", resp.into_body().collect()).await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"listener \"web\": listener at its connection limit 1; try again later\n");
+    assert_eq!(send(&mut held, "/").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn http_source_cap_refuses_one_address_and_serves_another() {
     let b = HttpBackend::start("backend-1", ip(172, 2)).await;
     let toml =
@@ -450,8 +473,25 @@ async fn over_the_rate_limit_a_source_gets_429_with_retry_after_and_recovers_aft
         limited.body,
         "rate limit of listener \"web\" exceeded (1 per second, burst 2, per client address); retry after 1s\n"
     );
-    // A new connection from the same source is limited alike; another source is not.
-    assert_eq!(get(s2, p.addr, "/").await.status, StatusCode::TOO_MANY_REQUESTS);
+    // A new connection from the same source is limited alike (curl as the client, where installed);
+    // another source is not.
+    if std::process::Command::new("curl").arg("--version").output().is_err() {
+        println!("NOTICE: curl is not installed; a hyper client instead");
+        assert_eq!(get(s2, p.addr, "/").await.status, StatusCode::TOO_MANY_REQUESTS);
+    } else {
+        let url = format!("http://{}/", p.addr);
+        let out = within(
+            "curl",
+            tokio::process::Command::new("curl")
+                .args(["-sS", "-i", "--max-time", "15", "--interface", "127.0.171.2", &url])
+                .output(),
+        )
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+        assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.starts_with("http/1.1 429") && text.contains("\r\nretry-after: 1\r\n"), "curl: {text}");
+    }
     assert_eq!(get(s3, p.addr, "/").await.body, "backend-1");
     assert!(p.counter("rate_limited_total{listener=\"web\",route=\"\"}").unwrap_or(0) >= 2);
     // After the refill, the first source is served again.
