@@ -153,6 +153,10 @@ pub struct Pool {
     /// Leader-driven activation of standby backends; `None` leaves standbys as configured.
     pub scale: Option<Autoscale>,
     pub backend: Vec<Backend>,
+    /// Most connections (TCP) or in-flight requests (HTTP) this node sends to one backend of the pool at
+    /// once (the circuit limit; `None`: unlimited). See [`MAX_CONNECTIONS_LIMIT`].
+    #[serde(default)]
+    pub max_connections_per_backend: Option<u32>,
 }
 
 /// Passive outlier detection, per node, from live traffic (Envoy's defaults).
@@ -432,6 +436,9 @@ pub struct Listener {
     /// HTTP only: what a request may weigh before the proxy refuses it.
     #[serde(default)]
     pub limits: HttpLimits,
+    /// Connection caps and the rate limit of the listener (`None`: none of them).
+    #[serde(default)]
+    pub admission: Option<ListenerLimits>,
 }
 
 /// HTTP routing rule: host (exact, case-insensitive) and/or path prefix.
@@ -440,6 +447,9 @@ pub struct Route {
     pub host: Option<String>,
     pub path_prefix: Option<String>,
     pub pool: String,
+    /// The rate limit of the requests this route takes (on top of the listener's).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -620,6 +630,7 @@ pub struct RawPool {
     pub scale: Option<RawScale>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,
+    pub max_connections_per_backend: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -686,6 +697,7 @@ pub struct RawListener {
     #[serde(default)]
     pub route: Vec<RawRoute>,
     pub limits: Option<RawHttpLimits>,
+    pub admission: Option<RawListenerLimits>,
 }
 
 /// `[listener.limits]` as written; sizes in bytes.
@@ -713,6 +725,7 @@ pub struct RawRoute {
     pub host: Option<String>,
     pub path_prefix: Option<String>,
     pub pool: Option<String>,
+    pub rate_limit: Option<RawRateLimit>,
 }
 
 /// One problem found in a config, with where it is.
@@ -1193,6 +1206,7 @@ fn validate_pool(p: &mut Problems, place: &str, rp: &RawPool) -> Option<Pool> {
         outlier,
         scale,
         backend: backends,
+        max_connections_per_backend: validate_backend_limit(p, place, rp.max_connections_per_backend),
     })
 }
 
@@ -1538,8 +1552,10 @@ fn validate_listener(p: &mut Problems, place: &str, rl: &RawListener) -> Option<
             host: rr.host.as_ref().map(|h| h.to_ascii_lowercase()),
             path_prefix: rr.path_prefix.clone(),
             pool,
+            rate_limit: rr.rate_limit.as_ref().and_then(|r| validate_rate_limit(p, &rplace, r)),
         });
     }
+    let admission = rl.admission.as_ref().map(|r| validate_listener_limits(p, place, protocol, r));
     Some(Listener {
         name,
         protocol,
@@ -1550,6 +1566,7 @@ fn validate_listener(p: &mut Problems, place: &str, rl: &RawListener) -> Option<
         timeouts,
         route: routes,
         limits,
+        admission,
     })
 }
 
@@ -1590,6 +1607,158 @@ fn validate_http_limits(p: &mut Problems, place: &str, raw: &RawHttpLimits) -> H
         max_headers,
         max_request_line: max_request_line.min(max_request_head),
         max_body,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection caps and rate limits: the listener's `[listener.admission]` (caps per listener and per
+// source IP, and its `[listener.admission.rate_limit]`), a route's `[listener.route.rate_limit]` and a
+// pool's `max_connections_per_backend`. All unlimited by default. README ("Limits", "Connection caps
+// and rate limits") lists the bounds.
+// ---------------------------------------------------------------------------------------------
+
+/// Largest value of a connection cap (`max_connections`, `max_connections_per_source`,
+/// `max_connections_per_backend`).
+pub const MAX_CONNECTIONS_LIMIT: u32 = 1_000_000;
+/// Largest rate limit `rate`, in tokens (requests or new connections) per second.
+pub const MAX_RATE: u32 = 1_000_000;
+/// Largest rate limit `burst`, in tokens.
+pub const MAX_BURST: u32 = 1_000_000;
+
+/// Connection caps and rate limit of one listener, enforced by each node on its own connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ListenerLimits {
+    /// Most client connections (UDP: flows) open at once on this listener, on each node.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// Most client connections (UDP: flows) open at once from one source IP, on each node.
+    #[serde(default)]
+    pub max_connections_per_source: Option<u32>,
+    /// HTTP: requests; TCP: new connections.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket: `rate` tokens per second, at most `burst` saved up; each HTTP request or new TCP
+/// connection takes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub rate: u32,
+    pub burst: u32,
+    pub per: RateKey,
+    pub scope: RateScope,
+}
+
+/// What one bucket is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateKey {
+    /// One bucket per client IP.
+    SourceIp,
+    /// One bucket for every client of the listener (or route).
+    Listener,
+}
+
+/// Whose budget `rate` and `burst` are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateScope {
+    /// Each node enforces `rate` and `burst` by itself.
+    Node,
+    /// `rate` and `burst` are the fleet's: each node enforces its share, divided by the number of live
+    /// nodes of the committed membership.
+    Fleet,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerLimits {
+    pub max_connections: Option<i64>,
+    pub max_connections_per_source: Option<i64>,
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub rate: Option<i64>,
+    pub burst: Option<i64>,
+    pub per: Option<String>,
+    pub scope: Option<String>,
+}
+
+/// A count within `1..=max`; `None` with a problem outside it.
+fn bounded_count(p: &mut Problems, place: &str, field: &str, v: i64, max: u32) -> Option<u32> {
+    if (1..=i64::from(max)).contains(&v) {
+        Some(v as u32)
+    } else {
+        p.push(place, format!("{field} {v} out of range 1..={max}"));
+        None
+    }
+}
+
+fn validate_backend_limit(p: &mut Problems, place: &str, v: Option<i64>) -> Option<u32> {
+    bounded_count(p, place, "max_connections_per_backend", v?, MAX_CONNECTIONS_LIMIT)
+}
+
+fn validate_listener_limits(
+    p: &mut Problems,
+    listener_place: &str,
+    protocol: Protocol,
+    rl: &RawListenerLimits,
+) -> ListenerLimits {
+    let place = format!("{listener_place} admission");
+    let max_connections = rl
+        .max_connections
+        .and_then(|v| bounded_count(p, &place, "max_connections", v, MAX_CONNECTIONS_LIMIT));
+    let max_connections_per_source = rl
+        .max_connections_per_source
+        .and_then(|v| bounded_count(p, &place, "max_connections_per_source", v, MAX_CONNECTIONS_LIMIT));
+    let rate_limit = match &rl.rate_limit {
+        Some(_) if protocol == Protocol::Udp => {
+            p.push(&place, "rate_limit is only for http and tcp listeners");
+            None
+        }
+        Some(r) => validate_rate_limit(p, &place, r),
+        None => None,
+    };
+    ListenerLimits { max_connections, max_connections_per_source, rate_limit }
+}
+
+fn validate_rate_limit(p: &mut Problems, outer: &str, r: &RawRateLimit) -> Option<RateLimit> {
+    let place = format!("{outer} rate_limit");
+    let before = p.0.len();
+    let rate = match r.rate {
+        None => {
+            p.push(&place, "missing rate (tokens per second)");
+            None
+        }
+        Some(v) => bounded_count(p, &place, "rate", v, MAX_RATE),
+    };
+    // The default burst is one second's worth of tokens.
+    let burst = match r.burst {
+        None => rate.map(|r| r.min(MAX_BURST)),
+        Some(v) => bounded_count(p, &place, "burst", v, MAX_BURST),
+    };
+    let per = match r.per.as_deref().unwrap_or("source_ip") {
+        "source_ip" => RateKey::SourceIp,
+        "listener" => RateKey::Listener,
+        other => {
+            p.push(&place, format!("unknown per \"{}\" (expected source_ip or listener)", shown(other)));
+            RateKey::SourceIp
+        }
+    };
+    let scope = match r.scope.as_deref().unwrap_or("node") {
+        "node" => RateScope::Node,
+        "fleet" => RateScope::Fleet,
+        other => {
+            p.push(&place, format!("unknown scope \"{}\" (expected node or fleet)", shown(other)));
+            RateScope::Node
+        }
+    };
+    match (rate, burst) {
+        (Some(rate), Some(burst)) if p.0.len() == before => Some(RateLimit { rate, burst, per, scope }),
+        _ => None,
     }
 }
 
@@ -2379,5 +2548,116 @@ name = "web"
         assert!(!is_prime(65535));
         assert!(!is_prime(1));
         assert!(is_prime(2));
+    }
+
+    const LIMITED: &str = r#"
+[[pool]]
+name = "web"
+max_connections_per_backend = 100
+  [[pool.backend]]
+  addr = "127.0.0.1:9001"
+
+[[listener]]
+name = "web"
+protocol = "http"
+port = 8080
+pool = "web"
+  [listener.admission]
+  max_connections = 10000
+  max_connections_per_source = 100
+  [listener.admission.rate_limit]
+  rate = 100
+  burst = 200
+  per = "source_ip"
+  scope = "fleet"
+  [[listener.route]]
+  path_prefix = "/api"
+  pool = "web"
+    [listener.route.rate_limit]
+    rate = 10
+    per = "listener"
+
+[[listener]]
+name = "tcp"
+protocol = "tcp"
+port = 8081
+pool = "web"
+"#;
+
+    #[test]
+    fn caps_and_rate_limits_parse_with_their_defaults_and_round_trip() {
+        let c = parse(LIMITED, Format::Toml).unwrap();
+        assert_eq!(c.pool[0].max_connections_per_backend, Some(100));
+        let l = c.listener[0].admission.unwrap();
+        assert_eq!(l.max_connections, Some(10_000));
+        assert_eq!(l.max_connections_per_source, Some(100));
+        assert_eq!(
+            l.rate_limit,
+            Some(RateLimit { rate: 100, burst: 200, per: RateKey::SourceIp, scope: RateScope::Fleet })
+        );
+        // burst defaults to one second of rate, scope to the node.
+        assert_eq!(
+            c.listener[0].route[0].rate_limit,
+            Some(RateLimit { rate: 10, burst: 10, per: RateKey::Listener, scope: RateScope::Node })
+        );
+        // Nothing is limited unless asked.
+        assert_eq!(c.listener[1].admission, None);
+        assert_eq!(parse(DEMO, Format::Toml).unwrap().pool[0].max_connections_per_backend, None);
+
+        assert_eq!(parse(&c.to_toml(), Format::Toml).unwrap(), c);
+        assert_eq!(parse(&c.to_json(), Format::Json).unwrap(), c);
+        let bytes = postcard::to_allocvec(&c).unwrap();
+        assert_eq!(postcard::from_bytes::<ClusterConfig>(&bytes).unwrap(), c);
+    }
+
+    #[test]
+    fn caps_and_rate_limits_are_bounded_and_named() {
+        let listener = |protocol: &str, limits: &str| {
+            format!(
+                "[[pool]]\nname = \"p\"\nmax_connections_per_backend = 0\n[[listener]]\nname = \"l\"\n\
+                 protocol = \"{protocol}\"\nport = 9000\npool = \"p\"\n[listener.admission]\n{limits}"
+            )
+        };
+        assert_eq!(
+            errors(&listener(
+                "http",
+                "max_connections = 1000001\nmax_connections_per_source = -1\n[listener.admission.rate_limit]\n\
+                 rate = 0\nburst = 1000001\nper = \"user\"\nscope = \"planet\"\n"
+            )),
+            vec![
+                "pool \"p\": max_connections_per_backend 0 out of range 1..=1000000",
+                "listener \"l\" admission: max_connections 1000001 out of range 1..=1000000",
+                "listener \"l\" admission: max_connections_per_source -1 out of range 1..=1000000",
+                "listener \"l\" admission rate_limit: rate 0 out of range 1..=1000000",
+                "listener \"l\" admission rate_limit: burst 1000001 out of range 1..=1000000",
+                "listener \"l\" admission rate_limit: unknown per \"user\" (expected source_ip or listener)",
+                "listener \"l\" admission rate_limit: unknown scope \"planet\" (expected node or fleet)",
+            ]
+        );
+        let errs =
+            errors(&listener("udp", "max_connections = 10\n[listener.admission.rate_limit]\nburst = 5\n"));
+        assert!(
+            errs.contains(
+                &"listener \"l\" admission: rate_limit is only for http and tcp listeners".to_string()
+            ),
+            "{errs:?}"
+        );
+        let errs = errors(&listener("tcp", "[listener.admission.rate_limit]\nburst = 5\n"));
+        assert!(
+            errs.contains(
+                &"listener \"l\" admission rate_limit: missing rate (tokens per second)".to_string()
+            ),
+            "{errs:?}"
+        );
+        let errs = errors(&listener("tcp", "max_conns = 5\n"));
+        assert!(errs.iter().any(|e| e.contains("unknown field `max_conns`")), "{errs:?}");
+        // At the bounds: accepted.
+        let top = format!(
+            "max_connections = {MAX_CONNECTIONS_LIMIT}\nmax_connections_per_source = 1\n\
+             [listener.admission.rate_limit]\nrate = {MAX_RATE}\nburst = {MAX_BURST}\n"
+        );
+        let ok = listener("tcp", &top)
+            .replace("max_connections_per_backend = 0", "max_connections_per_backend = 1000000");
+        assert!(parse(&ok, Format::Toml).is_ok());
     }
 }

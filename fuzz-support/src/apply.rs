@@ -325,6 +325,7 @@ impl GenPoolConfig {
                     standby: b.standby,
                 })
                 .collect(),
+            max_connections_per_backend: None,
         }
     }
 }
@@ -348,8 +349,10 @@ impl GenListener {
                     host: host.clone(),
                     path_prefix: path_prefix.clone(),
                     pool: pool.name(),
+                    rate_limit: None,
                 })
                 .collect(),
+            admission: None,
         }
     }
 }

@@ -16,6 +16,13 @@
 //! the kernel drops new SYNs and clients retry) until an open connection closes. No descriptor is
 //! spent on a connection that is over the cap.
 //!
+//! The data-plane listeners use [`ConnCaps`] instead: their caps (`admission.max_connections`,
+//! `admission.max_connections_per_source` of the committed config) can change with every applied config,
+//! and a client over one is answered at once (HTTP: `503` with the reason; TCP: closed) rather than
+//! left waiting in the queue. [`ConnCaps`] counts every open connection of the listener and of each
+//! source IP, caps or not (so a cap set later counts the connections already open); a source's entry
+//! is removed when its count reaches 0, so the table never holds more entries than open connections.
+//!
 //! Every accepted socket gets `TCP_NODELAY`, and TCP keep-alive when configured. [`Conn`]
 //! implements tonic's `Connected` with `TcpConnectInfo`, so `Request::remote_addr()` keeps working
 //! (and `peer_certs()` once tonic's TLS acceptor wraps it in `TlsConnectInfo`).
@@ -303,6 +310,115 @@ impl AsyncWrite for Conn {
     }
 }
 
+/// Which connection cap a new connection is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverCap {
+    /// The listener has `max` connections open.
+    Listener { max: u32 },
+    /// The client's IP has `max` connections open.
+    Source { max: u32 },
+}
+
+impl OverCap {
+    /// The label of `lbfleet_connections_refused_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            OverCap::Listener { .. } => "listener_cap",
+            OverCap::Source { .. } => "source_cap",
+        }
+    }
+}
+
+impl std::fmt::Display for OverCap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OverCap::Listener { max } => write!(f, "listener at its connection limit {max}"),
+            OverCap::Source { max } => write!(f, "client address at its connection limit {max}"),
+        }
+    }
+}
+
+/// The open connections of one data-plane listener, in all and by source IP; see the module docs.
+#[derive(Debug, Default)]
+pub struct ConnCaps {
+    inner: std::sync::Mutex<CapCounts>,
+}
+
+#[derive(Debug, Default)]
+struct CapCounts {
+    open: u32,
+    by_source: std::collections::HashMap<std::net::IpAddr, u32>,
+}
+
+impl ConnCaps {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CapCounts> {
+        // Plain counter updates: a panic elsewhere cannot leave them half done.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Count a new connection from `source`, unless that would take the listener above `max` or the
+    /// source above `per_source` (`None`: no cap). The slot counts until it is dropped.
+    pub fn admit(
+        self: &Arc<Self>,
+        source: std::net::IpAddr,
+        max: Option<u32>,
+        per_source: Option<u32>,
+    ) -> Result<CapSlot, OverCap> {
+        let mut c = self.lock();
+        if let Some(max) = max.filter(|&m| c.open >= m) {
+            return Err(OverCap::Listener { max });
+        }
+        let from_source = c.by_source.get(&source).copied().unwrap_or(0);
+        if let Some(max) = per_source.filter(|&m| from_source >= m) {
+            return Err(OverCap::Source { max });
+        }
+        c.open = c.open.saturating_add(1);
+        c.by_source.insert(source, from_source.saturating_add(1));
+        Ok(CapSlot { caps: Arc::clone(self), source })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> u32 {
+        self.lock().open
+    }
+
+    /// Connections open now from `source`.
+    pub fn open_from(&self, source: std::net::IpAddr) -> u32 {
+        self.lock().by_source.get(&source).copied().unwrap_or(0)
+    }
+
+    /// Source IPs with at least one open connection.
+    pub fn sources(&self) -> usize {
+        self.lock().by_source.len()
+    }
+
+    fn release(&self, source: std::net::IpAddr) {
+        let mut c = self.lock();
+        c.open = c.open.saturating_sub(1);
+        if let std::collections::hash_map::Entry::Occupied(mut e) = c.by_source.entry(source) {
+            if *e.get() <= 1 {
+                e.remove();
+            } else {
+                *e.get_mut() -= 1;
+            }
+        }
+    }
+}
+
+/// One connection counted by a [`ConnCaps`]; released when dropped.
+#[derive(Debug)]
+#[must_use = "the connection counts only while the slot lives"]
+pub struct CapSlot {
+    caps: Arc<ConnCaps>,
+    source: std::net::IpAddr,
+}
+
+impl Drop for CapSlot {
+    fn drop(&mut self) {
+        self.caps.release(self.source);
+    }
+}
+
 /// Raise this process's soft limit of open files to its hard limit; returns `(before, after)`.
 pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -379,6 +495,34 @@ mod tests {
         let mut b = [0u8; 1];
         second.read_exact(&mut b).await.unwrap();
         assert_eq!(&b, b"x");
+    }
+
+    #[test]
+    fn caps_count_per_listener_and_per_source_and_forget_a_source_at_zero() {
+        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        let caps = Arc::new(ConnCaps::default());
+        // No caps: everything counts, nothing is refused.
+        let s1 = caps.admit(a, None, None).unwrap();
+        let s2 = caps.admit(a, None, None).unwrap();
+        assert_eq!((caps.open(), caps.open_from(a)), (2, 2));
+        // Per source: a is at 2, b is not.
+        assert_eq!(caps.admit(a, None, Some(2)).unwrap_err(), OverCap::Source { max: 2 });
+        let s3 = caps.admit(b, Some(3), Some(2)).unwrap();
+        // Per listener: 3 open.
+        assert_eq!(caps.admit(b, Some(3), None).unwrap_err(), OverCap::Listener { max: 3 });
+        assert_eq!(OverCap::Listener { max: 3 }.to_string(), "listener at its connection limit 3");
+        assert_eq!(caps.sources(), 2);
+        drop(s3);
+        assert_eq!(caps.sources(), 1, "b's entry goes with its last connection");
+        drop(s1);
+        let s4 = caps.admit(a, Some(3), Some(2)).unwrap();
+        drop((s2, s4));
+        assert_eq!((caps.open(), caps.sources()), (0, 0));
+        // A refusal counts nothing.
+        let _held = caps.admit(a, Some(1), None).unwrap();
+        assert!(caps.admit(b, Some(1), None).is_err());
+        assert_eq!((caps.open(), caps.open_from(b)), (1, 0));
     }
 
     #[tokio::test]

@@ -55,6 +55,22 @@ impl BackendHandle {
         self.inflight.fetch_add(1, Ordering::Relaxed);
         InFlight { counter: Arc::clone(&self.inflight) }
     }
+
+    /// [`BackendHandle::track`] unless `max` (a pool's `max_connections_per_backend`) are in flight
+    /// already; `None` then. Check and count are one atomic step, so concurrent picks never exceed it.
+    pub fn try_track(&self, max: Option<u32>) -> Option<InFlight> {
+        let Some(max) = max else { return Some(self.track()) };
+        self.inflight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < u64::from(max)).then_some(n + 1))
+            .ok()?;
+        Some(InFlight { counter: Arc::clone(&self.inflight) })
+    }
+
+    /// Whether another request or connection fits under `max` now (a hint for ordering candidates;
+    /// [`BackendHandle::try_track`] decides).
+    pub fn has_room(&self, max: Option<u32>) -> bool {
+        max.is_none_or(|m| self.inflight() < u64::from(m))
+    }
 }
 
 /// RAII guard of one in-flight request or connection; decrements the backend's count on drop. Owns its
@@ -68,5 +84,37 @@ pub struct InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.counter.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn try_track_never_goes_above_the_limit_and_frees_a_place_on_drop() {
+        let b = BackendHandle::new("127.0.0.1:1".parse().unwrap(), 1);
+        let g1 = b.try_track(Some(2)).unwrap();
+        let g2 = b.try_track(Some(2)).unwrap();
+        assert!(b.try_track(Some(2)).is_none());
+        assert!(!b.has_room(Some(2)));
+        assert_eq!(b.inflight(), 2);
+        drop(g1);
+        assert!(b.has_room(Some(2)));
+        let _g3 = b.try_track(Some(2)).unwrap();
+        // Unlimited: always counted.
+        let _g4 = b.try_track(None).unwrap();
+        assert_eq!(b.inflight(), 3);
+        drop(g2);
+        // Concurrent takers: never more than the limit at once.
+        let b = Arc::new(BackendHandle::new("127.0.0.1:2".parse().unwrap(), 1));
+        let held: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| (0..100).filter_map(|_| b.try_track(Some(50))).collect::<Vec<_>>()))
+                .collect();
+            hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(held.len(), 50);
+        assert_eq!(b.inflight(), 50);
     }
 }

@@ -27,19 +27,20 @@ use super::{BackendHandle, PoolSelector};
 /// A route's host matches the request host without its port, case-insensitively; its path prefix is a
 /// plain byte prefix of the path. A route with neither matches everything.
 pub fn route_pool<'a>(listener: &'a Listener, host: Option<&str>, path: &str) -> &'a str {
+    route_index(listener, host, path).map_or(listener.pool.as_str(), |i| listener.route[i].pool.as_str())
+}
+
+/// The index in `listener.route` of the first route matching the request ([`route_pool`]).
+pub fn route_index(listener: &Listener, host: Option<&str>, path: &str) -> Option<usize> {
     let host = host.map(host_without_port);
-    listener
-        .route
-        .iter()
-        .find(|r| {
-            let host_ok = match (&r.host, host) {
-                (None, _) => true,
-                (Some(want), Some(h)) => want.eq_ignore_ascii_case(h),
-                (Some(_), None) => false,
-            };
-            host_ok && r.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
-        })
-        .map_or(listener.pool.as_str(), |r| r.pool.as_str())
+    listener.route.iter().position(|r| {
+        let host_ok = match (&r.host, host) {
+            (None, _) => true,
+            (Some(want), Some(h)) => want.eq_ignore_ascii_case(h),
+            (Some(_), None) => false,
+        };
+        host_ok && r.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
+    })
 }
 
 /// The 64-bit key a hash policy hashes for this request.

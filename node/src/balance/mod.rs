@@ -16,6 +16,8 @@
 //! - [`local_check`]: the rise/fall state machine of one active check and its local view.
 //! - [`ejection`]: passive outlier ejection rules (the ejection book).
 //! - [`usability`]: [`OutlierTracker`], the node-local usability table the proxies consult per pick.
+//! - [`rate`]: token buckets of the rate limits, the bounded per-source table, a node's share of a
+//!   fleet-wide budget.
 //!
 //! Data enters as the committed model (`lbfleet_api::state::ClusterState` and its config) and, for
 //! node-local usability, as outcomes the proxies and checkers report; it leaves as ordered fallback
@@ -32,6 +34,7 @@ pub mod local_check;
 pub mod maglev;
 pub mod policy;
 pub mod pool;
+pub mod rate;
 pub mod routing;
 pub mod usability;
 

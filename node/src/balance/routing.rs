@@ -29,6 +29,9 @@ pub struct Routing {
     /// Pools whose selector could not be built, with the reason (not expected for a validated config).
     errors: BTreeMap<String, String>,
     digest: String,
+    /// Live nodes of the committed membership (see [`live_nodes`]): what a fleet-wide rate limit is
+    /// divided by.
+    live_nodes: u32,
 }
 
 impl Routing {
@@ -42,7 +45,12 @@ impl Routing {
     /// A new snapshot for `state` at `applied_index`. Pools whose eligible set is unchanged since `prev`
     /// keep their selector (and its Maglev table); listeners equal to `prev`'s keep their `Arc`.
     pub fn build(state: &ClusterState, applied_index: u64, prev: &Routing) -> Routing {
-        let mut next = Routing { applied_index, config_version: state.config_version, ..Routing::default() };
+        let mut next = Routing {
+            applied_index,
+            config_version: state.config_version,
+            live_nodes: live_nodes(state),
+            ..Routing::default()
+        };
         if let Some(config) = &state.config {
             for pool in &config.pool {
                 let states = state.backends.get(&pool.name);
@@ -101,6 +109,11 @@ impl Routing {
         self.applied_index
     }
 
+    /// Live nodes of the committed membership, at least 1 (see [`live_nodes`]).
+    pub fn live_nodes(&self) -> u32 {
+        self.live_nodes.max(1)
+    }
+
     pub fn config_version(&self) -> u64 {
         self.config_version
     }
@@ -131,6 +144,21 @@ impl Routing {
         }
         d.finish()
     }
+}
+
+/// The members of the committed membership (voters and learners) that the leader has not marked
+/// down, at least 1: every one of them runs the data plane, so a fleet-wide rate limit is shared
+/// among them ([`super::rate::share`]).
+pub fn live_nodes(state: &ClusterState) -> u32 {
+    let live = state
+        .voters
+        .iter()
+        .chain(state.nodes.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|n| !state.down_nodes.contains(n))
+        .count();
+    u32::try_from(live).unwrap_or(u32::MAX).max(1)
 }
 
 #[cfg(test)]
@@ -183,6 +211,32 @@ mod tests {
         assert!(Arc::ptr_eq(r2.pool("api").unwrap(), r3.pool("api").unwrap()));
         assert_eq!(r3.pool("web").unwrap().len(), 1);
         assert_ne!(r2.ring_digest(), r3.ring_digest());
+    }
+
+    #[test]
+    fn live_nodes_are_the_members_not_marked_down() {
+        use lbfleet_api::command::LeaderAction;
+        let mut s = state(&["127.0.0.1:9001"], false);
+        assert_eq!(live_nodes(&s), 3);
+        assert_eq!(Routing::build(&s, 1, &Routing::empty()).live_nodes(), 3);
+        let down = |id, down| Command::Leader {
+            term: 1,
+            leader: 1,
+            at_ms: 0,
+            action: LeaderAction::SetNodeDown { id, down },
+            why: String::new(),
+        };
+        s.apply(&down(3, true), 2);
+        assert_eq!(Routing::build(&s, 2, &Routing::empty()).live_nodes(), 2);
+        s.apply(&down(3, false), 3);
+        assert_eq!(live_nodes(&s), 3);
+        // A learner serves traffic too; a node that left does not.
+        let nodes = (1..=4).map(|i| (i, Default::default())).collect();
+        s.apply_membership([1, 2].into(), nodes);
+        assert_eq!(live_nodes(&s), 4);
+        // Never 0, even before any membership is known.
+        assert_eq!(live_nodes(&ClusterState::default()), 1);
+        assert_eq!(Routing::empty().live_nodes(), 1);
     }
 
     #[test]

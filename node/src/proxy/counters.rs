@@ -5,9 +5,11 @@
 //! backend; UDP datagrams dropped by reason; HTTP requests refused by listener and reason
 //! (`lbfleet_http_refused_total`; the reasons are those of `proxy::http::guard`, plus what hyper refuses
 //! on its own: `malformed`, `head_too_large`, `header_timeout`, and the body faults `bad_body`,
-//! `body_too_large`). The gauges (in-flight requests, fleet-wide health, this node's usability of each
-//! backend, bound listeners) are not kept here: [`register_gauges`] reads them at scrape time from the
-//! routing snapshot, the committed state and the outlier tracker.
+//! `body_too_large`); connections refused by a cap or a rate limit, HTTP requests refused by a rate
+//! limit, and picks that skipped a backend at its connection limit. The gauges (in-flight requests,
+//! fleet-wide health, this node's usability of each backend, bound listeners) are not kept here:
+//! [`register_gauges`] reads them at scrape time from the routing snapshot, the committed state and the
+//! outlier tracker.
 //!
 //! Label values: `backend` is the backend's address; an answer of the proxy itself that involved no
 //! backend (no pool, no usable backend, a refused request, a redirect) has `backend=""`, and `pool=""`
@@ -60,7 +62,16 @@ pub struct DropLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedLabels {
     pub listener: String,
+    /// `lbfleet_connections_refused_total`: `listener_cap`, `source_cap` or `rate_limit`;
+    /// `lbfleet_http_refused_total`: the refusal's reason (see the module doc).
     pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLabels {
+    pub listener: String,
+    /// The route's number (1 for the first `[[listener.route]]`); empty for the listener's own limit.
+    pub route: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -77,6 +88,9 @@ pub struct DataplaneMetrics {
     udp_flows: Family<FlowLabels, Counter>,
     udp_dropped: Family<DropLabels, Counter>,
     http_refused: Family<RefusedLabels, Counter>,
+    connections_refused: Family<RefusedLabels, Counter>,
+    rate_limited: Family<RateLabels, Counter>,
+    backend_at_limit: Family<BackendLabels, Counter>,
 }
 
 /// `2xx`, `5xx`, …: the label of a status code's class.
@@ -147,6 +161,29 @@ impl DataplaneMetrics {
         self.udp_dropped.get_or_create(&labels).clone()
     }
 
+    /// A client connection (UDP: a new flow) of `listener` refused for `reason` (`listener_cap`,
+    /// `source_cap`, `rate_limit`).
+    pub fn connection_refused(&self, listener: &str, reason: &'static str) {
+        let labels = RefusedLabels { listener: listener.to_string(), reason };
+        self.connections_refused.get_or_create(&labels).inc();
+    }
+
+    /// An HTTP request of `listener` answered 429 by the listener's rate limit (`route: None`) or by
+    /// that of route number `route` (1-based).
+    pub fn rate_limited(&self, listener: &str, route: Option<usize>) {
+        let labels = RateLabels {
+            listener: listener.to_string(),
+            route: route.map(|r| r.to_string()).unwrap_or_default(),
+        };
+        self.rate_limited.get_or_create(&labels).inc();
+    }
+
+    /// A pick skipped `backend` of `pool` because it was at the pool's `max_connections_per_backend`.
+    pub fn backend_at_limit(&self, pool: &str, backend: SocketAddr) {
+        let labels = BackendLabels { pool: pool.to_string(), backend: backend.to_string() };
+        self.backend_at_limit.get_or_create(&labels).inc();
+    }
+
     /// Add the counters to `registry` (which shares them: later increments show in its next encoding).
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
@@ -170,6 +207,21 @@ impl DataplaneMetrics {
             "http_refused",
             "HTTP requests refused by the proxy (hostile or malformed), by listener and reason",
             self.http_refused.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Client connections (UDP: new flows) refused by a connection cap or a rate limit, by reason",
+            self.connections_refused.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "HTTP requests answered 429 by a rate limit, by listener and route (empty: the listener's)",
+            self.rate_limited.clone(),
+        );
+        registry.register(
+            "backend_at_limit",
+            "Picks that skipped a backend at its pool's max_connections_per_backend",
+            self.backend_at_limit.clone(),
         );
     }
 }

@@ -35,9 +35,16 @@
 //! `lbfleet_http_refused_total{listener,reason}`, hyper's own included (`malformed`, `head_too_large`,
 //! `header_timeout`, counted when their connection ends).
 //!
+//! Connection caps (`admission.max_connections`, `admission.max_connections_per_source`, see
+//! [`super::admission`]) are checked at accept: a connection over one is answered `503` with the
+//! reason and `Connection: close` (HTTP/1.1 reads one request head first; over HTTP/2 each request of
+//! it gets the 503) by a short task that lives at most [`REFUSAL_WAIT`]; at most [`MAX_REFUSING`] such
+//! answers run at once per listener, beyond that an over-cap connection is closed without an answer.
+//! Rate limits are per request, in [`proxy`].
+//!
 //! Known limits: WebSocket over HTTP/2 (RFC 8441 extended CONNECT) is not offered; upgrades work on
-//! HTTP/1.1. Backends are spoken to in HTTP/1.1 only. There is no cap on client connections per listener
-//! beyond the process's file descriptors. Not refused, or not as the proxy would answer:
+//! HTTP/1.1. Backends are spoken to in HTTP/1.1 only. Caps count connections of this node only. Not
+//! refused, or not as the proxy would answer:
 //! - a head cut by `request_header` gets no 408: hyper closes the connection without an answer, and
 //!   has no hook to give one;
 //! - what hyper refuses itself (see [`guard`]: heads that do not parse, bad `Content-Length`, heads
@@ -74,11 +81,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 use self::activity::{Activity, IdleIo, TaskGuard, Tasks};
 use self::upstream::{PoolLimits, Upstreams};
+use super::admission::Admission;
 use super::ProxyContext;
-use crate::accept::Acceptor;
+use crate::accept::{Acceptor, CapSlot, OverCap};
 use crate::shutdown::Shutdown;
 
 /// Longest wait for open connections to finish after `stop`, before they are closed: the whole
@@ -91,6 +100,10 @@ pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 pub const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// HTTP/2: most streams the proxy resets because of client errors before closing the connection.
 pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
+/// Longest an over-cap connection is kept to answer it `503`.
+pub const REFUSAL_WAIT: Duration = Duration::from_secs(5);
+/// Most over-cap connections being answered `503` at once per listener; more are closed at once.
+pub const MAX_REFUSING: usize = 64;
 /// How often idle upstream connections are checked for expiry.
 const REAP_EVERY: Duration = Duration::from_secs(5);
 /// After the grace, how long closing the remaining connections may take.
@@ -120,6 +133,10 @@ pub(crate) struct Shared {
     tasks: Arc<Tasks>,
     /// Becomes true when the grace after `stop` is over: close everything.
     force: Shutdown,
+    /// Connection caps and rate-limit buckets of this listener.
+    pub(crate) admission: Admission,
+    /// Places for over-cap connections being answered (see [`MAX_REFUSING`]).
+    refusing: Arc<Semaphore>,
 }
 
 /// One client connection.
@@ -156,6 +173,8 @@ pub async fn serve_with(
         node_header,
         tasks: Arc::clone(&tasks),
         force: force_rx,
+        admission: Admission::default(),
+        refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
     });
     let reaper = tokio::spawn(async move {
         let every = REAP_EVERY.min(opts.pool.idle_timeout).max(Duration::from_millis(100));
@@ -166,7 +185,8 @@ pub async fn serve_with(
         }
     });
     tracing::info!(listener = %name, addr = ?listener.local_addr().ok(), "http listener serving");
-    // Backs off when out of descriptors (see `crate::accept`); no cap of its own here.
+    // Backs off when out of descriptors (see `crate::accept`); the caps are the listener's own
+    // (`shared.admission`), read from the snapshot at each accept.
     let mut acceptor = Acceptor::new(format!("http listener {name}"), listener);
 
     let mut stop_rx = stop.clone();
@@ -175,8 +195,16 @@ pub async fn serve_with(
             _ = stop_rx.wait() => break,
             (conn, peer) = acceptor.accept() => {
                 let (stream, _) = conn.into_parts();
-                let guard = tasks.enter();
-                tokio::spawn(serve_conn(stream, peer, Arc::clone(&shared), stop.clone(), guard));
+                let limits = shared.ctx.routing.load().listener(&name).and_then(|l| l.admission);
+                let (max, per_source) =
+                    limits.map_or((None, None), |l| (l.max_connections, l.max_connections_per_source));
+                match shared.admission.caps.admit(peer.ip(), max, per_source) {
+                    Ok(slot) => {
+                        let guard = tasks.enter();
+                        tokio::spawn(serve_conn(stream, peer, Arc::clone(&shared), stop.clone(), (guard, slot)));
+                    }
+                    Err(over) => refuse_conn(stream, peer, over, &shared),
+                }
             }
         }
     }
@@ -196,13 +224,43 @@ pub async fn serve_with(
     tracing::info!(listener = %name, "http listener stopped");
 }
 
+/// A connection over a cap: answer its requests `503` with the reason and close it, within
+/// [`REFUSAL_WAIT`]; closed at once when [`MAX_REFUSING`] are being answered already.
+fn refuse_conn(stream: TcpStream, peer: SocketAddr, over: OverCap, shared: &Arc<Shared>) {
+    shared.ctx.metrics.connection_refused(&shared.name, over.reason());
+    tracing::debug!(listener = %shared.name, %peer, "connection refused: {over}");
+    let Ok(permit) = Arc::clone(&shared.refusing).try_acquire_owned() else { return };
+    let guard = shared.tasks.enter();
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let _held = (permit, guard);
+        let reason = format!("listener \"{}\": {over}; try again later", shared.name);
+        let svc_shared = Arc::clone(&shared);
+        let service = service_fn(move |_req| {
+            let mut resp =
+                proxy::text(hyper::StatusCode::SERVICE_UNAVAILABLE, reason.clone(), &svc_shared.node_header);
+            resp.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            svc_shared.ctx.metrics.http_response(&svc_shared.name, "", None, 503);
+            std::future::ready(Ok::<_, Infallible>(resp))
+        });
+        let _ = stream.set_nodelay(true);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).keep_alive(false).header_read_timeout(REFUSAL_WAIT);
+        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1);
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        if tokio::time::timeout(REFUSAL_WAIT, conn).await.is_err() {
+            tracing::debug!(%peer, "over-cap connection closed after {REFUSAL_WAIT:?}");
+        }
+    });
+}
+
 /// One client connection, until it closes, idles out, or shutdown ends it.
 async fn serve_conn(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     mut stop: Shutdown,
-    _guard: TaskGuard,
+    _held: (TaskGuard, CapSlot),
 ) {
     // Timeouts as of the accept; if the listener is gone, its requests get 503 "listener removed".
     // Clamped: hyper adds the header timeout to an `Instant`, which a huge one overflows.

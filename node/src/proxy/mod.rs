@@ -6,12 +6,15 @@
 //! - [`http`], [`tcp`], [`udp`]: the proxies, one task per listener, reading the snapshot per
 //!   connection (HTTP: per request).
 //! - [`proxy_protocol`]: the PROXY protocol header a TCP listener may send to backends.
+//! - [`admission`]: a listener's connection caps and rate-limit buckets.
 //! - [`counters`]: the data-plane counters and scrape-time gauges of `/metrics`.
-//! - `testkit` (tests only): the one kit the proxy tests share.
+//! - `testkit` (tests only): the one kit the proxy tests share; `limits_tests` (tests only): caps,
+//!   per-backend limits and rate limits through the real HTTP and TCP proxies.
 //!
 //! Data enters as client connections and datagrams on the listener sockets and leaves towards the
 //! backends that [`crate::balance`] picks, from this node's IP ([`crate::net`]).
 
+pub mod admission;
 pub mod counters;
 pub mod http;
 pub mod listeners;
@@ -19,6 +22,8 @@ pub mod proxy_protocol;
 pub mod tcp;
 pub mod udp;
 
+#[cfg(test)]
+mod limits_tests;
 #[cfg(test)]
 pub(crate) mod testkit;
 

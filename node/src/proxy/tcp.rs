@@ -13,13 +13,21 @@
 //!    [`BUF_SIZE`] per direction: a half-close (FIN) on one side shuts down the write half of the other
 //!    side while the other direction keeps flowing; a connection with no byte in either direction for the
 //!    listener's idle timeout is closed on both sides;
-//! 5. counts itself in flight on the chosen backend (`BackendHandle::track`) for its whole life.
+//! 5. counts itself in flight on the chosen backend (`BackendHandle::try_track`) for its whole life; a
+//!    backend with the pool's `max_connections_per_backend` connections from this node is skipped for
+//!    the next candidate (counted in `lbfleet_backend_at_limit_total`), and a connection whose every
+//!    candidate is at its limit is closed.
+//!
+//! Before all that, at accept ([`super::admission`]): a connection over the listener's
+//! `admission.max_connections` or `admission.max_connections_per_source`, or without a token of its
+//! `admission.rate_limit` (one per new connection), is closed at once and counted in
+//! `lbfleet_connections_refused_total{reason}`.
 //!
 //! When `stop` becomes true the listener socket is closed (no new connections) and established
 //! connections keep running until they end, for at most [`SHUTDOWN_GRACE`]; then they are dropped.
 //!
-//! Known limit: no cap on concurrent connections per listener yet; each costs one task, two sockets and
-//! 2 × [`BUF_SIZE`] of buffers.
+//! Each connection costs one task, two sockets and 2 × [`BUF_SIZE`] of buffers; `admission.max_connections`
+//! bounds them (unlimited by default, then only the process's descriptors do).
 
 use std::io;
 use std::net::SocketAddr;
@@ -33,9 +41,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::admission::Admission;
 use super::proxy_protocol;
 use super::ProxyContext;
-use crate::accept::Acceptor;
+use crate::accept::{Acceptor, CapSlot};
 use crate::balance::key::l4_key;
 use crate::balance::{hash_ip, BackendHandle};
 use crate::net::connect_tcp;
@@ -68,17 +77,34 @@ pub(crate) async fn serve_with(
     let name: Arc<str> = Arc::from(name);
     let local = listener.local_addr().ok();
     info!(listener = %name, addr = ?local, "tcp listener serving");
-    // Backs off when out of descriptors (see `crate::accept`); no cap of its own here.
+    // Backs off when out of descriptors (see `crate::accept`); the caps and the rate limit are the
+    // listener's own, read from the snapshot at each accept.
     let mut acceptor = Acceptor::new(format!("tcp listener {name}"), listener);
     let refusals = Arc::new(RefusalLog::new());
+    let admission = Admission::default();
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             _ = stop.wait() => break,
             (conn, peer) = acceptor.accept() => {
                 let (stream, _) = conn.into_parts();
-                let (name, ctx, refusals) = (Arc::clone(&name), Arc::clone(&ctx), Arc::clone(&refusals));
-                conns.spawn(async move { handle(&name, stream, peer, &ctx, &refusals).await });
+                match admit(&name, peer, &ctx, &admission) {
+                    Ok(slot) => {
+                        let (name, ctx, refusals) = (Arc::clone(&name), Arc::clone(&ctx), Arc::clone(&refusals));
+                        conns.spawn(async move {
+                            let _slot = slot;
+                            handle(&name, stream, peer, &ctx, &refusals).await
+                        });
+                    }
+                    Err((reason, why)) => {
+                        ctx.metrics.connection_refused(&name, reason);
+                        debug!(listener = %name, %peer, "tcp connection refused: {why}");
+                        if let Some(suppressed) = refusals.should_log() {
+                            warn!(listener = %name, %peer, suppressed, "tcp connection refused: {why}");
+                        }
+                        drop(stream);
+                    }
+                }
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
@@ -96,19 +122,63 @@ pub(crate) async fn serve_with(
     info!(listener = %name, "tcp listener stopped");
 }
 
+/// Admit a new connection from `peer` under the listener's caps and rate limit, as the snapshot says
+/// now; `Err((metric reason, why))` when it must be closed.
+fn admit(
+    name: &str,
+    peer: SocketAddr,
+    ctx: &ProxyContext,
+    admission: &Admission,
+) -> Result<Option<CapSlot>, (&'static str, String)> {
+    let routing = ctx.routing.load();
+    let limits = routing.listener(name).and_then(|l| l.admission);
+    let Some(limits) = limits else {
+        // Still counted, so that a cap set later sees the connections already open.
+        return Ok(admission.caps.admit(peer.ip(), None, None).ok());
+    };
+    let slot = admission
+        .caps
+        .admit(peer.ip(), limits.max_connections, limits.max_connections_per_source)
+        .map_err(|over| (over.reason(), over.to_string()))?;
+    let now = std::time::Instant::now();
+    admission
+        .take_listener(limits.rate_limit.as_ref(), routing.live_nodes(), peer.ip(), now)
+        .map_err(|l| ("rate_limit", l.reason(&format!("listener \"{name}\""))))?;
+    Ok(Some(slot))
+}
+
 /// The backends of `pool` to try for `key`, in order: those usable on this node (its active check,
-/// passive ejection; see `crate::health`), or, when none is, the fleet-wide eligible ones rather than
-/// refusing.
+/// passive ejection; see `crate::health`) that have room under `max` (the pool's
+/// `max_connections_per_backend`), or, when none is, those with room anywhere in the fleet-wide eligible
+/// set, or the first of the eligible set (each will then be found at its limit).
 pub(crate) fn candidates(
     ctx: &ProxyContext,
     pool_name: &str,
     pool: &crate::balance::PoolSelector,
     key: u64,
+    max: Option<u32>,
 ) -> Vec<Arc<BackendHandle>> {
-    let usable: Vec<Arc<BackendHandle>> =
-        pool.pick_usable(key, ctx.outlier.usable_in(pool_name)).take(CONNECT_ATTEMPTS).cloned().collect();
-    if !usable.is_empty() {
-        return usable;
+    let mut usable = ctx.outlier.usable_in(pool_name);
+    let first: Vec<Arc<BackendHandle>> = pool
+        .pick_usable(key, |b| {
+            usable(b) && {
+                let ok = b.has_room(max);
+                if !ok {
+                    ctx.metrics.backend_at_limit(pool_name, b.addr());
+                }
+                ok
+            }
+        })
+        .take(CONNECT_ATTEMPTS)
+        .cloned()
+        .collect();
+    if !first.is_empty() {
+        return first;
+    }
+    let roomy: Vec<Arc<BackendHandle>> =
+        pool.pick_usable(key, |b| b.has_room(max)).take(CONNECT_ATTEMPTS).cloned().collect();
+    if !roomy.is_empty() {
+        return roomy;
     }
     pool.pick(key).take(CONNECT_ATTEMPTS).cloned().collect()
 }
@@ -191,7 +261,7 @@ async fn proxy(
     let local = client.local_addr().unwrap_or_else(|_| SocketAddr::new(ctx.bind_ip, 0));
     // Everything read from the snapshot is copied out before the first await, so a config change during
     // this connection's life never holds an old snapshot alive.
-    let (listener, candidates) = {
+    let (listener, candidates, max_per_backend) = {
         let routing = ctx.routing.load();
         let listener = routing.listener(name).cloned().ok_or(Refused::ListenerRemoved)?;
         let pool = routing.pool(&listener.pool).ok_or_else(|| Refused::NoPool(listener.pool.clone()))?;
@@ -200,8 +270,9 @@ async fn proxy(
             (true, None) => hash_ip(peer.ip()),
             (false, _) => 0,
         };
-        let candidates = candidates(ctx, &listener.pool, pool, key);
-        (listener, candidates)
+        let max_per_backend = routing.pool_config(&listener.pool).and_then(|p| p.max_connections_per_backend);
+        let candidates = candidates(ctx, &listener.pool, pool, key, max_per_backend);
+        (listener, candidates, max_per_backend)
     };
     if candidates.is_empty() {
         return Err(Refused::NoBackend(listener.pool.clone()));
@@ -212,7 +283,16 @@ async fn proxy(
     let mut last = String::new();
     let mut connected = None;
     for backend in &candidates {
-        let inflight = backend.track();
+        let Some(inflight) = backend.try_track(max_per_backend) else {
+            ctx.metrics.backend_at_limit(&listener.pool, backend.addr());
+            last = format!(
+                "backend {} at its connection limit {}",
+                backend.addr(),
+                max_per_backend.unwrap_or(0)
+            );
+            debug!(listener = %name, %peer, "{last}");
+            continue;
+        };
         match tokio::time::timeout(connect_timeout, connect_tcp(ctx.bind_ip, backend.addr())).await {
             Ok(Ok(stream)) => {
                 ctx.outlier.record_success(&listener.pool, backend.addr());

@@ -22,7 +22,12 @@
 //!   keeps its flows even if the table now maps their key elsewhere (connection affinity, as in the
 //!   Maglev paper); a drained backend's flows move at once, since a UDP flow never finishes by itself;
 //! - the table holds at most [`MAX_FLOWS`] flows; when it is full, datagrams that would start a new flow
-//!   are dropped (counted, logged at most once per [`LOG_EVERY`]) until idle flows expire.
+//!   are dropped (counted, logged at most once per [`LOG_EVERY`]) until idle flows expire;
+//! - the listener's `admission.max_connections` and `admission.max_connections_per_source` cap its flows in
+//!   all and per client IP ([`crate::accept::ConnCaps`]): a datagram that would start a flow over a cap
+//!   is dropped and counted in `lbfleet_connections_refused_total{reason}`; a pool's
+//!   `max_connections_per_backend` caps the flows of each backend like TCP connections (a backend at
+//!   it is skipped for the next candidate). UDP listeners have no rate limit.
 //!
 //! Datagrams of up to 64 KiB pass either way. Memory is bounded: one 64 KiB receive buffer for the
 //! listener, one per worker thread for replies (a reply is copied only when the listener socket's send
@@ -53,6 +58,7 @@ use tracing::{debug, info, warn};
 use super::counters::DataplaneMetrics;
 use super::tcp::candidates;
 use super::ProxyContext;
+use crate::accept::{CapSlot, ConnCaps};
 use crate::balance::key::l4_key;
 use crate::balance::{hash_ip, BackendHandle, InFlight, Routing};
 use crate::shutdown::Shutdown;
@@ -126,6 +132,7 @@ pub(crate) async fn serve_with(
         ctx,
         limits,
         flows: HashMap::new(),
+        caps: Arc::default(),
         epoch: Instant::now(),
         seen: Arc::new(Routing::empty()),
         generation: 0,
@@ -185,6 +192,8 @@ struct UdpProxy {
     ctx: Arc<ProxyContext>,
     limits: Limits,
     flows: HashMap<SocketAddr, Flow>,
+    /// Flows per listener and per client IP, for the listener's caps.
+    caps: Arc<ConnCaps>,
     /// Origin of the flows' activity clocks.
     epoch: Instant,
     /// The routing snapshot seen last and a counter bumped whenever it changes, so flows are re-checked
@@ -211,6 +220,7 @@ struct Flow {
     generation: u64,
     replies: AbortHandle,
     _inflight: InFlight,
+    _slot: CapSlot,
 }
 
 impl Drop for Flow {
@@ -353,15 +363,33 @@ impl UdpProxy {
             self.dropped.no_backend.inc();
             return None;
         };
+        let (max, per_source) =
+            listener.admission.map_or((None, None), |l| (l.max_connections, l.max_connections_per_source));
+        let slot = match self.caps.admit(client.ip(), max, per_source) {
+            Ok(slot) => slot,
+            Err(over) => {
+                self.ctx.metrics.connection_refused(&self.name, over.reason());
+                debug!(listener = %self.name, %client, "udp flow refused: {over}");
+                return None;
+            }
+        };
         let key = match (pool.uses_key(), routing.pool_config(&listener.pool)) {
             (true, Some(cfg)) => l4_key(&cfg.hash_key, client, self.local.port(), PROTO_UDP),
             (true, None) => hash_ip(client.ip()),
             (false, _) => 0,
         };
+        let max_per_backend = routing.pool_config(&listener.pool).and_then(|p| p.max_connections_per_backend);
         let mut last_error = None;
-        for backend in &candidates(&self.ctx, &listener.pool, pool, key) {
+        for backend in &candidates(&self.ctx, &listener.pool, pool, key, max_per_backend) {
+            let Some(inflight) = backend.try_track(max_per_backend) else {
+                self.ctx.metrics.backend_at_limit(&listener.pool, backend.addr());
+                last_error = Some(format!("backend {} at its connection limit", backend.addr()));
+                continue;
+            };
             match connect_upstream(self.ctx.bind_ip, backend.addr()) {
-                Ok(upstream) => return Some(self.spawn_flow(&listener.pool, backend, upstream, client)),
+                Ok(upstream) => {
+                    return Some(self.spawn_flow(&listener.pool, backend, upstream, client, (inflight, slot)))
+                }
                 Err(e) => {
                     self.ctx.metrics.connect_failure(&listener.pool, backend.addr());
                     last_error = Some(format!("{}: {e}", backend.addr()));
@@ -382,6 +410,7 @@ impl UdpProxy {
         backend: &Arc<BackendHandle>,
         upstream: UdpSocket,
         client: SocketAddr,
+        (inflight, slot): (InFlight, CapSlot),
     ) -> Flow {
         let upstream = Arc::new(upstream);
         let last = Arc::new(AtomicU64::new(self.now_nanos()));
@@ -404,7 +433,8 @@ impl UdpProxy {
             dead,
             generation: self.generation,
             replies: task.abort_handle(),
-            _inflight: backend.track(),
+            _inflight: inflight,
+            _slot: slot,
         }
     }
 

@@ -15,6 +15,14 @@
 //! refused one is answered 4xx/501, counted by reason and, on HTTP/1, its connection closed. A request
 //! body that fails on the client's side while it is forwarded (a bad chunk, more than `max_body`) is
 //! answered 400 or 413, not 502, and the backend's connection is closed with the request unfinished.
+//! Before any of that, the listener's rate limit and then the matched route's each take a token (from
+//! the client IP's bucket, or the one bucket of the listener or route; see [`crate::proxy::admission`]);
+//! without one the answer is `429` with `Retry-After`
+//! (whole seconds until a token is there, at least 1). A pool's `max_connections_per_backend` limits
+//! the requests in flight from this node to each of its backends (each holds one upstream connection
+//! for its whole exchange, HTTP/1.1 to backends; idle pooled connections do not count): a backend at
+//! its limit is skipped for the next of the fallback sequence, and when every candidate is at its
+//! limit the answer is `503` naming them.
 //!
 //! Answers of the proxy itself carry a short `text/plain` body naming the reason, and `x-lbfleet-node`.
 
@@ -38,8 +46,8 @@ use super::headers::{
 };
 use super::upstream::Pooled;
 use super::{ConnInfo, Shared};
-use crate::balance::key::{candidates, request_key, route_pool, sticky_backend};
-use crate::balance::InFlight;
+use crate::balance::key::{candidates, request_key, route_index, sticky_backend};
+use crate::balance::{BackendHandle, InFlight};
 use crate::shutdown::Shutdown;
 
 /// Most backend attempts per request (connect failures and retries together).
@@ -87,6 +95,13 @@ async fn respond(
         return text(StatusCode::SERVICE_UNAVAILABLE, format!("listener \"{}\" removed", shared.name), node);
     };
     let version = req.version();
+    let live_nodes = routing.live_nodes();
+    let now = std::time::Instant::now();
+    let listener_rate = listener.admission.as_ref().and_then(|l| l.rate_limit.as_ref());
+    if let Err(l) = shared.admission.take_listener(listener_rate, live_nodes, conn.peer.ip(), now) {
+        shared.ctx.metrics.rate_limited(&shared.name, None);
+        return too_many(l.reason(&format!("listener \"{}\"", shared.name)), l.wait, node);
+    }
     if req.method() == Method::CONNECT {
         let r = Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "connect", "CONNECT is not supported");
         return seen.refuse(r, version, node);
@@ -97,7 +112,19 @@ async fn respond(
         return seen.refuse(r, version, node);
     }
     let host: Option<String> = request_host(req.uri(), req.headers()).map(str::to_owned);
-    let pool_name = route_pool(&listener, host.as_deref(), req.uri().path());
+    let route = route_index(&listener, host.as_deref(), req.uri().path());
+    let route_rate = route.and_then(|i| listener.route[i].rate_limit.as_ref());
+    if let Some(i) = route {
+        if let Err(l) = shared.admission.take_route(i, route_rate, live_nodes, conn.peer.ip(), now) {
+            shared.ctx.metrics.rate_limited(&shared.name, Some(i + 1));
+            return too_many(
+                l.reason(&format!("route {} of listener \"{}\"", i + 1, shared.name)),
+                l.wait,
+                node,
+            );
+        }
+    }
+    let pool_name = route.map_or(listener.pool.as_str(), |i| listener.route[i].pool.as_str());
     seen.pool.push_str(pool_name);
     let Some(selector) = routing.pool(pool_name).cloned() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, format!("unknown pool \"{pool_name}\""), node);
@@ -123,12 +150,35 @@ async fn respond(
     let named = sticky_name
         .and_then(|name| cookie(req.headers(), name))
         .and_then(|value| sticky_backend(&selector, value));
-    let sticky = named.filter(|b| outlier.usable_in(pool_name)(b));
+    // The circuit limit: backends at it are left out of the candidates (a hint; `try_track` decides).
+    let max_per_backend = pool_cfg.as_ref().and_then(|p| p.max_connections_per_backend);
+    let room = |b: &BackendHandle| b.has_room(max_per_backend);
+    let sticky = named.filter(|b| outlier.usable_in(pool_name)(b) && room(b));
     let had_sticky = sticky.map(|b| b.addr());
-    let mut cands = candidates(&selector, key, sticky, MAX_ATTEMPTS, outlier.usable_in(pool_name));
+    let mut usable = outlier.usable_in(pool_name);
+    let metrics = &shared.ctx.metrics;
+    let mut cands = candidates(&selector, key, sticky, MAX_ATTEMPTS, |b| {
+        usable(b) && {
+            let ok = room(b);
+            if !ok {
+                metrics.backend_at_limit(pool_name, b.addr());
+            }
+            ok
+        }
+    });
     if cands.is_empty() {
         // Every eligible backend is unusable on this node: use the fleet-wide set rather than refuse.
-        cands = candidates(&selector, key, named, MAX_ATTEMPTS, |_| true);
+        cands = candidates(&selector, key, named.filter(|b| room(b)), MAX_ATTEMPTS, room);
+    }
+    if cands.is_empty() && max_per_backend.is_some() {
+        let full = candidates(&selector, key, named, MAX_ATTEMPTS, |_| true);
+        if !full.is_empty() {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                all_at_limit(pool_name, &full, max_per_backend),
+                node,
+            );
+        }
     }
     if cands.is_empty() {
         return text(
@@ -203,12 +253,22 @@ async fn respond(
 
     let timeouts = listener.timeouts.clamped();
     let mut connect_errors: Vec<String> = Vec::new();
+    let mut at_limit: Vec<Arc<BackendHandle>> = Vec::new();
     let mut idx = 0;
     let mut fresh = false;
     let mut replayed = false;
     for _ in 0..MAX_ATTEMPTS {
         let Some(backend) = cands.get(idx) else { break };
         let Some(request) = pending.take() else { break };
+        // Counted from before the connect, so connecting requests count against the limit too.
+        let Some(inflight) = backend.try_track(max_per_backend) else {
+            shared.ctx.metrics.backend_at_limit(pool_name, backend.addr());
+            at_limit.push(Arc::clone(backend));
+            pending = Some(request);
+            idx += 1;
+            fresh = false;
+            continue;
+        };
         let mut up = match shared.upstreams.acquire(backend.addr(), timeouts.connect, fresh).await {
             Ok(c) => c,
             Err(e) => {
@@ -222,7 +282,6 @@ async fn respond(
                 continue;
             }
         };
-        let inflight = backend.track();
         let replay = (up.reused && replayable && !replayed).then(|| copy_head(&request));
         match send(&mut up.sender, request, &conn.activity, timeouts.upstream_response).await {
             Ok(resp) => {
@@ -288,9 +347,12 @@ async fn respond(
             },
         }
     }
-    let reason = if connect_errors.is_empty() {
+    let reason = if connect_errors.is_empty() && !at_limit.is_empty() {
+        all_at_limit(pool_name, &at_limit, max_per_backend)
+    } else if connect_errors.is_empty() {
         format!("no backend of pool \"{pool_name}\" answered after {MAX_ATTEMPTS} attempts")
     } else {
+        connect_errors.extend(at_limit.iter().map(|b| at_limit_text(b, max_per_backend)));
         format!("no backend of pool \"{pool_name}\" could be reached: {}", connect_errors.join("; "))
     };
     text(StatusCode::SERVICE_UNAVAILABLE, reason, node)
@@ -455,6 +517,25 @@ pub fn text(status: StatusCode, reason: String, node: &HeaderValue) -> Response<
     let h: &mut HeaderMap = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     h.insert("x-lbfleet-node", node.clone());
+    resp
+}
+
+/// `backend 127.0.0.1:9001 at its connection limit 2`.
+fn at_limit_text(b: &BackendHandle, max: Option<u32>) -> String {
+    format!("backend {} at its connection limit {}", b.addr(), max.unwrap_or(0))
+}
+
+/// The 503 reason when every backend tried was at its connection limit.
+fn all_at_limit(pool: &str, full: &[Arc<BackendHandle>], max: Option<u32>) -> String {
+    let each: Vec<String> = full.iter().map(|b| at_limit_text(b, max)).collect();
+    format!("no backend of pool \"{pool}\" has room: {}", each.join("; "))
+}
+
+/// `429 Too Many Requests` with `Retry-After`: whole seconds until `wait` is over, at least 1.
+fn too_many(reason: String, wait: Duration, node: &HeaderValue) -> Response<RespBody> {
+    let secs = crate::balance::rate::retry_after_secs(wait);
+    let mut resp = text(StatusCode::TOO_MANY_REQUESTS, format!("{reason}; retry after {secs}s"), node);
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
     resp
 }
 
