@@ -2,7 +2,8 @@
 //!
 //! The proxies count into one shared [`DataplaneMetrics`] (`ProxyContext::metrics`): HTTP responses by
 //! listener, pool, backend and status class; backend connect failures; TCP connections and UDP flows per
-//! backend; UDP datagrams dropped by reason. The gauges (in-flight requests, fleet-wide health, this
+//! backend; UDP datagrams dropped by reason; PROXY protocol headers read by listeners with
+//! `accept_proxy_protocol`, by result. The gauges (in-flight requests, fleet-wide health, this
 //! node's usability of each backend, bound listeners) are not kept here: [`register_gauges`] reads them
 //! at scrape time from the routing snapshot, the committed state and the outlier tracker.
 //!
@@ -55,6 +56,13 @@ pub struct DropLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HeaderLabels {
+    pub listener: String,
+    /// `accepted`, or why the connection was closed: `untrusted`, `malformed`, `timeout`, `closed`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
     pub listener: String,
 }
@@ -67,6 +75,7 @@ pub struct DataplaneMetrics {
     tcp_connections: Family<FlowLabels, Counter>,
     udp_flows: Family<FlowLabels, Counter>,
     udp_dropped: Family<DropLabels, Counter>,
+    proxy_protocol_headers: Family<HeaderLabels, Counter>,
 }
 
 /// `2xx`, `5xx`, …: the label of a status code's class.
@@ -130,6 +139,13 @@ impl DataplaneMetrics {
         self.udp_dropped.get_or_create(&labels).clone()
     }
 
+    /// A connection of `listener` (one with `accept_proxy_protocol`) whose PROXY protocol header was
+    /// accepted (`result = "accepted"`) or refused (the refusal's label).
+    pub fn proxy_protocol_header(&self, listener: &str, result: &'static str) {
+        let labels = HeaderLabels { listener: listener.to_string(), result };
+        self.proxy_protocol_headers.get_or_create(&labels).inc();
+    }
+
     /// Add the counters to `registry` (which shares them: later increments show in its next encoding).
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
@@ -149,6 +165,11 @@ impl DataplaneMetrics {
         );
         registry.register("udp_flows", "UDP flows started towards a backend", self.udp_flows.clone());
         registry.register("udp_dropped", "UDP datagrams dropped, by reason", self.udp_dropped.clone());
+        registry.register(
+            "proxy_protocol_headers",
+            "PROXY protocol headers read on listeners with accept_proxy_protocol: accepted, or why the connection was closed",
+            self.proxy_protocol_headers.clone(),
+        );
     }
 }
 
