@@ -17,6 +17,8 @@
 
 pub mod accept;
 pub mod decode;
+#[cfg(test)]
+mod listener_tests;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
