@@ -24,6 +24,9 @@
 //! Bound: a header is never longer than [`MAX_HEADER_LEN`] (16 + 536 = 552 bytes): the spec asks
 //! senders to send the header at once and notes it always fits in one MSS, and 536 bytes is TCP's
 //! default MSS over IPv4 (RFC 1122); it holds an AF_UNIX address block and 320 bytes of TLVs.
+//!
+//! Known limits: TLVs are only checked for framing; none is returned, and a CRC32C TLV is not verified
+//! (the spec makes verifying it optional).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
