@@ -17,8 +17,11 @@ Exit codes:
   0   success
   1   the request was refused (invalid argument, config rejected, unknown node or backend) or failed
   2   cannot reach the lbnode at --endpoint (connection refused, timed out, connection lost)
-  3   the cluster cannot serve the request now (no leader, no quorum, request timed out); retry later
+  3   the cluster cannot serve the request now and nothing was changed (no leader, no quorum for a read,
+      a read timed out); retry later
   4   missing or refused credentials (no CA, no token, a token without the role the command needs)
+  5   outcome unknown: a write was sent but its answer never came (timed out, connection lost, not
+      committed in time); it may have been applied: check before repeating it
   64  invalid command line
 
 Credentials: `. DIR/lbctl.env` (written by `lbctl local up --dir DIR`) sets LBCTL_ENDPOINT, LBCTL_CA and

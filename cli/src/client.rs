@@ -18,7 +18,7 @@ use lbfleet_api::auth::SERVER_NAME;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use crate::error::CliError;
+use crate::error::{CliError, Effect};
 
 /// Interval of HTTP/2 pings on an admin connection.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
@@ -139,7 +139,9 @@ impl Admin {
         &self.endpoint
     }
 
-    async fn call<T, F, Fut>(&self, f: F) -> Result<T, CliError>
+    /// One call of kind `effect`, bounded by the timeout; a failure is told by [`CliError::of_call`]
+    /// (a write whose answer never came may have been applied).
+    async fn call<T, F, Fut>(&self, effect: Effect, f: F) -> Result<T, CliError>
     where
         F: FnOnce(AdminClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -147,9 +149,9 @@ impl Admin {
         match tokio::time::timeout(self.timeout, f(self.client.clone())).await {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
             Ok(Err(status)) => {
-                Err(with_duration(CliError::from_status(&self.endpoint, &status), self.timeout))
+                Err(with_duration(CliError::of_call(&self.endpoint, &status, effect), self.timeout))
             }
-            Err(_) => Err(CliError::Timeout { endpoint: self.endpoint.clone(), timeout: self.timeout }),
+            Err(_) => Err(CliError::deadline(&self.endpoint, self.timeout, effect)),
         }
     }
 
@@ -168,12 +170,12 @@ impl Admin {
 
     pub async fn status(&self) -> Result<pb::StatusResponse, CliError> {
         let req = self.req(pb::StatusRequest {});
-        self.call(|mut c| async move { c.status(req).await }).await
+        self.call(Effect::Read, |mut c| async move { c.status(req).await }).await
     }
 
     pub async fn local_status(&self) -> Result<pb::NodeStatus, CliError> {
         let req = self.req(pb::LocalStatusRequest {});
-        self.call(|mut c| async move { c.local_status(req).await }).await
+        self.call(Effect::Read, |mut c| async move { c.local_status(req).await }).await
     }
 
     pub async fn apply_config(
@@ -182,32 +184,32 @@ impl Admin {
         body: String,
     ) -> Result<pb::ApplyConfigResponse, CliError> {
         let req = self.req(pb::ApplyConfigRequest { format: format.to_string(), body });
-        self.call(|mut c| async move { c.apply_config(req).await }).await
+        self.call(Effect::Write, |mut c| async move { c.apply_config(req).await }).await
     }
 
     pub async fn get_config(&self, stale: bool) -> Result<pb::GetConfigResponse, CliError> {
         let req = self.req(pb::GetConfigRequest { stale });
-        self.call(|mut c| async move { c.get_config(req).await }).await
+        self.call(Effect::Read, |mut c| async move { c.get_config(req).await }).await
     }
 
     pub async fn list_nodes(&self) -> Result<pb::ListNodesResponse, CliError> {
         let req = self.req(pb::ListNodesRequest {});
-        self.call(|mut c| async move { c.list_nodes(req).await }).await
+        self.call(Effect::Read, |mut c| async move { c.list_nodes(req).await }).await
     }
 
     pub async fn add_node(&self, req: pb::AddNodeRequest) -> Result<pb::MembershipResponse, CliError> {
         let req = self.req(req);
-        self.call(|mut c| async move { c.add_node(req).await }).await
+        self.call(Effect::Write, |mut c| async move { c.add_node(req).await }).await
     }
 
     pub async fn remove_node(&self, id: u64) -> Result<pb::MembershipResponse, CliError> {
         let req = self.req(pb::RemoveNodeRequest { id });
-        self.call(|mut c| async move { c.remove_node(req).await }).await
+        self.call(Effect::Write, |mut c| async move { c.remove_node(req).await }).await
     }
 
     pub async fn list_backends(&self, stale: bool) -> Result<pb::ListBackendsResponse, CliError> {
         let req = self.req(pb::ListBackendsRequest { stale });
-        self.call(|mut c| async move { c.list_backends(req).await }).await
+        self.call(Effect::Read, |mut c| async move { c.list_backends(req).await }).await
     }
 
     pub async fn set_drain(
@@ -218,24 +220,24 @@ impl Admin {
     ) -> Result<pb::WriteResponse, CliError> {
         let req =
             self.req(pb::SetDrainRequest { pool: pool.to_string(), backend: backend.to_string(), draining });
-        self.call(|mut c| async move { c.set_drain(req).await }).await
+        self.call(Effect::Write, |mut c| async move { c.set_drain(req).await }).await
     }
 
     pub async fn events(&self, req: pb::EventsRequest) -> Result<pb::EventsResponse, CliError> {
         let req = self.req(req);
-        self.call(|mut c| async move { c.events(req).await }).await
+        self.call(Effect::Read, |mut c| async move { c.events(req).await }).await
     }
 
     /// This node's in-flight counts per backend.
     pub async fn local_load(&self) -> Result<pb::LoadReport, CliError> {
         let req = self.req(pb::LocalLoadRequest {});
-        self.call(|mut c| async move { c.local_load(req).await }).await
+        self.call(Effect::Read, |mut c| async move { c.local_load(req).await }).await
     }
 
     /// Open the watch stream. Only opening it is bounded by the timeout; the stream itself lasts.
     pub async fn watch(&self) -> Result<tonic::Streaming<pb::WatchEvent>, CliError> {
         let req = self.unbounded(pb::WatchRequest {});
-        self.call(|mut c| async move { c.watch(req).await }).await
+        self.call(Effect::Read, |mut c| async move { c.watch(req).await }).await
     }
 }
 

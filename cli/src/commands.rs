@@ -9,7 +9,7 @@ use lbfleet_api::pb;
 
 use crate::args::{self, ConfigFormat};
 use crate::client::Admin;
-use crate::error::CliError;
+use crate::error::{CliError, Effect};
 use crate::output;
 
 /// Options every command shares.
@@ -308,7 +308,7 @@ pub async fn watch(g: &Global) -> Result<(), CliError> {
                         message: "the node ended the watch stream".to_string(),
                     })
                 }
-                Err(status) => return Err(CliError::from_status(&g.endpoint, &status)),
+                Err(status) => return Err(CliError::of_call(&g.endpoint, &status, Effect::Read)),
             },
         }
     }

@@ -2,6 +2,13 @@
 //!
 //! Pure: [`CliError::from_status`] and [`CliError::unreachable`] classify tonic errors; nothing here does I/O.
 //! A raw `Debug` of `tonic::Status` is never shown to the operator.
+//!
+//! Outcomes are told as they are. A failure of a *write* ([`Effect::Write`]) after its request may have
+//! left this machine (the client's deadline passed, the connection was lost once the call was under way,
+//! the node answered `deadline_exceeded` or `cancelled`: the entry may still commit) is
+//! [`CliError::OutcomeUnknown`], exit [`EXIT_UNKNOWN`]: "may have been applied" is not "failed". A write
+//! that never left (connection refused, TLS refused) or that the node refused is a definite failure. A
+//! read that timed out changed nothing: exit [`EXIT_UNAVAILABLE`], whichever side's deadline passed.
 
 use std::error::Error as StdError;
 use std::time::Duration;
@@ -19,6 +26,8 @@ pub const EXIT_UNREACHABLE: i32 = 2;
 pub const EXIT_UNAVAILABLE: i32 = 3;
 /// Exit code: missing or refused credentials.
 pub const EXIT_AUTH: i32 = 4;
+/// Exit code: a write whose outcome is unknown: it was sent, and may have been applied.
+pub const EXIT_UNKNOWN: i32 = 5;
 /// Exit code: invalid command line (sysexits `EX_USAGE`).
 pub const EXIT_USAGE: i32 = 64;
 
@@ -31,9 +40,12 @@ pub enum CliError {
     /// The node answered `Unavailable` (no leader yet, no quorum, shutting down).
     #[error("{message}")]
     Unavailable { endpoint: String, message: String },
-    /// No answer within `--timeout`.
+    /// No answer within `--timeout` (a read, or a write that never left).
     #[error("no answer from lbnode at {endpoint} within {}", humantime::format_duration(*timeout))]
     Timeout { endpoint: String, timeout: Duration },
+    /// A write was sent but its outcome is unknown: it may have been applied.
+    #[error("outcome unknown: {reason}; the change may have been applied (check with `lbctl get config` or `lbctl backends` before repeating it)")]
+    OutcomeUnknown { endpoint: String, reason: String },
     /// The node refused the request (invalid argument, unknown pool, rejected config...).
     #[error("{message}")]
     Rejected { endpoint: String, code: Code, message: String },
@@ -67,6 +79,7 @@ impl CliError {
             CliError::Unreachable { .. } => EXIT_UNREACHABLE,
             CliError::Unavailable { .. } | CliError::Timeout { .. } => EXIT_UNAVAILABLE,
             CliError::Auth { .. } => EXIT_AUTH,
+            CliError::OutcomeUnknown { .. } => EXIT_UNKNOWN,
             CliError::Rejected { .. } | CliError::Server { .. } | CliError::Local(_) => EXIT_FAILED,
         }
     }
@@ -85,7 +98,58 @@ impl CliError {
         CliError::Unreachable { endpoint: endpoint.to_string(), reason }
     }
 
-    /// Classify a gRPC status returned by a call to `endpoint`.
+    /// Classify a failed call of kind `effect` to `endpoint` (see the module doc).
+    pub fn of_call(endpoint: &str, status: &tonic::Status, effect: Effect) -> CliError {
+        let err = CliError::from_status(endpoint, status);
+        if effect == Effect::Read {
+            return match err {
+                CliError::Server { endpoint, code: Code::Cancelled, message } => CliError::Unavailable {
+                    endpoint,
+                    message: format!("the request was cut short: {message}"),
+                },
+                other => other,
+            };
+        }
+        match err {
+            // The connection failed before anything was sent: not applied.
+            e @ CliError::Unreachable { .. } if !sent(status) => e,
+            CliError::Unreachable { endpoint, reason } if reason == "timed out" => CliError::OutcomeUnknown {
+                reason: format!("no answer from lbnode at {endpoint} in time"),
+                endpoint,
+            },
+            CliError::Unreachable { endpoint, reason } => CliError::OutcomeUnknown {
+                reason: format!(
+                    "the connection to lbnode at {endpoint} was lost during the request ({reason})"
+                ),
+                endpoint,
+            },
+            CliError::Unavailable { endpoint, message } if status.code() == Code::DeadlineExceeded => {
+                CliError::OutcomeUnknown { endpoint, reason: unknown_reason(&message) }
+            }
+            CliError::Server { endpoint, code: Code::Cancelled, message } => CliError::OutcomeUnknown {
+                reason: format!("lbnode at {endpoint} cut the request short ({message})"),
+                endpoint,
+            },
+            other => other,
+        }
+    }
+
+    /// The client's own deadline passed while waiting for the answer to a call of kind `effect`.
+    pub fn deadline(endpoint: &str, timeout: Duration, effect: Effect) -> CliError {
+        match effect {
+            Effect::Read => CliError::Timeout { endpoint: endpoint.to_string(), timeout },
+            Effect::Write => CliError::OutcomeUnknown {
+                endpoint: endpoint.to_string(),
+                reason: format!(
+                    "no answer from lbnode at {endpoint} within {}",
+                    humantime::format_duration(timeout)
+                ),
+            },
+        }
+    }
+
+    /// Classify a gRPC status returned by a call to `endpoint`, without regard to what the call does
+    /// (see [`CliError::of_call`]).
     pub fn from_status(endpoint: &str, status: &tonic::Status) -> CliError {
         let endpoint = endpoint.to_string();
         // A status built by the client from a transport failure carries that failure as its source; one
@@ -104,8 +168,7 @@ impl CliError {
                 message: format!("lbnode at {endpoint} refused the credentials: {message}"),
                 endpoint: Some(endpoint),
             },
-            Code::Unavailable => CliError::Unavailable { endpoint, message },
-            Code::DeadlineExceeded => CliError::Unavailable { endpoint, message },
+            Code::Unavailable | Code::DeadlineExceeded => CliError::Unavailable { endpoint, message },
             Code::InvalidArgument
             | Code::FailedPrecondition
             | Code::NotFound
@@ -154,6 +217,7 @@ impl CliError {
                 ("server", Some(endpoint.clone()), Some(code_name(*code)))
             }
             CliError::Auth { endpoint, .. } => ("auth", endpoint.clone(), None),
+            CliError::OutcomeUnknown { endpoint, .. } => ("outcome_unknown", Some(endpoint.clone()), None),
             CliError::Local(_) => ("local", None, None),
         };
         JsonError {
@@ -164,6 +228,49 @@ impl CliError {
             exit_code: self.exit_code(),
         }
     }
+}
+
+/// What a call does, which decides how a failure after sending it is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Changes nothing: a failure is a failure.
+    Read,
+    /// May change the cluster: a failure after the request left is an unknown outcome.
+    Write,
+}
+
+/// Whether the request behind a client-side transport failure may have left: only a failure to
+/// connect (refused, unreachable, a TLS handshake refused) proves it did not.
+fn sent(status: &tonic::Status) -> bool {
+    let Some(src) = status.source() else { return true };
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(src);
+    while let Some(e) = cur {
+        if let Some(ioe) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            if matches!(
+                ioe.kind(),
+                K::ConnectionRefused | K::AddrNotAvailable | K::NetworkUnreachable | K::HostUnreachable
+            ) {
+                return false;
+            }
+        }
+        let msg = e.to_string();
+        if msg.contains("tcp connect error") || msg.contains("certificate") || msg.contains("handshake") {
+            return false;
+        }
+        cur = e.source();
+    }
+    true
+}
+
+/// The reason of a node's `deadline_exceeded` answer to a write, without repeating what
+/// [`CliError::OutcomeUnknown`] says anyway.
+fn unknown_reason(message: &str) -> String {
+    let m = message.trim_end();
+    let m = m.strip_prefix("outcome unknown: ").unwrap_or(m);
+    let m = m.strip_suffix("; it may have been applied").unwrap_or(m);
+    let m = m.strip_suffix("; it may still be applied").unwrap_or(m);
+    m.to_string()
 }
 
 /// gRPC code as the snake_case name used in `--json` output.
@@ -370,5 +477,69 @@ mod tests {
             anyhow::anyhow!("No such file or directory").context("cannot read \"c.toml\"").into();
         assert_eq!(e.to_string(), "cannot read \"c.toml\": No such file or directory");
         assert_eq!(e.exit_code(), 1);
+    }
+
+    #[test]
+    fn a_write_without_an_answer_may_have_been_applied_and_exits_5() {
+        let e = CliError::deadline(EP, Duration::from_secs(2), Effect::Write);
+        assert_eq!(e.exit_code(), EXIT_UNKNOWN);
+        assert!(e
+            .to_string()
+            .starts_with("outcome unknown: no answer from lbnode at 127.0.0.11:7400 within 2s"));
+        assert!(e.to_string().contains("may have been applied"), "{e}");
+        assert_eq!(e.to_json().kind, "outcome_unknown");
+        // The same deadline on a read changed nothing.
+        let e = CliError::deadline(EP, Duration::from_secs(2), Effect::Read);
+        assert_eq!(e.exit_code(), EXIT_UNAVAILABLE);
+        assert!(!e.to_string().contains("may have been applied"), "{e}");
+    }
+
+    #[test]
+    fn a_connection_lost_during_a_write_is_unknown_but_a_refused_one_is_not() {
+        let reset =
+            tonic::Status::from_error(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+        let e = CliError::of_call(EP, &reset, Effect::Write);
+        assert_eq!(e.exit_code(), EXIT_UNKNOWN, "{e}");
+        assert!(e.to_string().contains("connection reset"), "{e}");
+        assert_eq!(CliError::of_call(EP, &reset, Effect::Read).exit_code(), EXIT_UNREACHABLE);
+        let expired = tonic::Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        let e = CliError::of_call(EP, &expired, Effect::Write);
+        assert_eq!(e.exit_code(), EXIT_UNKNOWN, "{e}");
+        assert!(e.to_string().starts_with("outcome unknown: no answer from lbnode"), "{e}");
+
+        let refused = tonic::Status::from_error(Box::new(Wrap(
+            "tcp connect error",
+            Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        )));
+        let e = CliError::of_call(EP, &refused, Effect::Write);
+        assert_eq!(e.exit_code(), EXIT_UNREACHABLE, "nothing was sent: {e}");
+        assert_eq!(e.to_string(), "cannot reach lbnode at 127.0.0.11:7400: connection refused");
+    }
+
+    #[test]
+    fn the_nodes_unknown_answers_to_a_write_exit_5_and_server_deadlines_on_reads_exit_3() {
+        let msg =
+            "no quorum: apply_config not committed within 5s (leader 2, term 9); fewer than a majority \
+                   of voters are answering; it may still be applied";
+        let e = CliError::of_call(EP, &tonic::Status::deadline_exceeded(msg), Effect::Write);
+        assert_eq!(e.exit_code(), EXIT_UNKNOWN);
+        let text = e.to_string();
+        assert!(text.starts_with("outcome unknown: no quorum: apply_config not committed"), "{text}");
+        assert_eq!(text.matches("may").count(), 1, "said once: {text}");
+        // The server's own request timeout (`cancelled`) cut a write short: unknown; a read: exit 3.
+        let cut = tonic::Status::cancelled("Timeout expired");
+        assert_eq!(CliError::of_call(EP, &cut, Effect::Write).exit_code(), EXIT_UNKNOWN);
+        let e = CliError::of_call(EP, &cut, Effect::Read);
+        assert_eq!(e.exit_code(), EXIT_UNAVAILABLE, "{e}");
+        let e = CliError::of_call(EP, &tonic::Status::deadline_exceeded("read not confirmed"), Effect::Read);
+        assert_eq!(e.exit_code(), EXIT_UNAVAILABLE);
+        // Definite answers stay definite.
+        for (status, code) in [
+            (tonic::Status::unavailable("no leader reachable"), EXIT_UNAVAILABLE),
+            (tonic::Status::invalid_argument("rejected: x"), EXIT_FAILED),
+            (tonic::Status::permission_denied("read token"), EXIT_AUTH),
+        ] {
+            assert_eq!(CliError::of_call(EP, &status, Effect::Write).exit_code(), code, "{status:?}");
+        }
     }
 }

@@ -181,8 +181,10 @@ async fn five_nodes_survive_two_losses_and_fail_clearly_without_quorum() -> Resu
         .await
         .expect_err("a write without quorum must fail");
     let took = started.elapsed();
-    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    // The leader took the entry: it may commit once a quorum is back, so the outcome is unknown.
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
     assert!(err.message().contains("no quorum"), "unclear error: {}", err.message());
+    assert!(err.message().contains("may still be applied"), "unclear error: {}", err.message());
     assert!(took < Duration::from_secs(15), "the failure took {took:?}");
     // Through the other survivor (a follower) too.
     let other_survivor = c.nodes.iter().find(|n| n.id != new && n.pid().is_some()).unwrap().grpc_addr();

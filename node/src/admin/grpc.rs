@@ -8,7 +8,8 @@
 //! - membership changes (`AddNode`, `RemoveNode`) are not log commands but openraft calls on the
 //!   leader: a follower forwards them to the leader's `Admin` service (at most [`MAX_HOPS`] times).
 //! - on the leader, each write waits at most `write_timeout` for a quorum; past it the answer is
-//!   `unavailable("no quorum: …")` (the entry may still commit later if a quorum comes back).
+//!   `deadline_exceeded("no quorum: …; it may still be applied")` (the entry may commit later if a
+//!   quorum comes back: the outcome is unknown, not a failure).
 //! - `stale` reads, `LocalStatus`, `ListNodes` and `Watch` answer from this node alone; `Status`
 //!   asks every member for its `LocalStatus`, each bounded by [`STATUS_TIMEOUT`].
 

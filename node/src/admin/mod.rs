@@ -64,17 +64,19 @@ pub fn write_failure(e: RaftError<NodeId, ClientWriteError<NodeId, LbNode>>) -> 
 }
 
 /// How a failed proposal or linearizable read is told to a client. An outcome that is unknown (the
-/// proposal reached the leader but its answer was lost) is `deadline_exceeded` with a message saying
-/// it may have been applied; every other failure means nothing was written.
+/// proposal reached the leader but its answer was lost; the leader took the entry but no quorum
+/// committed it in time) is `deadline_exceeded` with a message saying it may have been applied; every
+/// other failure means nothing was written.
 pub fn propose_failure(e: ProposeError) -> Status {
     match e {
-        ProposeError::Unknown { .. } => Status::deadline_exceeded(e.to_string()),
+        ProposeError::Unknown { .. } | ProposeError::NoQuorum { .. } => {
+            Status::deadline_exceeded(e.to_string())
+        }
         ProposeError::Fatal { .. } => Status::internal(e.to_string()),
         ProposeError::Refused { .. } => Status::permission_denied(e.to_string()),
         ProposeError::ShuttingDown(_) => Status::unavailable("this node is shutting down"),
         ProposeError::NotLeader { .. }
         | ProposeError::NoLeader(_)
-        | ProposeError::NoQuorum { .. }
         | ProposeError::NotConfirmed { .. }
         | ProposeError::Lagging { .. } => Status::unavailable(e.to_string()),
     }
@@ -87,11 +89,11 @@ fn fatal_status(f: &Fatal<NodeId>) -> Status {
     }
 }
 
-/// The answer when a write is not committed in time.
+/// The answer when a write is not committed in time: the entry may still commit later.
 pub fn no_quorum(what: &str, timeout: Duration, id: NodeId, term: u64) -> Status {
-    Status::unavailable(format!(
+    Status::deadline_exceeded(format!(
         "no quorum: {what} not committed within {} (leader {id}, term {term}); fewer than a majority \
-         of voters are answering",
+         of voters are answering; it may still be applied",
         humantime::format_duration(timeout)
     ))
 }

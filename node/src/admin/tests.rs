@@ -39,7 +39,7 @@ fn membership_errors_map_to_client_errors() {
 }
 
 #[test]
-fn lost_quorum_and_shutdown_are_unavailable() {
+fn lost_quorum_is_unknown_and_shutdown_unavailable() {
     let q = ProposeError::NotConfirmed { waited: Duration::from_secs(2), leader: 1, term: 4 };
     let s = propose_failure(q);
     assert_eq!(s.code(), tonic::Code::Unavailable);
@@ -50,7 +50,9 @@ fn lost_quorum_and_shutdown_are_unavailable() {
         leader: 1,
         term: 4,
     };
-    assert_eq!(propose_failure(nq).code(), tonic::Code::Unavailable);
+    let s = propose_failure(nq);
+    assert_eq!(s.code(), tonic::Code::DeadlineExceeded, "the entry may still commit: unknown, not failed");
+    assert!(s.message().ends_with("it may still be applied"), "{}", s.message());
     let unknown = ProposeError::Unknown { what: "set_drain".into(), leader: 2, message: "lost".into() };
     let s = propose_failure(unknown);
     assert_eq!(s.code(), tonic::Code::DeadlineExceeded, "an unknown outcome is not a refusal");
@@ -62,7 +64,7 @@ fn lost_quorum_and_shutdown_are_unavailable() {
 #[test]
 fn no_quorum_names_the_timeout_and_the_leader() {
     let s = no_quorum("apply_config", Duration::from_secs(5), 2, 9);
-    assert_eq!(s.code(), tonic::Code::Unavailable);
+    assert_eq!(s.code(), tonic::Code::DeadlineExceeded);
     assert!(
         s.message().starts_with("no quorum: apply_config not committed within 5s (leader 2, term 9)"),
         "{}",

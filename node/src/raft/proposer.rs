@@ -60,7 +60,7 @@ pub enum ProposeError {
     /// The leader took the entry but no quorum committed it in time: it may still commit later.
     #[error(
         "no quorum: {what} not committed within {} (leader {leader}, term {term}); fewer than a majority \
-         of voters are answering",
+         of voters are answering; it may still be applied",
         humantime::format_duration(*waited)
     )]
     NoQuorum { what: String, waited: Duration, leader: NodeId, term: u64 },
@@ -449,7 +449,7 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "no quorum: set_drain not committed within 2s (leader 1, term 3); fewer than a majority of \
-             voters are answering"
+             voters are answering; it may still be applied"
         );
         let u =
             ProposeError::Unknown { what: "apply_config".into(), leader: 2, message: "Cancelled: x".into() };
