@@ -127,12 +127,13 @@ fn ppp_agrees(wire: &[u8], h: &Header) {
 }
 
 /// Every header `ppp` accepts with addresses over IP that the spec also allows, we accept alike.
-/// (`ppp` is laxer than the spec in places we are not: a `+` before a v1 port, a v2 family byte with
-/// an UNSPEC half such as `0x10`, a v2 header of any length.)
+/// (`ppp` is laxer than the spec in places we are not: a `+` before a v1 port, a v1 line ending in
+/// ` \n` without CR, a v2 family byte with an UNSPEC half such as `0x10`, a v2 header of any length.)
 fn ppp_accepts_only_what_we_accept(buf: &[u8], ours: &Result<Option<Header>, impl std::fmt::Debug>) {
     let theirs = if buf.starts_with(b"PROXY ") {
         let Ok(p) = ppp::v1::Header::try_from(buf) else { return };
-        if p.header.contains('+') {
+        // ppp also takes a space before a bare LF as the line's end (found by this target).
+        if p.header.contains('+') || !p.header.ends_with("\r\n") {
             return;
         }
         ppp_v1_addresses(&p.addresses)
