@@ -107,6 +107,26 @@ pub const MAX_ANY_DURATION: Duration = Duration::from_secs(86_400);
 /// small.
 pub const MAX_LISTED_PROBLEMS: usize = 100;
 
+// HTTP request limits of a listener (`[listener.limits]`, [`HttpLimits`]). The defaults sit among the
+// peers': HAProxy refuses a head above its 16 KiB buffer, NGINX allows 4 buffers of 8 KiB
+// (`large_client_header_buffers`: a request line or one header line at most 8 KiB, 32 KiB in all),
+// Envoy 60 KiB and 100 headers, Apache 100 header lines of at most 8,190 bytes.
+
+/// Default `limits.max_request_head`: request line and headers together, in bytes (NGINX's 4 × 8 KiB).
+pub const DEFAULT_MAX_REQUEST_HEAD: u32 = 32 * 1024;
+/// `limits.max_request_head`: 1 KiB ..= 1 MiB.
+pub const MAX_REQUEST_HEAD_RANGE: std::ops::RangeInclusive<u32> = 1024..=1 << 20;
+/// Default `limits.max_headers`: header lines of one request (Envoy's, Apache's and hyper's 100).
+pub const DEFAULT_MAX_HEADERS: u32 = 100;
+/// `limits.max_headers`: 1 ..= 1,000.
+pub const MAX_HEADERS_RANGE: std::ops::RangeInclusive<u32> = 1..=1_000;
+/// Default `limits.max_request_line`: method, target and version, in bytes (NGINX's and Apache's 8 KiB).
+pub const DEFAULT_MAX_REQUEST_LINE: u32 = 8 * 1024;
+/// `limits.max_request_line`: 64 bytes ..= 64 KiB, and at most `max_request_head`.
+pub const MAX_REQUEST_LINE_RANGE: std::ops::RangeInclusive<u32> = 64..=64 * 1024;
+/// `limits.max_body` (optional; no limit by default, as in HAProxy and Envoy): 1 byte ..= 1 TiB.
+pub const MAX_BODY_RANGE: std::ops::RangeInclusive<u64> = 1..=1 << 40;
+
 // ---------------------------------------------------------------------------------------------
 // Typed model
 // ---------------------------------------------------------------------------------------------
@@ -413,6 +433,9 @@ pub struct Listener {
     pub timeouts: Timeouts,
     /// HTTP only: first matching route wins; no match goes to `pool`.
     pub route: Vec<Route>,
+    /// HTTP only: what a request may weigh before the proxy refuses it.
+    #[serde(default)]
+    pub limits: HttpLimits,
 }
 
 /// A listener whose connections start with a PROXY protocol header (v1 or v2) from a front (an L4
@@ -515,6 +538,49 @@ impl Default for Timeouts {
             request_header: Duration::from_secs(10),
             idle: Duration::from_secs(60),
             upstream_response: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Request limits of an HTTP listener (`[listener.limits]`); a request above one is refused (431, 414,
+/// 413) and the client connection closed. Bounds: [`MAX_REQUEST_HEAD_RANGE`], [`MAX_HEADERS_RANGE`],
+/// [`MAX_REQUEST_LINE_RANGE`], [`MAX_BODY_RANGE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpLimits {
+    /// Request line and headers, in bytes (HTTP/2: the header list size).
+    pub max_request_head: u32,
+    /// Header lines of one request.
+    pub max_headers: u32,
+    /// Method, target and version, in bytes.
+    pub max_request_line: u32,
+    /// Request body in bytes; `None`: no limit. (Not skipped when `None`: postcard needs every field;
+    /// TOML leaves a `None` out by itself.)
+    #[serde(default)]
+    pub max_body: Option<u64>,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_request_head: DEFAULT_MAX_REQUEST_HEAD,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_request_line: DEFAULT_MAX_REQUEST_LINE,
+            max_body: None,
+        }
+    }
+}
+
+impl HttpLimits {
+    /// Each limit within its bounds. Validation refuses others; the proxy uses this as a second line of
+    /// defence (hyper panics on a read buffer below 8 KiB, and a zero limit would refuse everything).
+    pub fn clamped(self) -> HttpLimits {
+        let clamp = |v: u32, r: &std::ops::RangeInclusive<u32>| v.clamp(*r.start(), *r.end());
+        let max_request_head = clamp(self.max_request_head, &MAX_REQUEST_HEAD_RANGE);
+        HttpLimits {
+            max_request_head,
+            max_headers: clamp(self.max_headers, &MAX_HEADERS_RANGE),
+            max_request_line: clamp(self.max_request_line, &MAX_REQUEST_LINE_RANGE).min(max_request_head),
+            max_body: self.max_body.map(|b| b.clamp(*MAX_BODY_RANGE.start(), *MAX_BODY_RANGE.end())),
         }
     }
 }
@@ -643,6 +709,17 @@ pub struct RawListener {
     pub timeouts: Option<RawTimeouts>,
     #[serde(default)]
     pub route: Vec<RawRoute>,
+    pub limits: Option<RawHttpLimits>,
+}
+
+/// `[listener.limits]` as written; sizes in bytes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpLimits {
+    pub max_request_head: Option<i64>,
+    pub max_headers: Option<i64>,
+    pub max_request_line: Option<i64>,
+    pub max_body: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -1448,6 +1525,21 @@ fn validate_listener(p: &mut Problems, place: &str, rl: &RawListener) -> Option<
     if !rl.route.is_empty() && protocol != Protocol::Http {
         p.push(place, "routes are only for http listeners");
     }
+    let limits = match &rl.limits {
+        None => HttpLimits::default(),
+        // A listener of another protocol keeps the defaults, which `get config` shows for every
+        // listener: those parse back, other values are refused.
+        Some(raw) if protocol != Protocol::Http => {
+            let mut checked = Problems(Vec::new());
+            if validate_http_limits(&mut checked, place, raw) != HttpLimits::default()
+                || !checked.0.is_empty()
+            {
+                p.push(place, "limits are only for http listeners");
+            }
+            HttpLimits::default()
+        }
+        Some(raw) => validate_http_limits(p, &format!("{place} limits"), raw),
+    };
     if rl.route.len() > MAX_ROUTES_PER_LISTENER {
         p.push(
             place,
@@ -1497,6 +1589,7 @@ fn validate_listener(p: &mut Problems, place: &str, rl: &RawListener) -> Option<
         accept_proxy_protocol,
         timeouts,
         route: routes,
+        limits,
     })
 }
 
@@ -1561,6 +1654,46 @@ fn validate_accept_proxy(
     (nets.len() == from.len()).then_some(AcceptProxyProtocol { from: nets })
 }
 
+/// `[listener.limits]`: each field within its range, the request line within the head.
+fn validate_http_limits(p: &mut Problems, place: &str, raw: &RawHttpLimits) -> HttpLimits {
+    let d = HttpLimits::default();
+    let mut field = |name: &str, v: Option<i64>, default: u64, lo: u64, hi: u64| -> u64 {
+        match v {
+            None => default,
+            Some(v) if (lo as i64..=hi as i64).contains(&v) => v as u64,
+            Some(v) => {
+                p.push(place, format!("{name} {v} out of range {lo}..={hi}"));
+                default
+            }
+        }
+    };
+    let range32 = |r: &std::ops::RangeInclusive<u32>| (u64::from(*r.start()), u64::from(*r.end()));
+    let (lo, hi) = range32(&MAX_REQUEST_HEAD_RANGE);
+    let max_request_head =
+        field("max_request_head", raw.max_request_head, u64::from(d.max_request_head), lo, hi) as u32;
+    let (lo, hi) = range32(&MAX_HEADERS_RANGE);
+    let max_headers = field("max_headers", raw.max_headers, u64::from(d.max_headers), lo, hi) as u32;
+    let (lo, hi) = range32(&MAX_REQUEST_LINE_RANGE);
+    let max_request_line =
+        field("max_request_line", raw.max_request_line, u64::from(d.max_request_line), lo, hi) as u32;
+    let max_body = raw
+        .max_body
+        .map(|_| field("max_body", raw.max_body, 0, *MAX_BODY_RANGE.start(), *MAX_BODY_RANGE.end()))
+        .filter(|b| *b > 0);
+    if max_request_line > max_request_head {
+        p.push(
+            place,
+            format!("max_request_line {max_request_line} is above max_request_head {max_request_head}"),
+        );
+    }
+    HttpLimits {
+        max_request_head,
+        max_headers,
+        max_request_line: max_request_line.min(max_request_head),
+        max_body,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1616,6 +1749,17 @@ pool = "web"
         assert_eq!(parse(&c.to_json(), Format::Json).unwrap(), c);
         let bytes = postcard::to_allocvec(&c).unwrap();
         assert_eq!(postcard::from_bytes::<ClusterConfig>(&bytes).unwrap(), c);
+    }
+
+    /// Found replaying the `config` corpus after the HTTP limits landed: every listener shows the
+    /// default `limits` in `get config`, and a TCP or UDP listener's were refused when applied back.
+    #[test]
+    fn tcp_and_udp_listeners_from_get_config_parse_back() {
+        let text = "[[pool]]\nname = \"p\"\n[[listener]]\nname = \"t\"\nprotocol = \"tcp\"\nport = 81\npool = \"p\"\n\
+                    [[listener]]\nname = \"u\"\nprotocol = \"udp\"\nport = 53\npool = \"p\"\n";
+        let c = parse(text, Format::Toml).unwrap();
+        assert_eq!(parse(&c.to_toml(), Format::Toml).unwrap(), c);
+        assert_eq!(parse(&c.to_json(), Format::Json).unwrap(), c);
     }
 
     #[test]
@@ -2121,6 +2265,105 @@ name = "p"
         ] {
             assert!(max <= MAX_ANY_DURATION);
         }
+    }
+
+    #[test]
+    fn http_limits_have_defaults_parse_and_are_bounded() {
+        let with = |limits: &str, protocol: &str| {
+            format!(
+                "[[pool]]\nname = \"p\"\n[[listener]]\nname = \"l\"\nprotocol = \"{protocol}\"\nport = 8080\n\
+                 pool = \"p\"\n[listener.limits]\n{limits}\n"
+            )
+        };
+        // Absent: the defaults, which are within their own bounds.
+        let c = parse(DEMO, Format::Toml).unwrap();
+        let d = HttpLimits::default();
+        assert_eq!(c.listener[0].limits, d);
+        assert_eq!(
+            (d.max_request_head, d.max_headers, d.max_request_line, d.max_body),
+            (32 * 1024, 100, 8 * 1024, None)
+        );
+        assert!(MAX_REQUEST_HEAD_RANGE.contains(&d.max_request_head));
+        assert!(MAX_HEADERS_RANGE.contains(&d.max_headers));
+        assert!(MAX_REQUEST_LINE_RANGE.contains(&d.max_request_line));
+        assert_eq!(d.clamped(), d);
+
+        // Set: parsed, and round-trip through TOML, JSON and postcard.
+        let text = with(
+            "max_request_head = 16384\nmax_headers = 50\nmax_request_line = 4096\nmax_body = 1048576",
+            "http",
+        );
+        let c = parse(&text, Format::Toml).unwrap();
+        let l = c.listener[0].limits;
+        assert_eq!(
+            l,
+            HttpLimits {
+                max_request_head: 16384,
+                max_headers: 50,
+                max_request_line: 4096,
+                max_body: Some(1 << 20)
+            }
+        );
+        assert_eq!(parse(&c.to_toml(), Format::Toml).unwrap(), c);
+        assert_eq!(parse(&c.to_json(), Format::Json).unwrap(), c);
+        assert_eq!(postcard::from_bytes::<ClusterConfig>(&postcard::to_allocvec(&c).unwrap()).unwrap(), c);
+        // Only the fields given change.
+        let c = parse(&with("max_headers = 10", "http"), Format::Toml).unwrap();
+        assert_eq!(c.listener[0].limits, HttpLimits { max_headers: 10, ..HttpLimits::default() });
+
+        // Each bound, just inside and just outside.
+        let place = "listener \"l\" limits";
+        let cases: [(&str, i64, i64); 4] = [
+            ("max_request_head", 1024, 1 << 20),
+            ("max_headers", 1, 1000),
+            ("max_request_line", 64, 64 * 1024),
+            ("max_body", 1, 1 << 40),
+        ];
+        for (field, lo, hi) in cases {
+            // A request line up to its own maximum needs a head at least as big.
+            let head = match field {
+                "max_request_line" => "max_request_head = 1048576\n",
+                "max_request_head" => "max_request_line = 64\n",
+                _ => "",
+            };
+            for ok in [lo, hi] {
+                let text = with(&format!("{head}{field} = {ok}"), "http");
+                assert!(parse(&text, Format::Toml).is_ok(), "{field} = {ok} is within");
+            }
+            for bad in [lo - 1, hi + 1, -1, i64::MAX] {
+                let text = with(&format!("{head}{field} = {bad}"), "http");
+                assert_eq!(one_error(&text), format!("{place}: {field} {bad} out of range {lo}..={hi}"));
+            }
+        }
+        assert_eq!(
+            one_error(&with("max_request_head = 2048\nmax_request_line = 4096", "http")),
+            format!("{place}: max_request_line 4096 is above max_request_head 2048")
+        );
+        assert_eq!(
+            one_error(&with("max_headers = 10", "tcp")),
+            "listener \"l\": limits are only for http listeners"
+        );
+        assert_eq!(
+            one_error(&with("max_headers = 0", "tcp")),
+            "listener \"l\": limits are only for http listeners"
+        );
+        assert!(one_error(&with("max_header = 10", "http")).contains("unknown field `max_header`"));
+        // The proxy clamps what validation would refuse.
+        let wild = HttpLimits {
+            max_request_head: 0,
+            max_headers: u32::MAX,
+            max_request_line: u32::MAX,
+            max_body: Some(0),
+        };
+        assert_eq!(
+            wild.clamped(),
+            HttpLimits {
+                max_request_head: *MAX_REQUEST_HEAD_RANGE.start(),
+                max_headers: *MAX_HEADERS_RANGE.end(),
+                max_request_line: *MAX_REQUEST_HEAD_RANGE.start(),
+                max_body: Some(1),
+            }
+        );
     }
 
     #[test]

@@ -1,6 +1,10 @@
-//! `lbchaos`: fault scenarios against a local lbfleet cluster started with `lbctl local up`.
+//! `lbchaos`: fault runs against a local lbfleet cluster.
 //!
-//! Layout (one file; the scenario loop is small):
+//! Layout:
+//! - [`run`]: `lbchaos run`, a randomized fault run (kills, pauses, restarts, partitions) against a
+//!   cluster it starts itself, with a register workload whose history [`history`] checks for
+//!   linearizability.
+//! - this file: the fixed scenarios against a cluster started with `lbctl local up --dir DIR`:
 //! - discovery: every `DIR/node-*.pid` names a running lbnode; its endpoint comes from its command line.
 //! - a writer applies a stream of configs (each one marked by the first backend's weight) through a
 //!   random live node and records every acknowledged (version, marker) in `DIR/chaos-history.jsonl`.
@@ -13,9 +17,6 @@
 //! `lbfleet_tests::wait_until`, and liveness and signals through `lbfleet_tests::process`, the same
 //! harness the end-to-end tests use; the pid files and detached restarts are `lbctl local`'s
 //! (`lbfleet_cli::local::procs`).
-//!
-//! Known limit: network partitions need network namespaces or containers (docker/compose-*.yml); this
-//! tool injects process faults only.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -24,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use lbfleet_api::config::{parse, ClusterConfig, Format};
 use lbfleet_cli::client::Admin;
 use lbfleet_cli::local::procs;
@@ -32,14 +33,34 @@ use lbfleet_tests::process::{alive, signal};
 use lbfleet_tests::wait_until;
 use rand::seq::IndexedRandom;
 
+mod history;
+mod run;
+
 #[derive(Parser, Debug)]
-#[command(name = "lbchaos", about = "Fault scenarios against a local lbfleet cluster (lbctl local up)")]
+#[command(name = "lbchaos", about = "Fault runs and scenarios against a local lbfleet cluster")]
 struct Cli {
-    /// Directory of the cluster (`lbctl local up --dir DIR`).
-    #[arg(long)]
-    dir: PathBuf,
-    #[arg(value_enum)]
-    scenario: Scenario,
+    /// Directory of the cluster (`lbctl local up --dir DIR`); for `run`, where it starts its own.
+    #[arg(long, global = true)]
+    dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// A randomized fault run with a checked register history (starts and stops its own cluster).
+    Run(run::RunArgs),
+    /// SIGKILL the leader each round, restart it.
+    KillLeader(ScenarioArgs),
+    /// SIGSTOP the leader each round for --pause, then SIGCONT.
+    PauseLeader(ScenarioArgs),
+    /// SIGKILL a random node each round, restart it.
+    KillRandom(ScenarioArgs),
+}
+
+/// The scenarios against a running cluster (`lbctl local up --dir DIR` first).
+#[derive(clap::Args, Debug)]
+struct ScenarioArgs {
     /// How many faults to inject.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
@@ -51,7 +72,7 @@ struct Cli {
     deadline: Duration,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug)]
 enum Scenario {
     KillLeader,
     PauseLeader,
@@ -192,16 +213,33 @@ struct History {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let cli = Cli::parse();
-    match run(cli).await {
-        Ok(()) => {}
+    let result = match cli.command {
+        Cmd::Run(args) => run::run(args, cli.dir).await.map(|pass| if pass { 0 } else { 1 }),
+        Cmd::KillLeader(a) => scenario(Scenario::KillLeader, a, cli.dir).await.map(|()| 0),
+        Cmd::PauseLeader(a) => scenario(Scenario::PauseLeader, a, cli.dir).await.map(|()| 0),
+        Cmd::KillRandom(a) => scenario(Scenario::KillRandom, a, cli.dir).await.map(|()| 0),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("lbchaos: {e:#}");
-            std::process::exit(1);
+            std::process::exit(2);
         }
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
+struct Run {
+    dir: PathBuf,
+    scenario: Scenario,
+    rounds: u32,
+    pause: Duration,
+    deadline: Duration,
+}
+
+async fn scenario(scenario: Scenario, a: ScenarioArgs, dir: Option<PathBuf>) -> Result<()> {
+    let dir =
+        dir.ok_or_else(|| anyhow!("--dir DIR is needed: the directory of `lbctl local up --dir DIR`"))?;
+    let cli = Run { dir, scenario, rounds: a.rounds, pause: a.pause, deadline: a.deadline };
     let mut nodes = discover(&cli.dir)?;
     load_creds(&cli.dir)?;
     let (_, leader) = wait_leader(&nodes, None, cli.deadline).await?;

@@ -342,6 +342,7 @@ impl GenListener {
             // Opaque to `apply`; not generated, so the committed corpus keeps its meaning.
             accept_proxy_protocol: None,
             timeouts: Timeouts { connect, request_header, idle, upstream_response },
+            limits: Default::default(),
             route: self
                 .routes
                 .iter()

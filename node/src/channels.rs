@@ -6,6 +6,7 @@
 //! [`crate::tls::NodeTls::client_config`].
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,17 +22,28 @@ pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 pub struct ChannelCache {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     tls: ClientTlsConfig,
+    /// The address connections leave from (the node's own IP), if any.
+    local: Option<IpAddr>,
 }
 
 impl ChannelCache {
     /// An empty cache whose channels use `tls`.
     pub fn new(tls: ClientTlsConfig) -> Self {
-        ChannelCache { channels: Arc::default(), tls }
+        ChannelCache { channels: Arc::default(), tls, local: None }
     }
 
-    /// Another empty cache with the same TLS (its channels are connections of their own).
+    /// The same cache, its connections leaving from `ip` (unless it is unspecified). Nodes bind their
+    /// peer connections to their own IP, as they do those to backends: a peer sees which node calls,
+    /// and firewall rules (or a partition test on loopback, where every address is local) can cut
+    /// one pair of nodes.
+    pub fn from_ip(mut self, ip: IpAddr) -> Self {
+        self.local = (!ip.is_unspecified()).then_some(ip);
+        self
+    }
+
+    /// Another empty cache with the same settings (its channels are connections of their own).
     pub fn fresh(&self) -> Self {
-        ChannelCache::new(self.tls.clone())
+        ChannelCache { channels: Arc::default(), tls: self.tls.clone(), local: self.local }
     }
 
     /// The channel to `addr` (`host:port`), created on first use. Fails only for an address that
@@ -41,7 +53,7 @@ impl ChannelCache {
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = endpoint(addr, self.tls.clone())?.connect_lazy();
+        let ch = endpoint(addr, self.tls.clone())?.local_address(self.local).connect_lazy();
         map.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }

@@ -75,7 +75,7 @@ impl Node {
             tracing::warn!("no operator tokens (tokens_file): only cluster nodes can call the admin API");
         }
         let (shutdown_tx, shutdown_rx) = shutdown::channel();
-        let channels = ChannelCache::new(tls.client_config());
+        let channels = ChannelCache::new(tls.client_config()).from_ip(config.bind);
         let node = crate::raft::start(&config, channels.clone()).await?;
         let raft = node.raft().clone();
         let cluster = Cluster {

@@ -2,10 +2,13 @@
 //!
 //! The proxies count into one shared [`DataplaneMetrics`] (`ProxyContext::metrics`): HTTP responses by
 //! listener, pool, backend and status class; backend connect failures; TCP connections and UDP flows per
-//! backend; UDP datagrams dropped by reason; PROXY protocol headers read by listeners with
-//! `accept_proxy_protocol`, by result. The gauges (in-flight requests, fleet-wide health, this
-//! node's usability of each backend, bound listeners) are not kept here: [`register_gauges`] reads them
-//! at scrape time from the routing snapshot, the committed state and the outlier tracker.
+//! backend; UDP datagrams dropped by reason; HTTP requests refused by listener and reason
+//! (`lbfleet_http_refused_total`; the reasons are those of `proxy::http::guard`, plus what hyper refuses
+//! on its own: `malformed`, `head_too_large`, `header_timeout`, and the body faults `bad_body`,
+//! `body_too_large`); PROXY protocol headers read by listeners with `accept_proxy_protocol`, by result.
+//! The gauges (in-flight requests, fleet-wide health, this node's usability of each backend, bound
+//! listeners) are not kept here: [`register_gauges`] reads them at scrape time from the routing
+//! snapshot, the committed state and the outlier tracker.
 //!
 //! Label values: `backend` is the backend's address; an answer of the proxy itself that involved no
 //! backend (no pool, no usable backend, a refused request, a redirect) has `backend=""`, and `pool=""`
@@ -56,6 +59,12 @@ pub struct DropLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub listener: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HeaderLabels {
     pub listener: String,
     /// `accepted`, or why the connection was closed: `untrusted`, `malformed`, `timeout`, `closed`.
@@ -75,6 +84,7 @@ pub struct DataplaneMetrics {
     tcp_connections: Family<FlowLabels, Counter>,
     udp_flows: Family<FlowLabels, Counter>,
     udp_dropped: Family<DropLabels, Counter>,
+    http_refused: Family<RefusedLabels, Counter>,
     proxy_protocol_headers: Family<HeaderLabels, Counter>,
 }
 
@@ -104,6 +114,13 @@ impl DataplaneMetrics {
             code_class: code_class(status),
         };
         self.http_requests.get_or_create(&labels).inc();
+    }
+
+    /// An HTTP request (or a connection, for what hyper refuses before a request exists) of `listener`
+    /// refused for `reason` (see `proxy::http::guard`).
+    pub fn http_refused(&self, listener: &str, reason: &'static str) {
+        let labels = RefusedLabels { listener: listener.to_string(), reason };
+        self.http_refused.get_or_create(&labels).inc();
     }
 
     /// A connection to `backend` of `pool` could not be opened (refused, timed out).
@@ -165,6 +182,11 @@ impl DataplaneMetrics {
         );
         registry.register("udp_flows", "UDP flows started towards a backend", self.udp_flows.clone());
         registry.register("udp_dropped", "UDP datagrams dropped, by reason", self.udp_dropped.clone());
+        registry.register(
+            "http_refused",
+            "HTTP requests refused by the proxy (hostile or malformed), by listener and reason",
+            self.http_refused.clone(),
+        );
         registry.register(
             "proxy_protocol_headers",
             "PROXY protocol headers read on listeners with accept_proxy_protocol: accepted, or why the connection was closed",

@@ -7,7 +7,9 @@
 //! - [`proxy`]: one request: route, pick, connect, send, answer; retries; redirects; upgrades.
 //! - [`headers`]: pure: hop-by-hop stripping, forwarding headers, cookies, the host.
 //! - [`upstream`]: HTTP/1.1 connections to backends and their per-backend pool.
-//! - [`body`]: the streaming request and response bodies.
+//! - [`guard`]: pure: the checks a request head passes first (the listener's `limits`, `Host`,
+//!   framing), and what hyper refuses before them.
+//! - [`body`]: the streaming request and response bodies (the body limit, client body faults).
 //! - [`activity`]: the client idle timeout and the task count shutdown waits for.
 //!
 //! Data enters as client connections accepted on the listener socket and leaves as HTTP/1.1 requests to
@@ -16,12 +18,22 @@
 //!
 //! Timeouts come from the listener's `timeouts` as of the connection's accept (connect, idle,
 //! request_header) or the request (connect, upstream_response):
-//! - `request_header`: hyper's HTTP/1 header read timeout. hyper starts it when it begins waiting for a
-//!   request head, so on a keep-alive connection it also bounds the wait for the next request (Known
-//!   limit: an idle HTTP/1 connection is closed after min(idle, request_header)).
+//! - `request_header`: hyper's HTTP/1 header read timeout, per request head: hyper starts it when it
+//!   begins waiting for a head and stops it once the head is parsed, so a client that trickles its head
+//!   (slowloris) is cut at `request_header` however steadily it sends, on a new connection as on a
+//!   keep-alive one; it also bounds the wait for the next request (Known limit: an idle HTTP/1
+//!   connection is closed after min(idle, request_header)).
 //! - `idle`: see [`activity`].
 //! - `connect`: per backend connection attempt; `upstream_response`: from the request sent in full to
 //!   the response head (504).
+//!
+//! Request limits come from the listener's `limits` as of the accept (hyper's read buffer and header
+//! cap, the HTTP/2 header list size) and the request ([`guard`], the body limit). Defaults (bounds in
+//! `lbfleet_api::config`): `max_request_head` 32 KiB (also the HTTP/2 `max_header_list_size`; hyper's
+//! HTTP/1 read buffer is twice it), `max_headers` 100 (hyper's cap twice it), `max_request_line` 8 KiB,
+//! `max_body` none. Every refusal closes an HTTP/1 connection and is counted in
+//! `lbfleet_http_refused_total{listener,reason}`, hyper's own included (`malformed`, `head_too_large`,
+//! `header_timeout`, counted when their connection ends).
 //!
 //! A listener with `accept_proxy_protocol` reads the front's PROXY protocol header first
 //! ([`super::proxy_protocol::accept`]); the client in it is the connection's peer for hash keys,
@@ -29,14 +41,30 @@
 //!
 //! Known limits: WebSocket over HTTP/2 (RFC 8441 extended CONNECT) is not offered; upgrades work on
 //! HTTP/1.1. Backends are spoken to in HTTP/1.1 only. There is no cap on client connections per listener
-//! beyond the process's file descriptors.
+//! beyond the process's file descriptors. Not refused, or not as the proxy would answer:
+//! - a head cut by `request_header` gets no 408: hyper closes the connection without an answer, and
+//!   has no hook to give one;
+//! - what hyper refuses itself (see [`guard`]: heads that do not parse, bad `Content-Length`, heads
+//!   beyond twice the limits) is answered with hyper's empty 400/414/431, without the proxy's text or
+//!   `x-lbfleet-node`;
+//! - `Content-Length` with `Transfer-Encoding: chunked` is forwarded as one chunked request and the
+//!   connection closed after it (hyper's handling, RFC 9112 §6.3), not refused with 400;
+//! - a client body that fails after the backend has begun to answer cannot be answered 400/413 (that
+//!   response is under way): the backend request is aborted and the client's response ends early;
+//! - after a refusal the connection is closed at once, without lingering to read what the client still
+//!   sends: unread request bytes can make the kernel reset it right after the answer;
+//! - chunk extensions are bounded by hyper (16 KiB per body), trailers by hyper (16 KiB), not by the
+//!   listener's limits.
 
 pub mod activity;
 mod body;
+pub mod guard;
 pub mod headers;
 mod proxy;
 pub mod upstream;
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;
 
@@ -90,6 +118,8 @@ impl Default for Options {
 pub(crate) struct Shared {
     name: String,
     ctx: Arc<ProxyContext>,
+    /// The listener's address: the `Host` given to backends for an HTTP/1.0 request without one.
+    local_host: Option<HeaderValue>,
     upstreams: Arc<Upstreams>,
     node_header: HeaderValue,
     tasks: Arc<Tasks>,
@@ -126,6 +156,7 @@ pub async fn serve_with(
     let shared = Arc::new(Shared {
         name: name.clone(),
         ctx,
+        local_host: listener.local_addr().ok().and_then(|a| HeaderValue::from_str(&a.to_string()).ok()),
         upstreams: Arc::clone(&upstreams),
         node_header,
         tasks: Arc::clone(&tasks),
@@ -180,8 +211,8 @@ async fn serve_conn(
 ) {
     // Timeouts as of the accept; if the listener is gone, its requests get 503 "listener removed".
     // Clamped: hyper adds the header timeout to an `Instant`, which a huge one overflows.
-    let (timeouts, accept_proxy) = match shared.ctx.routing.load().listener(&shared.name) {
-        Some(l) => (l.timeouts.clamped(), l.accept_proxy_protocol.clone()),
+    let (timeouts, limits, accept_proxy) = match shared.ctx.routing.load().listener(&shared.name) {
+        Some(l) => (l.timeouts.clamped(), l.limits.clamped(), l.accept_proxy_protocol.clone()),
         None => Default::default(),
     };
     let mut stream = stream;
@@ -211,10 +242,17 @@ async fn serve_conn(
     });
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(timeouts.request_header);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(timeouts.request_header)
+        .max_buf_size(guard::hyper_buffer(&limits))
+        .max_headers(guard::hyper_max_headers(&limits));
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_request_head)
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
         .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
@@ -226,6 +264,9 @@ async fn serve_conn(
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(%peer, "client connection ended: {e}");
+                    if let Some(reason) = hyper_refusal(&*e) {
+                        shared.ctx.metrics.http_refused(&shared.name, reason);
+                    }
                 }
                 break;
             }
@@ -239,5 +280,20 @@ async fn serve_conn(
             }
             _ = force.wait() => break,
         }
+    }
+}
+
+/// The `reason` of what hyper refused on its own before a request reached the proxy (see [`guard`]):
+/// its automatic 400/414/431 answers and the header read timeout (on which it closes the connection).
+fn hyper_refusal(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let e = e.downcast_ref::<hyper::Error>()?;
+    if e.is_timeout() {
+        Some("header_timeout")
+    } else if e.is_parse_too_large() {
+        Some("head_too_large")
+    } else if e.is_parse() {
+        Some("malformed")
+    } else {
+        None
     }
 }

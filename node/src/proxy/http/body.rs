@@ -2,13 +2,17 @@
 //! is bounded by hyper's buffers and HTTP/2 flow-control windows, whatever the body size.
 //!
 //! - [`ReqBody`]: what goes to a backend. Either the client's body or nothing; it tells the sender when
-//!   it has been sent in full (the upstream response timeout starts then).
+//!   it has been sent in full (the upstream response timeout starts then), stops at the listener's
+//!   `max_body` and records why the client's body failed ([`BodyFault`]), so that the proxy answers
+//!   the client's fault (400, 413) rather than blaming the backend (502). A failed body is an error to
+//!   hyper's client, which then closes the backend connection without finishing the request: a backend
+//!   never sees a truncated body as complete.
 //! - [`RespBody`]: what goes to the client. A short text (errors, redirects) or the backend's body, which
 //!   gives its upstream connection back to the pool once read to the end and holds the backend's
 //!   in-flight count until then.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -18,21 +22,42 @@ use tokio::sync::oneshot;
 use super::upstream::{Pooled, Upstreams};
 use crate::balance::InFlight;
 
+/// Why the client's request body stopped before its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyFault {
+    /// More than the listener's `max_body` bytes (the limit).
+    TooLarge(u64),
+    /// The client's framing or connection failed (a bad chunk, a close before the end), as hyper said.
+    Client(String),
+}
+
+/// Where a [`ReqBody`] records its [`BodyFault`], for the proxy to read after the send failed.
+pub type FaultCell = Arc<OnceLock<BodyFault>>;
+
+/// The error a [`ReqBody`] gives hyper's client when the client's body failed.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {0:?}")]
+pub struct ClientBodyError(pub BodyFault);
+
 /// Request body sent to a backend.
 #[derive(Debug)]
 pub struct ReqBody {
     inner: Option<Incoming>,
     /// Dropped when the body has been sent in full (or abandoned).
     sent: Option<oneshot::Sender<()>>,
+    max: Option<u64>,
+    read: u64,
+    fault: FaultCell,
 }
 
 impl ReqBody {
-    pub fn new(inner: Incoming) -> ReqBody {
-        ReqBody { inner: Some(inner), sent: None }
+    /// The client's body, at most `max` bytes of it.
+    pub fn new(inner: Incoming, max: Option<u64>) -> ReqBody {
+        ReqBody { inner: Some(inner), sent: None, max, read: 0, fault: FaultCell::default() }
     }
 
     pub fn empty() -> ReqBody {
-        ReqBody { inner: None, sent: None }
+        ReqBody { inner: None, sent: None, max: None, read: 0, fault: FaultCell::default() }
     }
 
     /// A receiver that completes once this body has been sent in full (at once if it is empty).
@@ -43,28 +68,69 @@ impl ReqBody {
         }
         rx
     }
+
+    /// Where this body records why it failed, if it does.
+    pub fn fault(&self) -> FaultCell {
+        Arc::clone(&self.fault)
+    }
+
+    fn fail(&mut self, fault: BodyFault) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.sent = None;
+        self.inner = None;
+        let _ = self.fault.set(fault.clone());
+        Poll::Ready(Some(Err(Box::new(ClientBodyError(fault)))))
+    }
+}
+
+/// The error type of [`ReqBody`], as hyper's client takes it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// `e` and its sources, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
 }
 
 impl Body for ReqBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let Some(inner) = this.inner.as_mut() else {
             this.sent = None;
             return Poll::Ready(None);
         };
-        let r = Pin::new(&mut *inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => this.sent = None,
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.sent = None,
-            _ => {}
+        match Pin::new(&mut *inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                this.sent = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => this.fail(BodyFault::Client(chain(&e))),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.read += data.len() as u64;
+                    if let Some(max) = this.max.filter(|max| this.read > *max) {
+                        // The frame that crosses the limit is not forwarded.
+                        return this.fail(BodyFault::TooLarge(max));
+                    }
+                }
+                if inner.is_end_stream() {
+                    this.sent = None;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
         }
-        r
     }
 
     fn is_end_stream(&self) -> bool {

@@ -11,6 +11,11 @@
 //! - nothing else: any other failure answers 502, a response head later than `upstream_response` after
 //!   the request was sent in full answers 504.
 //!
+//! Before anything else, a request passes [`super::guard::check_head`] (limits, `Host`, framing); a
+//! refused one is answered 4xx/501, counted by reason and, on HTTP/1, its connection closed. A request
+//! body that fails on the client's side while it is forwarded (a bad chunk, more than `max_body`) is
+//! answered 400 or 413, not 502, and the backend's connection is closed with the request unfinished.
+//!
 //! Answers of the proxy itself carry a short `text/plain` body naming the reason, and `x-lbfleet-node`.
 
 use std::net::SocketAddr;
@@ -26,7 +31,8 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 
 use super::activity::{Activity, TaskGuard};
-use super::body::{Release, ReqBody, RespBody, UpstreamBody};
+use super::body::{BodyFault, Release, ReqBody, RespBody, UpstreamBody};
+use super::guard::{self, Refusal};
 use super::headers::{
     add_forwarding, add_via, cookie, request_host, requested_upgrade, sticky_set_cookie, strip_hop_by_hop,
 };
@@ -44,6 +50,9 @@ pub(crate) async fn handle(req: Request<Incoming>, conn: &ConnInfo, shared: &Sha
     let mut seen = Seen::default();
     let resp = respond(req, conn, shared, &mut seen).await;
     shared.ctx.metrics.http_response(&shared.name, &seen.pool, seen.backend, resp.status().as_u16());
+    if let Some(reason) = seen.refused {
+        shared.ctx.metrics.http_refused(&shared.name, reason);
+    }
     resp
 }
 
@@ -54,6 +63,16 @@ struct Seen {
     pool: String,
     /// The backend that answered, or whose failure (502, 504) the proxy answered for.
     backend: Option<SocketAddr>,
+    /// Why the proxy refused the request, if it did (the `reason` of `lbfleet_http_refused_total`).
+    refused: Option<&'static str>,
+}
+
+impl Seen {
+    /// Answer `r` to a request the proxy refuses.
+    fn refuse(&mut self, r: Refusal, version: Version, node: &HeaderValue) -> Response<RespBody> {
+        self.refused = Some(r.reason);
+        refuse(r.status, r.message, node, version)
+    }
 }
 
 async fn respond(
@@ -67,20 +86,15 @@ async fn respond(
     let Some(listener) = routing.listener(&shared.name).cloned() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, format!("listener \"{}\" removed", shared.name), node);
     };
+    let version = req.version();
     if req.method() == Method::CONNECT {
-        return refuse(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported".to_string(), node);
+        let r = Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "connect", "CONNECT is not supported");
+        return seen.refuse(r, version, node);
     }
-    if let Some(te) = req.headers().get(header::TRANSFER_ENCODING) {
-        // hyper accepts any coding list ending in `chunked`; only `chunked` alone is passed on, and the
-        // connection is not read any further (its next bytes are not trusted as a request).
-        if !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
-            let te = String::from_utf8_lossy(te.as_bytes()).into_owned();
-            return refuse(
-                StatusCode::NOT_IMPLEMENTED,
-                format!("transfer-encoding \"{te}\" is not supported"),
-                node,
-            );
-        }
+    let limits = listener.limits.clamped();
+    if let Err(r) = guard::check_head(req.method(), req.uri(), version, req.headers(), &limits) {
+        tracing::debug!(peer = %conn.peer, listener = %shared.name, reason = r.reason, "refused: {}", r.message);
+        return seen.refuse(r, version, node);
     }
     let host: Option<String> = request_host(req.uri(), req.headers()).map(str::to_owned);
     let pool_name = route_pool(&listener, host.as_deref(), req.uri().path());
@@ -151,15 +165,29 @@ async fn respond(
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let had_te = parts.headers.contains_key(header::TRANSFER_ENCODING);
+    let length = guard::content_length(&parts.headers);
     strip_hop_by_hop(&mut parts.headers);
     if had_te {
-        // The body is re-framed (chunked) on the way out; a length sent alongside must not survive.
+        // The body is re-framed (chunked) on the way out; a length sent alongside must not survive
+        // (the guard refuses both together; this is the second line).
         parts.headers.remove(header::CONTENT_LENGTH);
+    } else if let Some(n) = length {
+        // One length goes out, whatever the client's line looked like.
+        parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     add_forwarding(&mut parts.headers, conn.peer.ip(), host.as_deref(), parts.version);
-    if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
-        if parts.uri.authority().is_some() || !parts.headers.contains_key(header::HOST) {
-            parts.headers.insert(header::HOST, h);
+    match host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+        Some(h) => {
+            if parts.uri.authority().is_some() || !parts.headers.contains_key(header::HOST) {
+                parts.headers.insert(header::HOST, h);
+            }
+        }
+        // An HTTP/1.0 request without a host: backends are spoken to in HTTP/1.1, which needs one; the
+        // address the client connected to is the authority it used.
+        None => {
+            if let Some(local) = &shared.local_host {
+                parts.headers.insert(header::HOST, local.clone());
+            }
         }
     }
     if let Some(up) = &upgrade {
@@ -169,11 +197,9 @@ async fn respond(
     parts.uri = origin_form(&parts.uri);
     parts.version = Version::HTTP_11;
     let replayable = is_idempotent(&parts.method) && hyper::body::Body::is_end_stream(&body);
-    let mut pending = Some(if replayable {
-        Request::from_parts(parts, ReqBody::empty())
-    } else {
-        Request::from_parts(parts, ReqBody::new(body))
-    });
+    let body = if replayable { ReqBody::empty() } else { ReqBody::new(body, limits.max_body) };
+    let fault = body.fault();
+    let mut pending = Some(Request::from_parts(parts, body));
 
     let timeouts = listener.timeouts.clamped();
     let mut connect_errors: Vec<String> = Vec::new();
@@ -236,6 +262,12 @@ async fn respond(
                     node,
                 );
             }
+            // The client's body failed: its fault, told apart from a backend's failure.
+            Err(SendError::Failed(e)) if fault.get().is_some() => {
+                let r = body_refusal(fault.get());
+                tracing::debug!(peer = %conn.peer, backend = %backend.addr(), "{}; backend request aborted: {e}", r.message);
+                return seen.refuse(r, version, node);
+            }
             Err(SendError::Failed(e)) => match replay {
                 Some(again) => {
                     tracing::debug!(backend = %backend.addr(), "pooled connection failed ({e}); retrying once");
@@ -262,6 +294,21 @@ async fn respond(
         format!("no backend of pool \"{pool_name}\" could be reached: {}", connect_errors.join("; "))
     };
     text(StatusCode::SERVICE_UNAVAILABLE, reason, node)
+}
+
+/// The answer to a request whose body failed on the client's side.
+fn body_refusal(fault: Option<&BodyFault>) -> Refusal {
+    match fault {
+        Some(BodyFault::TooLarge(max)) => Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body above the limit of {max} bytes"),
+        ),
+        Some(BodyFault::Client(why)) => {
+            Refusal::new(StatusCode::BAD_REQUEST, "bad_body", format!("bad request body: {why}"))
+        }
+        None => Refusal::new(StatusCode::BAD_REQUEST, "bad_body", "bad request body"),
+    }
 }
 
 enum SendError {
@@ -411,9 +458,12 @@ pub fn text(status: StatusCode, reason: String, node: &HeaderValue) -> Response<
     resp
 }
 
-/// [`text`] for a request the proxy will not read further: the HTTP/1 connection closes after it.
-fn refuse(status: StatusCode, reason: String, node: &HeaderValue) -> Response<RespBody> {
+/// [`text`] for a request the proxy will not read further: an HTTP/1 connection closes after it (HTTP/2
+/// has no `Connection` header; the stream ends with the answer).
+fn refuse(status: StatusCode, reason: String, node: &HeaderValue, version: Version) -> Response<RespBody> {
     let mut resp = text(status, reason, node);
-    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    if version < Version::HTTP_2 {
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     resp
 }
