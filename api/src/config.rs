@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -71,6 +71,8 @@ pub const MAX_HOST_LEN: usize = 253;
 pub const MAX_HEADER_NAME_LEN: usize = 128;
 /// Longest backend address as written (`[v6]:port` fits in 47).
 pub const MAX_ADDR_LEN: usize = 64;
+/// Most entries of a listener's `accept_proxy_protocol.from` (trusted PROXY protocol senders).
+pub const MAX_PROXY_PROTOCOL_FROM: usize = 256;
 /// Health check `interval`: at least 100ms, at most this.
 pub const MAX_HEALTH_INTERVAL: Duration = Duration::from_secs(3_600);
 /// Smallest health check `interval`.
@@ -430,6 +432,8 @@ pub struct Listener {
     pub redirect: bool,
     /// TCP only: send a PROXY protocol header (1 or 2) to backends.
     pub proxy_protocol: Option<u8>,
+    /// HTTP and TCP: read a PROXY protocol header (v1 or v2) from trusted fronts first.
+    pub accept_proxy_protocol: Option<AcceptProxyProtocol>,
     pub timeouts: Timeouts,
     /// HTTP only: first matching route wins; no match goes to `pool`.
     pub route: Vec<Route>,
@@ -439,6 +443,25 @@ pub struct Listener {
     /// Connection caps and the rate limit of the listener (`None`: none of them).
     #[serde(default)]
     pub admission: Option<ListenerLimits>,
+}
+
+/// A listener whose connections start with a PROXY protocol header (v1 or v2) from a front (an L4
+/// load balancer before the fleet): its client address replaces the socket's peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptProxyProtocol {
+    /// The sources allowed to send the header (networks; a single address is a /32 or /128). Never
+    /// empty: a connection from any other source is refused, since a client that may send the header
+    /// can claim any address.
+    pub from: Vec<ipnet::IpNet>,
+}
+
+impl AcceptProxyProtocol {
+    /// Whether a connection from `ip` may send the header (an IPv4-mapped IPv6 address counts as the
+    /// IPv4 address it carries).
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.from.iter().any(|net| net.contains(&ip))
+    }
 }
 
 /// HTTP routing rule: host (exact, case-insensitive) and/or path prefix.
@@ -693,6 +716,7 @@ pub struct RawListener {
     #[serde(default)]
     pub redirect: bool,
     pub proxy_protocol: Option<i64>,
+    pub accept_proxy_protocol: Option<RawAcceptProxyProtocol>,
     pub timeouts: Option<RawTimeouts>,
     #[serde(default)]
     pub route: Vec<RawRoute>,
@@ -708,6 +732,12 @@ pub struct RawHttpLimits {
     pub max_headers: Option<i64>,
     pub max_request_line: Option<i64>,
     pub max_body: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcceptProxyProtocol {
+    pub from: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -1478,6 +1508,8 @@ fn validate_listener(p: &mut Problems, place: &str, rl: &RawListener) -> Option<
             None
         }
     };
+    let accept_proxy_protocol =
+        rl.accept_proxy_protocol.as_ref().and_then(|r| validate_accept_proxy(p, place, protocol, r));
     let d = Timeouts::default();
     let timeouts = match &rl.timeouts {
         None => d,
@@ -1509,8 +1541,15 @@ fn validate_listener(p: &mut Problems, place: &str, rl: &RawListener) -> Option<
     }
     let limits = match &rl.limits {
         None => HttpLimits::default(),
-        Some(_) if protocol != Protocol::Http => {
-            p.push(place, "limits are only for http listeners");
+        // A listener of another protocol keeps the defaults, which `get config` shows for every
+        // listener: those parse back, other values are refused.
+        Some(raw) if protocol != Protocol::Http => {
+            let mut checked = Problems(Vec::new());
+            if validate_http_limits(&mut checked, place, raw) != HttpLimits::default()
+                || !checked.0.is_empty()
+            {
+                p.push(place, "limits are only for http listeners");
+            }
             HttpLimits::default()
         }
         Some(raw) => validate_http_limits(p, &format!("{place} limits"), raw),
@@ -1563,11 +1602,73 @@ fn validate_listener(p: &mut Problems, place: &str, rl: &RawListener) -> Option<
         pool,
         redirect: rl.redirect,
         proxy_protocol,
+        accept_proxy_protocol,
         timeouts,
         route: routes,
         limits,
         admission,
     })
+}
+
+/// A listener's `accept_proxy_protocol`: HTTP and TCP only, with a non-empty list of networks.
+fn validate_accept_proxy(
+    p: &mut Problems,
+    place: &str,
+    protocol: Protocol,
+    raw: &RawAcceptProxyProtocol,
+) -> Option<AcceptProxyProtocol> {
+    if protocol == Protocol::Udp {
+        p.push(place, "accept_proxy_protocol is only for http and tcp listeners");
+    }
+    let from = raw.from.as_deref().unwrap_or_default();
+    if from.is_empty() {
+        p.push(
+            place,
+            "accept_proxy_protocol needs `from`, the fronts allowed to send the header \
+             (e.g. [\"10.0.0.0/8\"]; [\"0.0.0.0/0\", \"::/0\"] trusts every source)",
+        );
+        return None;
+    }
+    if from.len() > MAX_PROXY_PROTOCOL_FROM {
+        p.push(
+            place,
+            format!(
+                "accept_proxy_protocol.from has {} entries, above the limit of {MAX_PROXY_PROTOCOL_FROM}",
+                from.len()
+            ),
+        );
+        return None;
+    }
+    let mut nets = Vec::with_capacity(from.len());
+    for s in from {
+        let net = match (s.parse::<ipnet::IpNet>(), s.parse::<IpAddr>()) {
+            (Ok(net), _) => net,
+            (_, Ok(ip)) => ipnet::IpNet::from(ip),
+            _ => {
+                p.push(
+                    place,
+                    format!(
+                        "accept_proxy_protocol.from: invalid \"{}\": expected an IP address or a network \
+                         (10.0.0.0/8, 2001:db8::/32)",
+                        shown(s)
+                    ),
+                );
+                continue;
+            }
+        };
+        if net.trunc() != net {
+            p.push(
+                place,
+                format!(
+                    "accept_proxy_protocol.from: \"{s}\" has host bits set (the network is {})",
+                    net.trunc()
+                ),
+            );
+            continue;
+        }
+        nets.push(net);
+    }
+    (nets.len() == from.len()).then_some(AcceptProxyProtocol { from: nets })
 }
 
 /// `[listener.limits]`: each field within its range, the request line within the head.
@@ -1817,6 +1918,93 @@ pool = "web"
         assert_eq!(parse(&c.to_json(), Format::Json).unwrap(), c);
         let bytes = postcard::to_allocvec(&c).unwrap();
         assert_eq!(postcard::from_bytes::<ClusterConfig>(&bytes).unwrap(), c);
+    }
+
+    /// Found replaying the `config` corpus after the HTTP limits landed: every listener shows the
+    /// default `limits` in `get config`, and a TCP or UDP listener's were refused when applied back.
+    #[test]
+    fn tcp_and_udp_listeners_from_get_config_parse_back() {
+        let text = "[[pool]]\nname = \"p\"\n[[listener]]\nname = \"t\"\nprotocol = \"tcp\"\nport = 81\npool = \"p\"\n\
+                    [[listener]]\nname = \"u\"\nprotocol = \"udp\"\nport = 53\npool = \"p\"\n";
+        let c = parse(text, Format::Toml).unwrap();
+        assert_eq!(parse(&c.to_toml(), Format::Toml).unwrap(), c);
+        assert_eq!(parse(&c.to_json(), Format::Json).unwrap(), c);
+    }
+
+    #[test]
+    fn accept_proxy_protocol_needs_trusted_sources_and_round_trips() {
+        let good = r#"
+[[pool]]
+name = "p"
+  [[pool.backend]]
+  addr = "127.0.0.1:9001"
+[[listener]]
+name = "web"
+protocol = "http"
+port = 8080
+pool = "p"
+  [listener.accept_proxy_protocol]
+  from = ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]
+[[listener]]
+name = "tcp"
+protocol = "tcp"
+port = 8081
+pool = "p"
+proxy_protocol = 2
+accept_proxy_protocol = { from = ["0.0.0.0/0", "::/0"] }
+"#;
+        let c = parse(good, Format::Toml).unwrap();
+        let a = c.listener[0].accept_proxy_protocol.as_ref().unwrap();
+        let shown: Vec<String> = a.from.iter().map(|n| n.to_string()).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]);
+        assert!(a.trusts("10.1.2.3".parse().unwrap()));
+        assert!(a.trusts("::ffff:10.1.2.3".parse().unwrap()), "IPv4-mapped counts as IPv4");
+        assert!(a.trusts("192.0.2.7".parse().unwrap()));
+        assert!(!a.trusts("192.0.2.8".parse().unwrap()));
+        assert!(a.trusts("2001:db8::9".parse().unwrap()));
+        assert!(!a.trusts("2001:db9::9".parse().unwrap()));
+        assert!(c.listener[1].accept_proxy_protocol.as_ref().unwrap().trusts("203.0.113.1".parse().unwrap()));
+        assert!(parse(DEMO, Format::Toml).unwrap().listener[0].accept_proxy_protocol.is_none());
+        assert_eq!(parse(&c.to_toml(), Format::Toml).unwrap(), c);
+        assert_eq!(parse(&c.to_json(), Format::Json).unwrap(), c);
+        let bytes = postcard::to_allocvec(&c).unwrap();
+        assert_eq!(postcard::from_bytes::<ClusterConfig>(&bytes).unwrap(), c);
+
+        let listener = |proto: &str, accept: &str| {
+            format!(
+                "[[pool]]\nname = \"p\"\n[[listener]]\nname = \"l\"\nprotocol = \"{proto}\"\nport = 53\n\
+                 pool = \"p\"\naccept_proxy_protocol = {accept}\n"
+            )
+        };
+        let needs_from =
+            "listener \"l\": accept_proxy_protocol needs `from`, the fronts allowed to send the \
+                          header (e.g. [\"10.0.0.0/8\"]; [\"0.0.0.0/0\", \"::/0\"] trusts every source)";
+        assert_eq!(errors(&listener("tcp", "{}")), [needs_from]);
+        assert_eq!(errors(&listener("tcp", "{ from = [] }")), [needs_from]);
+        assert_eq!(
+            errors(&listener("udp", "{ from = [\"10.0.0.0/8\"] }")),
+            ["listener \"l\": accept_proxy_protocol is only for http and tcp listeners"]
+        );
+        assert_eq!(
+            errors(&listener("tcp", "{ from = [\"10.0.0.1/8\", \"10.0.0.0/33\", \"fronts\"] }")),
+            [
+                "listener \"l\": accept_proxy_protocol.from: \"10.0.0.1/8\" has host bits set (the network is 10.0.0.0/8)",
+                "listener \"l\": accept_proxy_protocol.from: invalid \"10.0.0.0/33\": expected an IP address or a \
+                 network (10.0.0.0/8, 2001:db8::/32)",
+                "listener \"l\": accept_proxy_protocol.from: invalid \"fronts\": expected an IP address or a network \
+                 (10.0.0.0/8, 2001:db8::/32)",
+            ]
+        );
+        let many: Vec<String> =
+            (0..=MAX_PROXY_PROTOCOL_FROM).map(|i| format!("\"10.0.{}.{}\"", i / 256, i % 256)).collect();
+        assert_eq!(
+            errors(&listener("tcp", &format!("{{ from = [{}] }}", many.join(", ")))),
+            ["listener \"l\": accept_proxy_protocol.from has 257 entries, above the limit of 256"]
+        );
+        let e = errors(&listener("tcp", "true"));
+        assert!(e[0].contains("accept_proxy_protocol"), "{e:?}");
+        let e = errors(&listener("tcp", "{ from = [\"10.0.0.0/8\"], trust = true }"));
+        assert!(e[0].contains("unknown field `trust`"), "{e:?}");
     }
 
     #[test]
@@ -2322,6 +2510,10 @@ name = "p"
         );
         assert_eq!(
             one_error(&with("max_headers = 10", "tcp")),
+            "listener \"l\": limits are only for http listeners"
+        );
+        assert_eq!(
+            one_error(&with("max_headers = 0", "tcp")),
             "listener \"l\": limits are only for http listeners"
         );
         assert!(one_error(&with("max_header = 10", "http")).contains("unknown field `max_header`"));

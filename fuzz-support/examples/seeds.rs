@@ -3,6 +3,7 @@
 //! or a command, then minimize (README, Testing).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use lbfleet_api::config::{parse, Format};
 use lbfleet_api::pb;
 use lbfleet_api::state::{ClusterState, LbNode};
 use lbfleet_fuzz_support::messages::KINDS;
+use lbfleet_node::proxy::proxy_protocol::{encode, Version, V2_SIGNATURE};
 use lbfleet_node::raft::proposer::{Forwarded, Proposed};
 use lbfleet_raft_store::{AppliedState, TypeConfig};
 use openraft::raft::{
@@ -282,6 +284,72 @@ fn main() {
             .collect();
         write("apply", &format!("random-{i}"), &bytes);
     }
+
+    // config: a listener that reads the PROXY protocol from trusted fronts.
+    write(
+        "config",
+        "accept-proxy.toml",
+        b"[[pool]]\nname = \"p\"\n[[pool.backend]]\naddr = \"127.0.0.1:9001\"\n[[listener]]\nname = \"l\"\n\
+          protocol = \"tcp\"\nport = 8081\npool = \"p\"\nproxy_protocol = 2\n\
+          accept_proxy_protocol = { from = [\"10.0.0.0/8\", \"2001:db8::1\"] }\n",
+    );
+    proxy_protocol_seeds();
+
+    // http_headers: arbitrary-driven; request-like bytes and a few from the generator.
+    write(
+        "http_headers",
+        "request",
+        b"GET /static/a HTTP/1.1\r\nHost: API.example.com:8080\r\nConnection: x-a, te\r\n",
+    );
+    for (i, len) in [32usize, 256, 2048].into_iter().enumerate() {
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        write("http_headers", &format!("random-{i}"), &bytes);
+    }
+}
+
+/// Mode byte (see `lbfleet_fuzz_support::proxy_protocol`) and input.
+fn proxy_protocol_seeds() {
+    let seed = |name: &str, mode: u8, input: &[u8]| {
+        let mut data = vec![mode];
+        data.extend_from_slice(input);
+        write("proxy_protocol", name, &data);
+    };
+    let (v4a, v4b): (SocketAddr, SocketAddr) =
+        ("192.168.0.1:56324".parse().unwrap(), "192.168.0.11:443".parse().unwrap());
+    let (v6a, v6b): (SocketAddr, SocketAddr) =
+        ("[2001:db8::1]:40000".parse().unwrap(), "[fe80::a:b]:443".parse().unwrap());
+    for (name, version) in [("v1", Version::V1), ("v2", Version::V2)] {
+        let mut tcp4 = encode(version, v4a, v4b);
+        tcp4.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        seed(&format!("{name}-tcp4"), 0, &tcp4);
+        seed(&format!("{name}-tcp6"), 0, &encode(version, v6a, v6b));
+        seed(&format!("{name}-mixed"), 0, &encode(version, v4a, v6b));
+    }
+    seed("v1-unknown", 0, b"PROXY UNKNOWN\r\n");
+    seed("v1-unknown-long", 0, b"PROXY UNKNOWN ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ::1 65535 65535\r\n");
+    seed("v1-mapped", 0, b"PROXY TCP6 ::ffff:10.0.0.7 2001:db8::1 5000 80\r\n");
+    let mut local = V2_SIGNATURE.to_vec();
+    local.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+    seed("v2-local", 0, &local);
+    // Framed v2: command byte, family byte, payload (addresses, then TLVs).
+    let mut tlvs = vec![10, 0, 0, 1, 10, 0, 0, 2, 0x13, 0x88, 0x00, 0x50];
+    tlvs.extend_from_slice(&[0x02, 0x00, 0x0b]);
+    tlvs.extend_from_slice(b"example.com");
+    tlvs.extend_from_slice(&[0x20, 0x00, 0x05, 0x01, 0x00, 0x00, 0x00, 0x00]);
+    seed("framed-tcp4-tlvs", 1, &[&[0x21, 0x11][..], &tlvs].concat());
+    seed("framed-udp6", 1, &[&[0x21, 0x22][..], &[7u8; 36][..]].concat());
+    seed("framed-unix", 1, &[&[0x21, 0x31][..], &[b'/'; 216][..]].concat());
+    seed("framed-unspec", 1, &[0x21, 0x00, 1, 2, 3]);
+    // Addresses for the encoder: kinds byte, then addresses and ports.
+    seed("encode-v4-v1", 2, &[0x00, 10, 0, 0, 1, 0x13, 0x88, 10, 0, 0, 2, 0, 80]);
+    seed("encode-v6-v2", 2, &[0x85, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 187]);
 }
 
 fn enc<T: serde::Serialize>(value: &T) -> Vec<u8> {

@@ -340,6 +340,8 @@ impl GenListener {
             pool: self.pool.name(),
             redirect: self.redirect,
             proxy_protocol: self.proxy_protocol,
+            // Opaque to `apply`; not generated, so the committed corpus keeps its meaning.
+            accept_proxy_protocol: None,
             timeouts: Timeouts { connect, request_header, idle, upstream_response },
             limits: Default::default(),
             route: self

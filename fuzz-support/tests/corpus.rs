@@ -56,6 +56,16 @@ fn apply_corpus_replays() {
     replay("apply", check_of("apply"));
 }
 
+#[test]
+fn proxy_protocol_corpus_replays() {
+    replay("proxy_protocol", check_of("proxy_protocol"));
+}
+
+#[test]
+fn http_headers_corpus_replays() {
+    replay("http_headers", check_of("http_headers"));
+}
+
 /// A fuzz target added under `fuzz/fuzz_targets/` without a check here (or the reverse) fails.
 #[test]
 fn every_fuzz_target_has_a_check_and_a_replay() {

@@ -6,8 +6,9 @@
 //! (`lbfleet_http_refused_total`; the reasons are those of `proxy::http::guard`, plus what hyper refuses
 //! on its own: `malformed`, `head_too_large`, `header_timeout`, and the body faults `bad_body`,
 //! `body_too_large`); connections refused by a cap or a rate limit, HTTP requests refused by a rate
-//! limit, and picks that skipped a backend at its connection limit. The gauges (in-flight requests,
-//! fleet-wide health, this node's usability of each backend, bound listeners) are not kept here:
+//! limit, and picks that skipped a backend at its connection limit; PROXY protocol headers read by
+//! listeners with `accept_proxy_protocol`, by result. The gauges (in-flight requests, fleet-wide
+//! health, this node's usability of each backend, bound listeners) are not kept here:
 //! [`register_gauges`] reads them at scrape time from the routing snapshot, the committed state and the
 //! outlier tracker.
 //!
@@ -75,6 +76,13 @@ pub struct RateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HeaderLabels {
+    pub listener: String,
+    /// `accepted`, or why the connection was closed: `untrusted`, `malformed`, `timeout`, `closed`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
     pub listener: String,
 }
@@ -91,6 +99,7 @@ pub struct DataplaneMetrics {
     connections_refused: Family<RefusedLabels, Counter>,
     rate_limited: Family<RateLabels, Counter>,
     backend_at_limit: Family<BackendLabels, Counter>,
+    proxy_protocol_headers: Family<HeaderLabels, Counter>,
 }
 
 /// `2xx`, `5xx`, …: the label of a status code's class.
@@ -184,6 +193,13 @@ impl DataplaneMetrics {
         self.backend_at_limit.get_or_create(&labels).inc();
     }
 
+    /// A connection of `listener` (one with `accept_proxy_protocol`) whose PROXY protocol header was
+    /// accepted (`result = "accepted"`) or refused (the refusal's label).
+    pub fn proxy_protocol_header(&self, listener: &str, result: &'static str) {
+        let labels = HeaderLabels { listener: listener.to_string(), result };
+        self.proxy_protocol_headers.get_or_create(&labels).inc();
+    }
+
     /// Add the counters to `registry` (which shares them: later increments show in its next encoding).
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
@@ -222,6 +238,11 @@ impl DataplaneMetrics {
             "backend_at_limit",
             "Picks that skipped a backend at its pool's max_connections_per_backend",
             self.backend_at_limit.clone(),
+        );
+        registry.register(
+            "proxy_protocol_headers",
+            "PROXY protocol headers read on listeners with accept_proxy_protocol: accepted, or why the connection was closed",
+            self.proxy_protocol_headers.clone(),
         );
     }
 }

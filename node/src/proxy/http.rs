@@ -41,6 +41,9 @@
 //! it gets the 503) by a short task that lives at most [`REFUSAL_WAIT`]; at most [`MAX_REFUSING`] such
 //! answers run at once per listener, beyond that an over-cap connection is closed without an answer.
 //! Rate limits are per request, in [`proxy`].
+//! A listener with `accept_proxy_protocol` reads the front's PROXY protocol header first
+//! ([`super::proxy_protocol::accept`]); the client in it is the connection's peer for hash keys,
+//! forwarding headers and logs, and a connection whose header is refused is closed before any HTTP.
 //!
 //! Known limits: WebSocket over HTTP/2 (RFC 8441 extended CONNECT) is not offered; upgrades work on
 //! HTTP/1.1. Backends are spoken to in HTTP/1.1 only. Caps count connections of this node only. Not
@@ -86,6 +89,7 @@ use tokio::sync::Semaphore;
 use self::activity::{Activity, IdleIo, TaskGuard, Tasks};
 use self::upstream::{PoolLimits, Upstreams};
 use super::admission::Admission;
+use super::proxy_protocol::accept::accept_counted;
 use super::ProxyContext;
 use crate::accept::{Acceptor, CapSlot, OverCap};
 use crate::shutdown::Shutdown;
@@ -264,13 +268,24 @@ async fn serve_conn(
 ) {
     // Timeouts as of the accept; if the listener is gone, its requests get 503 "listener removed".
     // Clamped: hyper adds the header timeout to an `Instant`, which a huge one overflows.
-    let (timeouts, limits) = shared
-        .ctx
-        .routing
-        .load()
-        .listener(&shared.name)
-        .map(|l| (l.timeouts.clamped(), l.limits.clamped()))
-        .unwrap_or_default();
+    let (timeouts, limits, accept_proxy) = match shared.ctx.routing.load().listener(&shared.name) {
+        Some(l) => (l.timeouts.clamped(), l.limits.clamped(), l.accept_proxy_protocol.clone()),
+        None => Default::default(),
+    };
+    let mut stream = stream;
+    let mut peer = peer;
+    if let Some(trusted) = accept_proxy {
+        // The PROXY protocol header comes before anything else; its client is this connection's peer.
+        let local = stream.local_addr().unwrap_or_else(|_| SocketAddr::new(shared.ctx.bind_ip, 0));
+        let metrics = &shared.ctx.metrics;
+        match accept_counted(&mut stream, peer, local, &trusted, &shared.name, metrics).await {
+            Ok(a) => peer = a.peer,
+            Err(e) => {
+                tracing::debug!(listener = %shared.name, %peer, "connection closed: {e}");
+                return;
+            }
+        }
+    }
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::default());
     let io = TokioIo::new(IdleIo::new(stream, Arc::clone(&activity)));

@@ -5,7 +5,8 @@
 //! - [`listeners`]: follows the committed model, swaps the routing snapshot and binds/stops listeners.
 //! - [`http`], [`tcp`], [`udp`]: the proxies, one task per listener, reading the snapshot per
 //!   connection (HTTP: per request).
-//! - [`proxy_protocol`]: the PROXY protocol header a TCP listener may send to backends.
+//! - [`proxy_protocol`]: PROXY protocol headers: the one a TCP listener may send to backends, and the
+//!   decoder and bounded read of a listener with `accept_proxy_protocol` (the front's header first).
 //! - [`admission`]: a listener's connection caps and rate-limit buckets.
 //! - [`counters`]: the data-plane counters and scrape-time gauges of `/metrics`.
 //! - `testkit` (tests only): the one kit the proxy tests share; `limits_tests` (tests only): caps,

@@ -1,13 +1,24 @@
-//! PROXY protocol headers (HAProxy's `proxy-protocol.txt`, versions 1 and 2) that a TCP listener with
-//! `proxy_protocol = 1 | 2` sends to the backend before any client byte, so the backend learns the
-//! client's address and the address the client connected to.
+//! PROXY protocol headers (HAProxy's `proxy-protocol.txt`, versions 1 and 2): the ones a TCP listener
+//! with `proxy_protocol = 1 | 2` sends to the backend before any client byte, so the backend learns the
+//! client's address and the address the client connected to, and the ones a listener with
+//! `accept_proxy_protocol` reads from the front before it.
 //!
-//! Pure: addresses in, bytes out. Only the `PROXY` command over TCP is produced (a proxied client
-//! connection); no TLVs are added to version 2.
+//! Layout:
+//! - this file: the encoder ([`encode`]), pure: addresses in, bytes out. Only the `PROXY` command over
+//!   TCP is produced (a proxied client connection); no TLVs are added to version 2.
+//! - [`decode`]: the decoder, pure and strict: bytes in, a header (or "not complete yet", or what is
+//!   wrong) out, within [`decode::MAX_HEADER_LEN`] bytes.
+//! - [`accept`]: the I/O of a listener with `accept_proxy_protocol`: the trusted-source check and the
+//!   bounded read of exactly the header's bytes.
 //!
-//! Address families: when both addresses are IPv4 (IPv4-mapped IPv6 counts as IPv4, as a dual-stack
-//! socket reports IPv4 peers) the header says `TCP4` / `0x11`; otherwise both are written as IPv6
-//! (`TCP6` / `0x21`), an IPv4 one in its IPv4-mapped form, as HAProxy does for mixed families.
+//! Address families of the encoder: when both addresses are IPv4 (IPv4-mapped IPv6 counts as IPv4, as a
+//! dual-stack socket reports IPv4 peers) the header says `TCP4` / `0x11`; otherwise both are written as
+//! IPv6 (`TCP6` / `0x21`), an IPv4 one in its IPv4-mapped form, as HAProxy does for mixed families.
+
+pub mod accept;
+pub mod decode;
+#[cfg(test)]
+mod listener_tests;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 

@@ -1,6 +1,9 @@
 //! The TCP (L4) proxy of one listener.
 //!
 //! [`serve`] accepts connections on the listener's socket (`bind_ip:port`) and, for each one:
+//! 0. on a listener with `accept_proxy_protocol`, reads the front's PROXY protocol header
+//!    ([`super::proxy_protocol::accept`]); its client and destination replace the socket's peer and
+//!    local address in every step below (a refused header closes the connection);
 //! 1. looks the listener and its pool up in the routing snapshot current at that moment (a listener gone
 //!    from the committed config refuses the connection by closing it);
 //! 2. computes the request key from the pool's `hash_key` ([`l4_key`]): `source_ip` hashes the client's
@@ -42,7 +45,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::admission::Admission;
-use super::proxy_protocol;
+use super::proxy_protocol::{self, accept};
 use super::ProxyContext;
 use crate::accept::{Acceptor, CapSlot};
 use crate::balance::key::l4_key;
@@ -194,10 +197,14 @@ enum Refused {
     NoBackend(String),
     #[error("{tried} backend(s) failed, last: {last}")]
     AllFailed { tried: usize, last: String },
+    #[error(transparent)]
+    ProxyProtocol(#[from] accept::Refused),
 }
 
 /// How a proxied connection ended, with the bytes moved each way.
 struct Outcome {
+    /// The client: the socket's peer, or the one the front's PROXY protocol header named.
+    client: SocketAddr,
     backend: SocketAddr,
     end: End,
     to_backend: u64,
@@ -208,7 +215,7 @@ struct Outcome {
 async fn handle(name: &str, client: TcpStream, peer: SocketAddr, ctx: &ProxyContext, refusals: &RefusalLog) {
     match proxy(name, client, peer, ctx).await {
         Ok(o) => debug!(
-            listener = %name, %peer, backend = %o.backend, end = ?o.end,
+            listener = %name, %peer, client = %o.client, backend = %o.backend, end = ?o.end,
             to_backend = o.to_backend, to_client = o.to_client, "tcp connection closed"
         ),
         Err(r) => {
@@ -255,10 +262,16 @@ impl RefusalLog {
 async fn proxy(
     name: &str,
     mut client: TcpStream,
-    peer: SocketAddr,
+    mut peer: SocketAddr,
     ctx: &ProxyContext,
 ) -> Result<Outcome, Refused> {
-    let local = client.local_addr().unwrap_or_else(|_| SocketAddr::new(ctx.bind_ip, 0));
+    let mut local = client.local_addr().unwrap_or_else(|_| SocketAddr::new(ctx.bind_ip, 0));
+    let accept_proxy = ctx.routing.load().listener(name).and_then(|l| l.accept_proxy_protocol.clone());
+    if let Some(trusted) = accept_proxy {
+        // The front's header first: its client and destination stand for this connection's from here on.
+        let a = accept::accept_counted(&mut client, peer, local, &trusted, name, &ctx.metrics).await?;
+        (peer, local) = (a.peer, a.local);
+    }
     // Everything read from the snapshot is copied out before the first await, so a config change during
     // this connection's life never holds an old snapshot alive.
     let (listener, candidates, max_per_backend) = {
@@ -320,6 +333,7 @@ async fn proxy(
         let header = proxy_protocol::encode(version, peer, local);
         if let Err(e) = upstream.write_all(&header).await {
             return Ok(Outcome {
+                client: peer,
                 backend: backend.addr(),
                 end: End::Error(e.to_string()),
                 to_backend: 0,
@@ -331,7 +345,7 @@ async fn proxy(
     let idle = timeouts.idle;
     drop(listener);
     let (end, to_backend, to_client) = splice(&mut client, &mut upstream, idle).await;
-    Ok(Outcome { backend: backend.addr(), end, to_backend, to_client })
+    Ok(Outcome { client: peer, backend: backend.addr(), end, to_backend, to_client })
 }
 
 /// How [`splice`] ended.
