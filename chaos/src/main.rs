@@ -3,7 +3,7 @@
 //! Layout:
 //! - [`run`]: `lbchaos run`, a randomized fault run (kills, pauses, restarts, partitions) against a
 //!   cluster it starts itself, with a register workload whose history [`history`] checks for
-//!   linearizability.
+//!   linearizability, HTTP traffic ([`traffic`]), a live view ([`view`]) and a report ([`report`]).
 //! - this file: the fixed scenarios against a cluster started with `lbctl local up --dir DIR`:
 //! - discovery: every `DIR/node-*.pid` names a running lbnode; its endpoint comes from its command line.
 //! - a writer applies a stream of configs (each one marked by the first backend's weight) through a
@@ -34,7 +34,10 @@ use lbfleet_tests::wait_until;
 use rand::seq::IndexedRandom;
 
 mod history;
+mod report;
 mod run;
+mod traffic;
+mod view;
 
 #[derive(Parser, Debug)]
 #[command(name = "lbchaos", about = "Fault runs and scenarios against a local lbfleet cluster")]

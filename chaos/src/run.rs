@@ -14,9 +14,10 @@
 //!    `restart` (SIGTERM, then started again). Never more than a minority of nodes down at once. Node
 //!    connections to peers leave from each node's own IP, so rules on loopback can cut node pairs.
 //! 4. Verdicts, after every fault is healed: no acknowledged write lost (a final linearizable read is at
-//!    or past the last acknowledged version), the history (with that read) is linearizable, every node
-//!    reports the same config version and ring digest within 2 s of the last heal, and no node process
-//!    died that was not killed. Exit 0 only when every verdict holds; the last line printed is a
+//!    or past the last acknowledged version), the history (with that read) is linearizable, after each
+//!    heal every node serves the same ring digest at the version committed before it within
+//!    `--agree-within`, HTTP traffic ([`crate::traffic`]) succeeds with one retry and each key got one
+//!    backend, and no node process died that was not killed. Exit 0 only when every verdict holds; the last line printed is a
 //!    one-line summary with the figures.
 //!
 //! Bounded: the run lasts `--duration` plus the final checks; each client performs at most
@@ -34,13 +35,17 @@ use clap::{Args, ValueEnum};
 use lbfleet_api::config::{parse, ClusterConfig, Format};
 use lbfleet_cli::client::Admin;
 use lbfleet_cli::error::EXIT_UNKNOWN;
+use lbfleet_cli::local::plan::DEMO_HTTP_PORT;
 use lbfleet_tests::process::{alive, signal};
 use lbfleet_tests::wait_until;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::history::{check, Kind, Op, Outcome, Value};
+use crate::traffic::Request;
+use crate::view::NodeRow;
 use crate::{creds, discover, load_creds, restart, NodeProc};
+use crate::{report, traffic, view};
 
 /// Most operations one client performs in a run.
 pub const MAX_OPS_PER_CLIENT: usize = 20_000;
@@ -54,6 +59,8 @@ const BETWEEN: Duration = Duration::from_secs(2);
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pace of each client: one operation, then this pause.
 const PACE: Duration = Duration::from_millis(20);
+/// The verdict's floor on HTTP requests that succeed on the first try or the one retry.
+pub const MIN_ONE_RETRY: f64 = 0.99;
 /// Deadline for a leader after a heal, and for the final checks.
 const RECOVER: Duration = Duration::from_secs(30);
 /// The iptables chain the partitions use (created and removed by the run).
@@ -85,6 +92,12 @@ pub struct RunArgs {
     /// The verdict's bound on how soon after each heal every node serves the same ring.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub agree_within: Duration,
+    /// HTTP traffic clients (requests to the demo listener of random nodes, from 32 source addresses).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub http_clients: u32,
+    /// Write a Markdown report here (and its plot as an SVG beside it).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
     /// Leave the cluster running at the end (default: `lbctl local down`).
     #[arg(long)]
     pub keep: bool,
@@ -115,19 +128,61 @@ enum Active {
     Terminated(usize),
 }
 
-struct Shared {
+/// What the clients, the sampler and the fault loop share.
+pub(crate) struct Shared {
     start: Instant,
     ops: Mutex<Vec<Op>>,
+    pub(crate) requests: Mutex<Vec<Request>>,
+    timeline: Mutex<Vec<(u64, String)>>,
+    leaders: Mutex<Vec<(u64, Option<u64>)>>,
     next_value: AtomicU64,
-    stop: AtomicBool,
+    pub(crate) stop: AtomicBool,
     endpoints: Vec<String>,
     base: ClusterConfig,
     stale: bool,
+    /// The live view is drawn: no plain lines while it runs.
+    tui: bool,
+    nodes: Mutex<Vec<NodeRow>>,
+    fault: Mutex<Option<String>>,
 }
 
 impl Shared {
-    fn ms(&self) -> u64 {
+    pub(crate) fn ms(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Print a timeline entry (unless the live view shows it) and keep it for the report.
+    fn event(&self, what: String) {
+        let t = self.ms();
+        if !self.tui {
+            println!("[{:>6.1}s] {what}", t as f64 / 1000.0);
+        }
+        self.timeline.lock().unwrap_or_else(|p| p.into_inner()).push((t, what));
+    }
+
+    pub(crate) fn node_rows(&self) -> Vec<NodeRow> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn fault_now(&self) -> Option<String> {
+        self.fault.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn with_ops<T>(&self, f: impl FnOnce(&[Op]) -> T) -> T {
+        f(&self.ops.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub(crate) fn with_requests<T>(&self, f: impl FnOnce(&[Request]) -> T) -> T {
+        f(&self.requests.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub(crate) fn recent_events(&self, n: usize) -> Vec<(u64, String)> {
+        let t = self.timeline.lock().unwrap_or_else(|p| p.into_inner());
+        t[t.len().saturating_sub(n)..].to_vec()
+    }
+
+    fn set_fault(&self, f: Option<String>) {
+        *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = f;
     }
 }
 
@@ -183,16 +238,49 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
     let shared = Arc::new(Shared {
         start: Instant::now(),
         ops: Mutex::new(Vec::new()),
+        requests: Mutex::new(Vec::new()),
+        timeline: Mutex::new(Vec::new()),
+        leaders: Mutex::new(Vec::new()),
         next_value: AtomicU64::new(initial + 1),
         stop: AtomicBool::new(false),
         endpoints: nodes.iter().map(|n| n.endpoint.clone()).collect(),
         base,
         stale: args.stale,
+        tui: view::wanted(),
+        nodes: Mutex::new(
+            nodes.iter().map(|n| NodeRow { name: n.name.clone(), ..NodeRow::default() }).collect(),
+        ),
+        fault: Mutex::new(None),
     });
+    let live = shared.tui.then(|| tokio::spawn(view::run(Arc::clone(&shared))));
     let clients: Vec<_> = (0..args.clients)
         .map(|c| tokio::spawn(client(Arc::clone(&shared), c, args.seed.wrapping_mul(1000) + u64::from(c))))
         .collect();
+    let traffic: Vec<_> = (0..args.http_clients)
+        .map(|c| {
+            let seed = args.seed.wrapping_mul(1000) + 500 + u64::from(c);
+            tokio::spawn(traffic::client(Arc::clone(&shared), ips.clone(), DEMO_HTTP_PORT, seed))
+        })
+        .collect();
     let progress = tokio::spawn(report_progress(Arc::clone(&shared)));
+    let sampler = {
+        let (shared, nodes) = (Arc::clone(&shared), nodes.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let rows = sample(&nodes).await;
+                let l = rows
+                    .iter()
+                    .filter(|r| r.role == "leader")
+                    .max_by_key(|r| r.term)
+                    .and_then(|r| r.name.strip_prefix("node-").and_then(|id| id.parse().ok()));
+                let t = shared.ms();
+                shared.leaders.lock().unwrap_or_else(|p| p.into_inner()).push((t, l));
+                *shared.nodes.lock().unwrap_or_else(|p| p.into_inner()) = rows;
+            }
+        })
+    };
 
     let mut rng = StdRng::seed_from_u64(args.seed);
     let mut failovers: Vec<Duration> = Vec::new();
@@ -205,8 +293,8 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
         let kind = args.faults[rng.random_range(0..args.faults.len())];
         let leader = leader(&nodes).await;
         let (active, what) = inject(kind, &mut nodes, &ips, leader, &mut rng, firewall)?;
-        let t = shared.ms();
-        println!("[{:>6.1}s] fault: {what}", t as f64 / 1000.0);
+        shared.event(format!("fault: {what}"));
+        shared.set_fault(Some(what.clone()));
         let hold = rng.random_range(HOLD.0..=HOLD.1).min(end.saturating_duration_since(Instant::now()));
         let held = Instant::now();
         // A fault that takes the leader away (killed, stopped, isolated): how long until another leads.
@@ -230,10 +318,10 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
             match found {
                 Ok(()) => {
                     let took = held.elapsed();
-                    println!("  new leader after {took:.2?}");
+                    shared.event(format!("new leader after {took:.2?}"));
                     failovers.push(took);
                 }
-                Err(e) => println!("  no new leader: {e:#}"),
+                Err(e) => shared.event(format!("no new leader: {e:#}")),
             }
         }
         if let Active::Flap(a, b) = active {
@@ -259,15 +347,18 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
         let committed = committed_version(&nodes).await;
         heal(active, dir, &mut nodes, firewall).await?;
         let healed = Instant::now();
-        println!("[{:>6.1}s] healed", shared.ms() as f64 / 1000.0);
+        shared.event("healed".to_string());
+        shared.set_fault(None);
         faults_done.push(what);
         match agreement(&nodes, committed, healed).await {
             Ok(t) => {
-                println!("  every node serves the same ring, at version {committed} or later, {t:.2?} after the heal");
+                shared.event(format!(
+                    "every node serves the same ring, at version {committed} or later, {t:.2?} after the heal"
+                ));
                 agreements.push(t);
             }
             Err(e) => {
-                println!("  nodes disagree: {e:#}");
+                shared.event(format!("nodes disagree: {e:#}"));
                 disagreements += 1;
             }
         }
@@ -277,10 +368,16 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
         .await;
     }
     shared.stop.store(true, Ordering::SeqCst);
-    for c in clients {
+    for c in clients.into_iter().chain(traffic) {
         c.await.context("client task")?;
     }
     progress.abort();
+    sampler.abort();
+    if let Some(live) = live {
+        live.abort();
+        let _ = live.await;
+        view::restore();
+    }
 
     // Verdicts.
     let worst_agree = agreements.iter().max().copied();
@@ -300,33 +397,60 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
     let ok_first = ops.iter().filter(|o| matches!(o.outcome, Outcome::Ok(_))).count();
     failovers.sort();
     let median = failovers.get(failovers.len() / 2).copied();
-    println!(
-        "verdict: no acknowledged write lost: {} (last acknowledged version {last_acked_version}, cluster at {final_version}, value {final_value})",
-        yes(!lost)
-    );
-    println!(
-        "verdict: history linearizable: {}{} ({} operations checked, {} unknown, {} not applied{})",
-        yes(verdict.linearizable),
-        verdict.why.as_ref().map(|w| format!(": {w}")).unwrap_or_default(),
-        verdict.checked,
-        verdict.unknown,
-        verdict.failed,
-        if args.stale { "; reads were stale: a control run" } else { "" }
-    );
+    let requests = std::mem::take(&mut *shared.requests.lock().unwrap_or_else(|p| p.into_inner()));
+    let http = traffic::summarize(&requests);
+    let http_ok = http.requests == 0 || http.one_retry >= MIN_ONE_RETRY;
+    let mut verdicts = vec![
+        format!(
+            "no acknowledged write lost: {} (last acknowledged version {last_acked_version}, cluster at {final_version}, value {final_value})",
+            yes(!lost)
+        ),
+        format!(
+            "history linearizable: {}{} ({} operations checked, {} unknown, {} not applied{})",
+            yes(verdict.linearizable),
+            verdict.why.as_ref().map(|w| format!(": {w}")).unwrap_or_default(),
+            verdict.checked,
+            verdict.unknown,
+            verdict.failed,
+            if args.stale { "; reads were stale: a control run" } else { "" }
+        ),
+    ];
     let agreed = disagreements == 0 && worst_agree.is_none_or(|t| t <= args.agree_within);
-    println!(
-        "verdict: every node serves the same ring within {:?} of each heal: {} (worst {}, {disagreements} heals without agreement within {RECOVER:?})",
+    verdicts.push(format!(
+        "every node serves the same ring within {:?} of each heal: {} (worst {}, {disagreements} heals without agreement within {RECOVER:?})",
         args.agree_within,
         yes(agreed),
         worst_agree.map(|t| format!("{t:.2?}")).unwrap_or_else(|| "-".into()),
-    );
-    println!(
-        "verdict: no node died that was not killed: {}",
+    ));
+    verdicts.push(format!(
+        "HTTP requests succeed with one retry on another node: {} ({:.2}% of {}; {:.2}% on the first try, which a node fault costs without a front)",
+        yes(http_ok),
+        100.0 * http.one_retry,
+        http.requests,
+        100.0 * http.first_try
+    ));
+    verdicts.push(format!(
+        "one key, one backend, from every node: {}{}",
+        yes(http.split_keys.is_empty()),
+        if http.split_keys.is_empty() {
+            format!(" ({} keys)", traffic::KEYS)
+        } else {
+            let keys: Vec<String> =
+                http.split_keys.iter().map(|(k, b)| format!("127.0.2.{k} got {}", b.join(" and "))).collect();
+            format!(": {}", keys.join("; "))
+        }
+    ));
+    verdicts.push(format!(
+        "no node died that was not killed: {}",
         if dead.is_empty() { "yes".to_string() } else { format!("no ({})", dead.join(", ")) }
-    );
-    let pass = !lost && verdict.linearizable && agreed && dead.is_empty();
-    println!(
-        "lbchaos: {} seed={} nodes={} faults={} ops={} (writes {writes}, reads {reads}) ok={:.1}% acknowledged_writes={acked_writes} unknown={} lost={} linearizable={} agree_worst={} leader_failover_median={} max={} killed={}",
+    ));
+    for v in &verdicts {
+        println!("verdict: {v}");
+    }
+    let pass =
+        !lost && verdict.linearizable && agreed && dead.is_empty() && http_ok && http.split_keys.is_empty();
+    let summary = format!(
+        "lbchaos: {} seed={} nodes={} faults={} ops={} (writes {writes}, reads {reads}) ok={:.1}% acknowledged_writes={acked_writes} unknown={} lost={} linearizable={} agree_worst={} http={} first_try={:.2}% one_retry={:.2}% split_keys={} leader_failover_median={} max={} killed={}",
         if pass { "PASS" } else { "FAIL" },
         args.seed,
         nodes.len(),
@@ -337,10 +461,32 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
         if lost { "yes" } else { "0" },
         yes(verdict.linearizable),
         worst_agree.map(|t| format!("{t:.2?}")).unwrap_or_else(|| "-".into()),
+        http.requests,
+        100.0 * http.first_try,
+        100.0 * http.one_retry,
+        http.split_keys.len(),
         median.map(|d| format!("{d:.2?}")).unwrap_or_else(|| "-".into()),
         failovers.last().map(|d| format!("{d:.2?}")).unwrap_or_else(|| "-".into()),
         killed.len(),
     );
+    if let Some(path) = &args.report {
+        let timeline = shared.timeline.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let leaders = shared.leaders.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let r = report::Report {
+            title: format!("lbchaos run: {} nodes, seed {}, {:?}", nodes.len(), args.seed, args.duration),
+            timeline: &timeline,
+            verdicts: &verdicts,
+            summary: &summary,
+            ops: &ops,
+            requests: &requests,
+            leaders: &leaders,
+        };
+        match report::write(path, &r) {
+            Ok(()) => println!("report: {}", path.display()),
+            Err(e) => println!("report not written: {e:#}"),
+        }
+    }
+    println!("{summary}");
     Ok(pass)
 }
 
@@ -450,6 +596,9 @@ async fn report_progress(shared: Arc<Shared>) {
     tick.tick().await;
     loop {
         tick.tick().await;
+        if shared.tui {
+            continue;
+        }
         let ops = shared.ops.lock().unwrap_or_else(|p| p.into_inner());
         let recent = &ops[seen..];
         let ok = recent.iter().filter(|o| matches!(o.outcome, Outcome::Ok(_))).count();
@@ -461,6 +610,32 @@ async fn report_progress(shared: Arc<Shared>) {
         );
         seen = ops.len();
     }
+}
+
+/// Every node's status, as far as each answers within 500 ms (an empty role when it does not).
+async fn sample(nodes: &[NodeProc]) -> Vec<NodeRow> {
+    futures::future::join_all(nodes.iter().map(|n| async move {
+        let ask = async {
+            let admin = Admin::connect(&n.endpoint, Duration::from_millis(400), creds()).await.ok()?;
+            admin.local_status().await.ok()
+        };
+        let st = if alive(n.pid) {
+            tokio::time::timeout(Duration::from_millis(500), ask).await.ok().flatten()
+        } else {
+            None
+        };
+        match st {
+            Some(st) => NodeRow {
+                name: n.name.clone(),
+                role: st.role,
+                term: st.term,
+                applied: st.applied_index,
+                config_version: st.config_version,
+            },
+            None => NodeRow { name: n.name.clone(), ..NodeRow::default() },
+        }
+    }))
+    .await
 }
 
 /// The node that leads with the highest term, among those that answer within 500 ms.
