@@ -160,7 +160,7 @@ async fn a_fleet_wide_budget_is_divided_by_the_live_nodes_and_regrows_when_one_i
     let bad = config(&backend.addr).replacen("rate = 1\n", "rate = 0\n", 1);
     let refused = admin::apply_toml(&c.grpc_addr(leader), &bad).await.expect_err("rate = 0 accepted");
     ensure!(
-        refused.message().contains("listener \"a\" limits rate_limit: rate 0 out of range 1..=1000000"),
+        refused.message().contains("listener \"a\" admission rate_limit: rate 0 out of range 1..=1000000"),
         "{}",
         refused.message()
     );
