@@ -136,6 +136,26 @@ pub struct Cli {
     /// Most open admin HTTP connections; further ones wait in the accept queue [default: 256].
     #[arg(long, value_name = "N")]
     pub admin_http_max_connections: Option<usize>,
+    /// The virtual IP of the front: TCP and HTTP listeners accept on it too (they bind the wildcard
+    /// address), and the BGP speaker announces it while this node can serve.
+    #[arg(long, value_name = "IP")]
+    pub vip: Option<String>,
+    /// Add the VIP (/32 or /128) to the loopback interface at start (needs CAP_NET_ADMIN).
+    #[arg(long)]
+    pub vip_loopback: bool,
+    /// The BGP speaker (BIRD 2's `bird`) to run beside this node as its child; it dies with the node.
+    #[arg(long, value_name = "PATH")]
+    pub bgp_speaker: Option<PathBuf>,
+    /// The speaker's config; it must define the static protocol `lbfleet_vip`, disabled at start.
+    #[arg(long, value_name = "PATH")]
+    pub bgp_config: Option<PathBuf>,
+    /// BIRD's control socket, through which the VIP is announced and withdrawn
+    /// [default: DATA_DIR/bird.ctl when --bgp-speaker is given].
+    #[arg(long, value_name = "PATH")]
+    pub bgp_socket: Option<PathBuf>,
+    /// How long the node keeps accepting after it withdrew the VIP at shutdown [default: 1000].
+    #[arg(long, value_name = "MS")]
+    pub bgp_withdraw_grace_ms: Option<u64>,
 }
 
 /// The TOML file: the same fields as [`Cli`], all optional.
@@ -162,6 +182,12 @@ pub struct FileConfig {
     pub tokens_file: Option<PathBuf>,
     pub grpc_max_connections: Option<usize>,
     pub admin_http_max_connections: Option<usize>,
+    pub vip: Option<String>,
+    pub vip_loopback: Option<bool>,
+    pub bgp_speaker: Option<PathBuf>,
+    pub bgp_config: Option<PathBuf>,
+    pub bgp_socket: Option<PathBuf>,
+    pub bgp_withdraw_grace_ms: Option<u64>,
     /// Scale hooks by name (file only).
     #[serde(default)]
     pub hooks: BTreeMap<String, FileHook>,
@@ -289,7 +315,38 @@ pub struct NodeConfig {
     pub admin_http_max_connections: usize,
     /// Scale hooks this node runs when it leads (from the file's `[hooks.NAME]` tables).
     pub hooks: Hooks,
+    /// The virtual IP and the BGP speaker that announces it.
+    pub front: FrontConfig,
 }
+
+/// The front of this node: the virtual IP its listeners accept on and the BGP speaker (BIRD) that
+/// announces it while the node can serve ([`crate::front`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FrontConfig {
+    pub vip: Option<IpAddr>,
+    /// Add the VIP to `lo` at start.
+    pub vip_loopback: bool,
+    /// The speaker program run as this node's child, with its config.
+    pub speaker: Option<Speaker>,
+    /// BIRD's control socket; `None`: nothing is announced (the VIP is routed to this node otherwise).
+    pub socket: Option<PathBuf>,
+    /// How long the node keeps accepting after withdrawing the VIP at shutdown.
+    pub withdraw_grace: Duration,
+}
+
+/// A BGP speaker lbnode starts: `program -f -c config -s socket`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Speaker {
+    pub program: PathBuf,
+    pub config: PathBuf,
+}
+
+/// Default `bgp_withdraw_grace_ms`.
+pub const DEFAULT_WITHDRAW_GRACE_MS: u64 = 1000;
+/// Accepted `bgp_withdraw_grace_ms`.
+pub const WITHDRAW_GRACE_MS_RANGE: std::ops::RangeInclusive<u64> = 0..=60_000;
+/// Longest `bgp_socket` path, in bytes (a Unix socket address holds 108 bytes with the final NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
 
 /// One bad field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -490,6 +547,15 @@ impl NodeConfig {
             );
         }
         let hooks = resolve_hooks(&file.hooks, &mut bad);
+        let file_front = FileFront {
+            vip: file.vip,
+            vip_loopback: file.vip_loopback,
+            bgp_speaker: file.bgp_speaker,
+            bgp_config: file.bgp_config,
+            bgp_socket: file.bgp_socket,
+            bgp_withdraw_grace_ms: file.bgp_withdraw_grace_ms,
+        };
+        let front = resolve_front(file_front, cli, &data_dir, &mut bad);
 
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
@@ -510,6 +576,7 @@ impl NodeConfig {
             grpc_max_connections,
             admin_http_max_connections,
             hooks,
+            front,
         })
     }
 
@@ -608,6 +675,94 @@ fn resolve_hooks(file: &BTreeMap<String, FileHook>, bad: &mut impl FnMut(&'stati
         }
     }
     hooks.into_iter().collect()
+}
+
+/// The front's fields of the file.
+struct FileFront {
+    vip: Option<String>,
+    vip_loopback: Option<bool>,
+    bgp_speaker: Option<PathBuf>,
+    bgp_config: Option<PathBuf>,
+    bgp_socket: Option<PathBuf>,
+    bgp_withdraw_grace_ms: Option<u64>,
+}
+
+/// Validate the front's fields: a VIP that is a unicast address, a speaker only with its config and a
+/// VIP, the control socket's path within [`MAX_SOCKET_PATH`], the grace within
+/// [`WITHDRAW_GRACE_MS_RANGE`].
+fn resolve_front(
+    file: FileFront,
+    cli: &Cli,
+    data_dir: &Path,
+    bad: &mut impl FnMut(&'static str, String),
+) -> FrontConfig {
+    let vip = match cli.vip.clone().or(file.vip) {
+        None => None,
+        Some(text) => match text.trim().parse::<IpAddr>() {
+            Ok(ip) if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() => {
+                bad("vip", format!("{ip} cannot be a virtual IP (unspecified, multicast or loopback)"));
+                None
+            }
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                let shown: String = text.chars().take(64).collect();
+                bad("vip", format!("\"{shown}\" is not an IP address"));
+                None
+            }
+        },
+    };
+    let vip_loopback = cli.vip_loopback || file.vip_loopback.unwrap_or(false);
+    if vip_loopback && vip.is_none() {
+        bad("vip_loopback", "needs a virtual IP (--vip IP)".into());
+    }
+    let program = cli.bgp_speaker.clone().or(file.bgp_speaker);
+    let config = cli.bgp_config.clone().or(file.bgp_config);
+    let speaker = match (program, config) {
+        (Some(program), Some(config)) => {
+            if !program.is_absolute() {
+                bad("bgp_speaker", format!("{} must be an absolute path", program.display()));
+            }
+            Some(Speaker { program, config })
+        }
+        (Some(_), None) => {
+            bad("bgp_config", "missing: --bgp-speaker needs the speaker's config (--bgp-config PATH)".into());
+            None
+        }
+        (None, Some(_)) => {
+            bad(
+                "bgp_speaker",
+                "missing: --bgp-config is the config of a speaker (--bgp-speaker PATH)".into(),
+            );
+            None
+        }
+        (None, None) => None,
+    };
+    let socket = cli
+        .bgp_socket
+        .clone()
+        .or(file.bgp_socket)
+        .or_else(|| speaker.as_ref().map(|_| data_dir.join("bird.ctl")));
+    if let Some(path) = &socket {
+        if vip.is_none() {
+            bad("bgp_socket", "a BGP speaker needs a virtual IP to announce (--vip IP)".into());
+        }
+        let len = path.as_os_str().len();
+        if len == 0 || len > MAX_SOCKET_PATH {
+            bad(
+                "bgp_socket",
+                format!(
+                    "{} is {len} bytes long; a Unix socket path takes 1 to {MAX_SOCKET_PATH}",
+                    path.display()
+                ),
+            );
+        }
+    }
+    let grace_ms =
+        cli.bgp_withdraw_grace_ms.or(file.bgp_withdraw_grace_ms).unwrap_or(DEFAULT_WITHDRAW_GRACE_MS);
+    if !WITHDRAW_GRACE_MS_RANGE.contains(&grace_ms) {
+        bad("bgp_withdraw_grace_ms", out_of_range(grace_ms, &WITHDRAW_GRACE_MS_RANGE));
+    }
+    FrontConfig { vip, vip_loopback, speaker, socket, withdraw_grace: Duration::from_millis(grace_ms) }
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

@@ -13,6 +13,8 @@
 //!     backends, with their pure decision functions.
 //!   - [`load`]: the report of per-backend in-flight counts each node sends the leader every second,
 //!     and the leader's board of the latest reports.
+//!   - [`front`]: the VIP of the front: BIRD beside the node (its child), announcing the VIP over
+//!     BGP while the node can serve and withdrawing it first at shutdown.
 //!   - [`raft`]: openraft configuration, bootstrap, the gRPC network, the Raft service, the one write
 //!     path ([`raft::Proposer`]) and [`raft::RaftNode`], the only module that names the storage crate.
 //! - pure: [`balance`]: hashing, Maglev, ketama, policies, eligibility, pool selectors, the routing
@@ -44,6 +46,7 @@ pub mod balance;
 pub mod channels;
 pub mod cluster;
 pub mod config;
+pub mod front;
 pub mod health;
 pub mod leader;
 pub mod limits;

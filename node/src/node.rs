@@ -2,8 +2,10 @@
 //! port, mutual TLS, every call through [`crate::auth`]), the admin HTTP server, the data plane (routing snapshot and listeners), the health task
 //! (active checks and votes) and the one-time bootstrap.
 //!
-//! Start order: bind both listeners (a port in use is reported before the store is touched), open
-//! the store, create Raft, serve, then bootstrap. Stop order ([`Node::shutdown`]): stop accepting and
+//! Start order: bind both listeners (a port in use is reported before the store is touched), put the
+//! VIP on `lo` and start the BGP speaker if configured ([`crate::front`]), open the store, create
+//! Raft, serve, then bootstrap. Stop order ([`Node::shutdown`]): withdraw the VIP and keep accepting
+//! for `bgp_withdraw_grace_ms` (the router moves new flows elsewhere meanwhile), stop accepting and
 //! end streams, let in-flight calls finish (bounded), shut Raft down, then drop the store (the last
 //! handle closes and flushes the database).
 
@@ -22,6 +24,7 @@ use crate::auth::AuthLayer;
 use crate::channels::ChannelCache;
 use crate::cluster::Cluster;
 use crate::config::NodeConfig;
+use crate::front::{self, Front};
 use crate::limits;
 use crate::proxy::listeners::ListenerStatuses;
 use crate::proxy::ProxyContext;
@@ -32,6 +35,18 @@ use crate::tls::NodeTls;
 
 /// How long in-flight requests may take to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The data plane's shared context: listeners on the wildcard address when the node has a VIP.
+fn proxy_context(config: &NodeConfig) -> ProxyContext {
+    let mut ctx = ProxyContext::new(config.id, config.bind);
+    if config.front.vip.is_some() {
+        ctx.listen_ip = match config.bind {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        };
+    }
+    ctx
+}
 
 /// A running lbnode.
 pub struct Node {
@@ -46,6 +61,11 @@ pub struct Node {
     bootstrap: JoinHandle<()>,
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
+    /// The VIP's announcer, when the node has a BGP speaker.
+    front: Option<Front>,
+    /// The BGP speaker this node runs as its child.
+    speaker: Option<front::speaker::Speaker>,
+    withdraw_grace: Duration,
 }
 
 impl Node {
@@ -70,6 +90,10 @@ impl Node {
         let grpc_addr = grpc_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
 
+        if let (Some(vip), true) = (config.front.vip, config.front.vip_loopback) {
+            front::add_to_loopback(vip).await?;
+            tracing::info!(%vip, "VIP added to lo");
+        }
         let tls = NodeTls::load(&config.tls, config.id)?;
         if tls.tokens.tokens.is_empty() {
             tracing::warn!("no operator tokens (tokens_file): only cluster nodes can call the admin API");
@@ -82,7 +106,7 @@ impl Node {
             raft: node.clone(),
             admin_channels: channels.clone(),
             shutdown: shutdown_rx.clone(),
-            dataplane: Arc::new(ProxyContext::new(config.id, config.bind)),
+            dataplane: Arc::new(proxy_context(&config)),
             listeners: ListenerStatuses::default(),
             loads: crate::load::LoadBoard::default(),
             tokens: Arc::clone(&tls.tokens),
@@ -115,6 +139,23 @@ impl Node {
             hooks: Arc::clone(&cluster.hooks),
             shutdown: shutdown_rx.clone(),
         }));
+
+        let speaker = match (&config.front.speaker, &config.front.socket) {
+            (Some(s), Some(socket)) => Some(
+                front::speaker::Speaker::start(s.program.clone(), s.config.clone(), socket.clone())
+                    .context("cannot start the BGP speaker's thread")?,
+            ),
+            _ => None,
+        };
+        let front = match (config.front.vip, &config.front.socket) {
+            (Some(vip), Some(socket)) => Some(Front::start(
+                front::bird::Control::new(socket),
+                vip,
+                front::readiness(Arc::clone(&cluster.dataplane), Arc::clone(&cluster.listeners)),
+            )),
+            _ => None,
+        };
+        let withdraw_grace = config.front.withdraw_grace;
 
         let grpc = {
             let mut stop = shutdown_rx.clone();
@@ -176,6 +217,9 @@ impl Node {
             bootstrap,
             grpc_addr,
             http_addr,
+            front,
+            speaker,
+            withdraw_grace,
         })
     }
 
@@ -236,6 +280,12 @@ impl Node {
     /// Stop accepting, finish in-flight requests (bounded), shut Raft down and close the store.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         tracing::info!(id = self.cluster.id(), "shutting down");
+        if let Some(front) = self.front.take() {
+            // New flows go elsewhere first; connections that arrive meanwhile are still served.
+            front.leave().await;
+            tracing::info!(grace = ?self.withdraw_grace, "accepting during the withdrawal grace");
+            tokio::time::sleep(self.withdraw_grace).await;
+        }
         // After a fatal storage error the store is not closed: sled 0.34 waits forever in its drop
         // for a flush that can no longer succeed.
         let store_failed = self.cluster.raft.metrics().running_state.is_err();
@@ -287,6 +337,9 @@ impl Node {
             std::mem::forget(self.cluster);
         } else {
             drop(self.cluster);
+        }
+        if let Some(speaker) = self.speaker.take() {
+            let _ = tokio::task::spawn_blocking(move || speaker.stop()).await;
         }
         raft_stopped?;
         tracing::info!("stopped");

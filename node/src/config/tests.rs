@@ -321,3 +321,83 @@ fn a_config_file_above_the_size_limit_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn without_a_vip_the_node_has_no_front() {
+    let c = NodeConfig::resolve(FileConfig::default(), &cli(&["--id", "1"])).unwrap();
+    assert_eq!(c.front, FrontConfig { withdraw_grace: Duration::from_millis(1000), ..Default::default() });
+}
+
+#[test]
+fn a_speaker_gets_its_socket_in_the_data_dir_and_the_default_grace() {
+    let c = NodeConfig::resolve(
+        FileConfig::default(),
+        &cli(&[
+            "--id",
+            "2",
+            "--data-dir",
+            "/data",
+            "--vip",
+            "172.28.1.1",
+            "--vip-loopback",
+            "--bgp-speaker",
+            "/usr/sbin/bird",
+            "--bgp-config",
+            "/etc/bird/node.conf",
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.front.vip, Some("172.28.1.1".parse().unwrap()));
+    assert!(c.front.vip_loopback);
+    assert_eq!(
+        c.front.speaker,
+        Some(Speaker { program: "/usr/sbin/bird".into(), config: "/etc/bird/node.conf".into() })
+    );
+    assert_eq!(c.front.socket, Some(PathBuf::from("/data/bird.ctl")));
+    assert_eq!(c.front.withdraw_grace, Duration::from_secs(1));
+}
+
+#[test]
+fn the_file_sets_the_front_and_flags_override_it() {
+    let f = file(
+        "vip = \"10.0.0.1\"\nbgp_socket = \"/run/bird/bird.ctl\"\nbgp_withdraw_grace_ms = 250\nvip_loopback = true\n",
+    );
+    let c = NodeConfig::resolve(f.clone(), &cli(&["--id", "1"])).unwrap();
+    assert_eq!(c.front.vip, Some("10.0.0.1".parse().unwrap()));
+    assert_eq!(c.front.socket, Some(PathBuf::from("/run/bird/bird.ctl")));
+    assert_eq!(c.front.speaker, None, "an external BIRD is only controlled");
+    assert_eq!(c.front.withdraw_grace, Duration::from_millis(250));
+    let c = NodeConfig::resolve(f, &cli(&["--id", "1", "--vip", "10.0.0.2", "--bgp-withdraw-grace-ms", "0"]))
+        .unwrap();
+    assert_eq!(c.front.vip, Some("10.0.0.2".parse().unwrap()));
+    assert_eq!(c.front.withdraw_grace, Duration::ZERO);
+}
+
+#[test]
+fn bad_front_fields_are_refused_one_problem_each() {
+    let long = format!("/{}", "s".repeat(200));
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&["--vip", "nonsense"], "vip", "not an IP address"),
+        (&["--vip", "0.0.0.0"], "vip", "cannot be a virtual IP"),
+        (&["--vip", "127.0.0.5"], "vip", "cannot be a virtual IP"),
+        (&["--vip-loopback"], "vip_loopback", "needs a virtual IP"),
+        (&["--vip", "10.0.0.1", "--bgp-speaker", "/usr/sbin/bird"], "bgp_config", "missing"),
+        (&["--vip", "10.0.0.1", "--bgp-config", "/etc/bird.conf"], "bgp_speaker", "missing"),
+        (
+            &["--vip", "10.0.0.1", "--bgp-speaker", "bird", "--bgp-config", "b.conf"],
+            "bgp_speaker",
+            "absolute",
+        ),
+        (&["--bgp-socket", "/run/bird.ctl"], "bgp_socket", "needs a virtual IP"),
+        (&["--vip", "10.0.0.1", "--bgp-socket", long.as_str()], "bgp_socket", "Unix socket path"),
+        (&["--bgp-withdraw-grace-ms", "60001"], "bgp_withdraw_grace_ms", "out of range 0..=60000"),
+    ];
+    for (flags, field, words) in cases {
+        let mut args = vec!["--id", "1"];
+        args.extend_from_slice(flags);
+        let p = problems(NodeConfig::resolve(FileConfig::default(), &cli(&args)).unwrap_err());
+        assert_eq!(p.len(), 1, "{flags:?}: {p:?}");
+        assert_eq!(p[0].field, *field, "{flags:?}: {p:?}");
+        assert!(p[0].message.contains(words), "{flags:?}: {}", p[0].message);
+    }
+}

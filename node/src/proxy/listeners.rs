@@ -63,7 +63,10 @@ struct Running {
 
 /// The set of bound listeners of this node.
 pub struct ListenerSet {
+    /// TCP and HTTP listeners bind here.
     bind_ip: IpAddr,
+    /// UDP listeners bind here.
+    udp_ip: IpAddr,
     running: BTreeMap<Identity, Running>,
     failed: BTreeMap<Identity, String>,
     /// Stopped listeners whose connections may still be finishing.
@@ -74,8 +77,14 @@ pub struct ListenerSet {
 
 impl ListenerSet {
     pub fn new(bind_ip: IpAddr) -> ListenerSet {
+        ListenerSet::with_udp_ip(bind_ip, bind_ip)
+    }
+
+    /// TCP and HTTP listeners on `bind_ip`, UDP listeners on `udp_ip`.
+    pub fn with_udp_ip(bind_ip: IpAddr, udp_ip: IpAddr) -> ListenerSet {
         ListenerSet {
             bind_ip,
+            udp_ip,
             running: BTreeMap::new(),
             failed: BTreeMap::new(),
             retiring: Vec::new(),
@@ -104,7 +113,7 @@ impl ListenerSet {
             }
             match self.start(ctx, &l).await {
                 Ok(r) => {
-                    tracing::info!(listener = %id.name, protocol = id.protocol, addr = %self.addr(l.port), "listener bound");
+                    tracing::info!(listener = %id.name, protocol = id.protocol, addr = %self.addr(id.protocol, l.port), "listener bound");
                     self.failed.remove(&id);
                     self.running.insert(id, r);
                 }
@@ -118,12 +127,13 @@ impl ListenerSet {
         }
     }
 
-    fn addr(&self, port: u16) -> SocketAddr {
-        SocketAddr::new(self.bind_ip, port)
+    fn addr(&self, protocol: &str, port: u16) -> SocketAddr {
+        let ip = if protocol == Protocol::Udp.as_str() { self.udp_ip } else { self.bind_ip };
+        SocketAddr::new(ip, port)
     }
 
     async fn start(&self, ctx: &Arc<ProxyContext>, l: &Listener) -> Result<Running, String> {
-        let addr = self.addr(l.port);
+        let addr = self.addr(l.protocol.as_str(), l.port);
         let (stop, stop_rx) = crate::shutdown::channel();
         let name = l.name.clone();
         let ctx = Arc::clone(ctx);
@@ -176,14 +186,14 @@ impl ListenerSet {
             .map(|id| ListenerStatus {
                 name: id.name.clone(),
                 protocol: id.protocol,
-                addr: self.addr(id.port).to_string(),
+                addr: self.addr(id.protocol, id.port).to_string(),
                 bound: true,
                 error: None,
             })
             .chain(self.failed.iter().map(|(id, e)| ListenerStatus {
                 name: id.name.clone(),
                 protocol: id.protocol,
-                addr: self.addr(id.port).to_string(),
+                addr: self.addr(id.protocol, id.port).to_string(),
                 bound: false,
                 error: Some(e.clone()),
             }))
@@ -226,7 +236,7 @@ pub async fn run(
     statuses: ListenerStatuses,
     runtime: Option<Handle>,
 ) {
-    let mut set = ListenerSet::new(ctx.bind_ip);
+    let mut set = ListenerSet::with_udp_ip(ctx.listen_ip, ctx.bind_ip);
     set.runtime = runtime;
     let mut retry = tokio::time::interval(RETRY_BIND);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

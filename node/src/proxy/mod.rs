@@ -40,6 +40,10 @@ pub struct ProxyContext {
     /// This node's IP: listeners bind `bind_ip:port`, and connections to backends leave from it
     /// ([`crate::net`]).
     pub bind_ip: IpAddr,
+    /// Where TCP and HTTP listeners bind: `bind_ip`, or the wildcard address when the node has a VIP
+    /// (one socket accepts on the node's IP and on the VIP, so a listener's caps count both).
+    /// UDP listeners stay on `bind_ip`.
+    pub listen_ip: IpAddr,
     /// The current routing snapshot, swapped on every applied change.
     pub routing: SharedRouting,
     /// Node-local usability of backends (passive ejection, this node's active-check view): proxies pick
@@ -54,6 +58,7 @@ impl ProxyContext {
         ProxyContext {
             node_id,
             bind_ip,
+            listen_ip: bind_ip,
             routing: Arc::new(arc_swap::ArcSwap::from_pointee(Routing::empty())),
             outlier: Arc::new(OutlierTracker::new()),
             metrics: Default::default(),

@@ -78,6 +78,7 @@ pub(crate) fn context(bind_ip: IpAddr, routing: &SharedRouting) -> Arc<ProxyCont
     Arc::new(ProxyContext {
         node_id: 1,
         bind_ip,
+        listen_ip: bind_ip,
         routing: Arc::clone(routing),
         outlier: Default::default(),
         metrics: Default::default(),

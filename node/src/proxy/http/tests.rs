@@ -287,6 +287,7 @@ impl Proxy {
         let ctx = Arc::new(ProxyContext {
             node_id,
             bind_ip,
+            listen_ip: bind_ip,
             routing: Arc::clone(&routing),
             outlier: Default::default(),
             metrics: Default::default(),
