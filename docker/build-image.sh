@@ -22,9 +22,22 @@ for b in lbnode lbctl; do
   # Symbols stay, debug line tables go: a smaller image.
   strip --strip-debug "$root/usr/local/bin/$b" 2>/dev/null || true
 done
+# The front: BIRD 2 (the BGP speaker beside each lbnode and on the router) and iproute2's `ip`, the
+# binaries of this machine's Debian packages bird2 and iproute2.
+system_bins="/usr/sbin/bird /usr/sbin/birdcl /usr/sbin/ip"
+for b in $system_bins; do
+  if [ ! -x "$b" ]; then
+    echo "build-image.sh: $b is missing: apt-get install -y bird2 iproute2" >&2
+    exit 1
+  fi
+  mkdir -p "$root$(dirname "$b")"
+  cp -L "$b" "$root$b"
+done
+mkdir -p "$root/run/bird" "$root/etc/bird"
+cp docker/front/router.conf docker/front/node.conf "$root/etc/bird/"
 # The dynamic loader and every shared library the binaries need, at the same paths.
-libs=$(for b in lbnode lbctl; do
-  ldd "$bindir/$b" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'
+libs=$(for b in "$bindir/lbnode" "$bindir/lbctl" $system_bins; do
+  ldd "$b" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'
 done | sort -u)
 for lib in $libs; do
   mkdir -p "$root$(dirname "$lib")"
