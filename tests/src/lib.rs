@@ -11,6 +11,8 @@
 //! - [`cluster`]: [`Cluster`] / [`NodeProc`], lbnode processes with their own data dirs and loopback IPs,
 //!   killed on drop (their logs are printed when a test panics).
 //! - [`backend`]: [`BackendProc`], a demo HTTP backend process.
+//! - [`compose`]: the docker compose clusters: start and stop a project, exec, kill, pause, stop a
+//!   service's container, the router's next hops for the front's VIP.
 //! - [`creds`]: the cluster CA, node certificates and tokens every cluster of a test process uses (made
 //!   once by `lbctl ca init`), and a foreign CA for refusals.
 //! - [`admin`]: a thin gRPC client for the Admin service (TLS, the admin token), with deadlines.
@@ -24,6 +26,7 @@ pub mod admin;
 pub mod backend;
 pub mod bin;
 pub mod cluster;
+pub mod compose;
 pub mod config;
 pub mod creds;
 pub mod http;

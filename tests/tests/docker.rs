@@ -10,18 +10,10 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use lbfleet_tests::admin::{self, Admin, Bearer};
+use lbfleet_tests::compose::{self, docker_available, repo_root};
 use lbfleet_tests::{http_get, pb, wait_until};
 
 const PROJECT: &str = "lbfleet-e2e";
-
-fn docker_available() -> bool {
-    Command::new("docker").arg("info").output().is_ok_and(|o| o.status.success())
-        && Command::new("docker-compose").arg("version").output().is_ok_and(|o| o.status.success())
-}
-
-fn repo_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
-}
 
 fn compose(args: &[&str]) -> Result<std::process::Output> {
     let out = Command::new("docker-compose")
@@ -61,17 +53,7 @@ async fn compose_cluster_forms_routes_consistently_and_fails_over() -> Result<()
         return Ok(());
     }
     // Same profile as this test binary, so CI builds nothing twice.
-    let profile = if lbfleet_tests::bin("lbnode").to_string_lossy().contains("/release/") {
-        "release"
-    } else {
-        "debug"
-    };
-    let build = Command::new("docker/build-image.sh")
-        .current_dir(repo_root())
-        .env("PROFILE", profile)
-        .output()
-        .context("run docker/build-image.sh")?;
-    ensure!(build.status.success(), "image build failed: {}", String::from_utf8_lossy(&build.stderr));
+    compose::build_image(compose::profile())?;
 
     let _ = compose(&["down", "-v", "--timeout", "5"]);
     let _down = Down;
