@@ -147,10 +147,7 @@ fn timeline(ops: &[Op]) -> Vec<Option<(i64, i64)>> {
             _ => (o.return_ms as i64 * TICKS + TICKS / 2).max(inv),
         };
         last = Some((o.client, inv, ret));
-        let checked = match (o.kind, o.outcome) {
-            (_, Outcome::Failed) | (Kind::Read, Outcome::Unknown) => false,
-            _ => true,
-        };
+        let checked = !matches!((o.kind, o.outcome), (_, Outcome::Failed) | (Kind::Read, Outcome::Unknown));
         if checked {
             spans[i] = Some((inv, ret));
         }
