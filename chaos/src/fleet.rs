@@ -7,8 +7,10 @@
 //! - A node's view of a backend is its `/api/v1/state` (admin HTTP, port [`HTTP_PORT`] on the node's
 //!   IP, with the admin token): the node routes to the backend in a pool when the pool's `eligible`
 //!   list of its data plane holds the address (fleet-wide health) and its `local_health` has it usable
-//!   (this node's own checks and passive outlier ejection); the backend is ejected when no node routes
-//!   to it in any pool, and back when every node routes to it in as many pools as before the kill.
+//!   (this node's own checks and passive outlier ejection). The backend is ejected when no node's data
+//!   plane lists it as eligible in any pool (every node has rebuilt its tables without it; a node that
+//!   only skips it locally still sends its keys to a fallback, not where the new table would), and back
+//!   when every node routes to it in as many pools as before the kill.
 //! - The node added is node N+1 on 127.0.0.1(N+1) with a certificate from the cluster's CA
 //!   (`lbfleet_cli::ca::CaDir::issue`), started without `--peers` (it waits for the leader) and added
 //!   through the admin API as `lbctl nodes add` does (learner, caught up, promoted); at the heal it is
@@ -82,9 +84,9 @@ async fn state(node: &NodeProc, token: &str) -> Result<serde_json::Value> {
     tokio::time::timeout(STATE_TIMEOUT, ask).await.map_err(|_| anyhow!("{addr}: no state within 1 s"))?
 }
 
-/// The pools in which the node of `state` routes to `backend`: eligible fleet-wide, and not unusable
-/// on this node (`local_health`).
-pub fn pools_listing(state: &serde_json::Value, backend: &str) -> Vec<String> {
+/// The pools in which the node of `state` lists `backend` as eligible (fleet-wide health) and, with
+/// `usable`, does not skip it on its own (`local_health`): the pools where it routes to it.
+pub fn pools_listing(state: &serde_json::Value, backend: &str, usable: bool) -> Vec<String> {
     let Some(pools) = state["pools"].as_object() else { return Vec::new() };
     let unusable = |pool: &str| {
         state["local_health"].as_array().is_some_and(|l| {
@@ -99,14 +101,14 @@ pub fn pools_listing(state: &serde_json::Value, backend: &str) -> Vec<String> {
         .iter()
         .filter(|(name, p)| {
             p["eligible"].as_array().is_some_and(|e| e.iter().any(|b| b.as_str() == Some(backend)))
-                && !unusable(name)
+                && !(usable && unusable(name))
         })
         .map(|(name, _)| name.clone())
         .collect()
 }
 
-/// Wait until every node's data plane has `backend` eligible in `pools` of its pools (`0`: ejected
-/// everywhere); the time it took.
+/// Wait until every node's data plane has `backend` in `pools` of its pools (`0`: eligible in none,
+/// ejected everywhere; otherwise eligible and usable: routed to); the time it took.
 pub async fn wait_eligible(
     nodes: &[NodeProc],
     token: &str,
@@ -120,7 +122,7 @@ pub async fn wait_eligible(
     wait_until(what, deadline, || async {
         for n in nodes {
             let st = state(n, token).await?;
-            let listing = pools_listing(&st, backend);
+            let listing = pools_listing(&st, backend, pools > 0);
             ensure!(listing.len() == pools, "{} lists {backend} in {listing:?}", n.name);
         }
         Ok(())
@@ -133,7 +135,7 @@ pub async fn wait_eligible(
 pub async fn pools_of(nodes: &[NodeProc], token: &str, backend: &str) -> Result<usize> {
     for n in nodes {
         if let Ok(st) = state(n, token).await {
-            return Ok(pools_listing(&st, backend).len());
+            return Ok(pools_listing(&st, backend, true).len());
         }
     }
     bail!("no node answered /api/v1/state")
@@ -294,17 +296,18 @@ mod tests {
             "web": {"eligible": ["127.0.0.1:9001", "127.0.0.1:9002"]},
             "chaos-udp": {"eligible": ["127.0.0.1:9002"]},
         }});
-        assert_eq!(pools_listing(&st, "127.0.0.1:9001"), vec!["web".to_string()]);
-        assert_eq!(pools_listing(&st, "127.0.0.1:9002").len(), 2);
+        assert_eq!(pools_listing(&st, "127.0.0.1:9001", true), vec!["web".to_string()]);
+        assert_eq!(pools_listing(&st, "127.0.0.1:9002", true).len(), 2);
         // Ejected on this node alone (outlier detection): not routed to here.
         st["local_health"] = serde_json::json!([
             {"pool": "web", "addr": "127.0.0.1:9002", "usable": false},
             {"pool": "web", "addr": "127.0.0.1:9001", "usable": true},
         ]);
-        assert_eq!(pools_listing(&st, "127.0.0.1:9002"), vec!["chaos-udp".to_string()]);
-        assert_eq!(pools_listing(&st, "127.0.0.1:9001"), vec!["web".to_string()]);
-        assert!(pools_listing(&st, "127.0.0.1:9003").is_empty());
-        assert!(pools_listing(&serde_json::json!({}), "127.0.0.1:9001").is_empty());
+        assert_eq!(pools_listing(&st, "127.0.0.1:9002", true), vec!["chaos-udp".to_string()]);
+        assert_eq!(pools_listing(&st, "127.0.0.1:9002", false).len(), 2, "still in the tables");
+        assert_eq!(pools_listing(&st, "127.0.0.1:9001", true), vec!["web".to_string()]);
+        assert!(pools_listing(&st, "127.0.0.1:9003", true).is_empty());
+        assert!(pools_listing(&serde_json::json!({}), "127.0.0.1:9001", true).is_empty());
     }
 
     #[test]
