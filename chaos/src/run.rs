@@ -577,12 +577,17 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
             yes(!lost)
         ),
         format!(
-            "history linearizable: {}{} ({} operations checked, {} unknown, {} not applied{})",
+            "history linearizable: {}{} ({} operations checked, {} unknown, {} not applied; stateright's search: {}{})",
             yes(verdict.linearizable),
             verdict.why.as_ref().map(|w| format!(": {w}")).unwrap_or_default(),
             verdict.checked,
             verdict.unknown,
             verdict.failed,
+            match verdict.cross_check {
+                Some(true) => "linearizable".to_string(),
+                Some(false) => "not linearizable".to_string(),
+                None => format!("no answer within {:?}", crate::history::CROSS_CHECK_BUDGET),
+            },
             if args.stale { "; reads were stale: a control run" } else { "" }
         ),
     ];

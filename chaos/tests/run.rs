@@ -61,7 +61,7 @@ async fn backend_kill_rolling_restart_and_membership_changes_keep_every_verdict(
     let _serial = SERIAL.lock().await;
     let faults = "backend-kill,rolling-restart,node-add,node-remove";
     // One register client: this run is about the fleet faults (the run above checks a concurrent
-    // register history), and a sequential history keeps the linearizability search short.
+    // register history), and a sequential history keeps the reference search's cross-check short.
     let (code, out, last) = run3("35s", "7", faults, &["--agree-within", "5s", "--clients", "1"]).await;
     assert_eq!(code, Some(0), "a verdict failed: {last}");
     // Four kinds, drawn from a shuffled bag: each runs once in the first four faults.
