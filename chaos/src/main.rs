@@ -3,7 +3,9 @@
 //! Layout:
 //! - [`run`]: `lbchaos run`, a randomized fault run (kills, pauses, restarts, partitions) against a
 //!   cluster it starts itself, with a register workload whose history [`history`] checks for
-//!   linearizability, HTTP traffic ([`traffic`]), a live view ([`view`]) and a report ([`report`]).
+//!   linearizability, HTTP traffic ([`traffic`]) and UDP flows ([`udp`]), the fleet faults ([`fleet`]:
+//!   a backend killed, a rolling restart, a node added or removed), a live view ([`view`]) and a report
+//!   ([`report`]).
 //! - this file: the fixed scenarios against a cluster started with `lbctl local up --dir DIR`:
 //! - discovery: every `DIR/node-*.pid` names a running lbnode; its endpoint comes from its command line.
 //! - a writer applies a stream of configs (each one marked by the first backend's weight) through a
