@@ -32,14 +32,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_for() {
-  local limit=$1; shift
-  local deadline=$((SECONDS + limit))
-  until "$@" >/dev/null 2>&1; do
-    if [ $SECONDS -ge $deadline ]; then echo "timed out after ${limit}s waiting for: $*" >&2; return 1; fi
-    sleep 0.2
-  done
-}
+. "$(dirname "$0")/lib.sh"
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench.test \
   -addext subjectAltName=DNS:bench.test -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
@@ -142,8 +135,6 @@ one() { # proxy kind -> value
       h2load -t1 -c64 -m10 -n "$reqs" "https://$target/" | awk '/^finished in/ {gsub(",", ""); print $4}' ;;
   esac
 }
-
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 declare -A results
 for i in $(seq 1 "$runs"); do

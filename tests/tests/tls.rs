@@ -147,25 +147,6 @@ async fn https_backend(
     Ok((addr, task))
 }
 
-/// TCP backend: reads until the client's FIN, answers `got:` and everything it read.
-async fn echo_backend(at: SocketAddr) -> Result<(SocketAddr, JoinHandle<()>)> {
-    let l = TcpListener::bind(at).await.with_context(|| format!("bind tcp backend {at}"))?;
-    let addr = l.local_addr()?;
-    let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut req = Vec::new();
-                if s.read_to_end(&mut req).await.is_ok() {
-                    let _ = s.write_all(b"got:").await;
-                    let _ = s.write_all(&req).await;
-                    let _ = s.shutdown().await;
-                }
-            });
-        }
-    });
-    Ok((addr, task))
-}
-
 /// `curl` over TLS to `name:port` resolved to `node`, verifying against `ca_file`: (http version, body).
 async fn curl(
     name: &str,
@@ -474,7 +455,7 @@ async fn passthrough_routes_by_sni_and_backends_are_verified_over_tls() -> Resul
     let front = ca.issue("tcp.test", &["tcp.test"])?;
     let (bx, _bx) = https_backend(SocketAddr::new(ip(153, 1), 0), "backend-x", &x).await?;
     let (by, _by) = https_backend(SocketAddr::new(ip(153, 2), 0), "backend-y", &y).await?;
-    let (echo, _e) = echo_backend(SocketAddr::new(ip(153, 3), 0)).await?;
+    let (echo, _e) = lbfleet_tests::backend::tcp_echo(SocketAddr::new(ip(153, 3), 0)).await?;
 
     let mut c = Cluster::start(NET, 1, &[])?;
     c.wait_for_leader(ELECTION).await?;
@@ -537,7 +518,7 @@ async fn passthrough_routes_by_sni_and_backends_are_verified_over_tls() -> Resul
     tls.shutdown().await?;
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await??;
-    ensure!(answer == b"got:hello over tls", "tcp terminate: {:?}", String::from_utf8_lossy(&answer));
+    ensure!(answer == b"hello over tls", "tcp terminate: {:?}", String::from_utf8_lossy(&answer));
 
     // Backend TLS: verified against the pool's CA (its health check passes over TLS), and 502 with
     // a TLS failure against a CA that did not sign the backend's certificate.
