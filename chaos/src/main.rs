@@ -3,7 +3,9 @@
 //! Layout:
 //! - [`run`]: `lbchaos run`, a randomized fault run (kills, pauses, restarts, partitions) against a
 //!   cluster it starts itself, with a register workload whose history [`history`] checks for
-//!   linearizability, HTTP traffic ([`traffic`]), a live view ([`view`]) and a report ([`report`]).
+//!   linearizability, HTTP traffic ([`traffic`]) and UDP flows ([`udp`]), the fleet faults ([`fleet`]:
+//!   a backend killed, a rolling restart, a node added or removed), a live view ([`view`]) and a report
+//!   ([`report`]).
 //! - this file: the fixed scenarios against a cluster started with `lbctl local up --dir DIR`:
 //! - discovery: every `DIR/node-*.pid` names a running lbnode; its endpoint comes from its command line.
 //! - a writer applies a stream of configs (each one marked by the first backend's weight) through a
@@ -33,10 +35,12 @@ use lbfleet_tests::process::{alive, signal};
 use lbfleet_tests::wait_until;
 use rand::seq::IndexedRandom;
 
+mod fleet;
 mod history;
 mod report;
 mod run;
 mod traffic;
+mod udp;
 mod view;
 
 #[derive(Parser, Debug)]
@@ -92,38 +96,34 @@ struct NodeProc {
     endpoint: String,
 }
 
-fn discover(dir: &Path) -> Result<Vec<NodeProc>> {
-    let mut nodes = Vec::new();
+/// The running processes of `DIR/PREFIX*.pid`, with their command lines (`endpoint` left empty).
+fn running(dir: &Path, prefix: &str) -> Result<Vec<NodeProc>> {
+    let mut out = Vec::new();
     for pf in procs::list_pid_files(dir)? {
-        if !pf.name.starts_with("node-") {
+        if !pf.name.starts_with(prefix) {
             continue;
         }
         let pid = pf
             .pid
             .and_then(|p| u32::try_from(p).ok())
             .ok_or_else(|| anyhow!("{} holds no valid pid", pf.path.display()))?;
-        let raw = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .with_context(|| format!("{} (pid {pid}) is not running", pf.name))?;
-        let mut argv: Vec<String> = raw
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into())
-            .collect();
-        if argv.is_empty() {
-            bail!("{} (pid {pid}) has an empty command line", pf.name);
-        }
-        let exe = PathBuf::from(argv.remove(0));
-        let flag = |name: &str| argv.iter().position(|a| a == name).and_then(|i| argv.get(i + 1)).cloned();
-        let ip = flag("--bind").unwrap_or_else(|| "127.0.0.1".into());
-        let port = flag("--grpc-port").unwrap_or_else(|| "7400".into());
-        nodes.push(NodeProc {
-            name: pf.name,
-            pid_file: pf.path,
-            pid,
-            args: argv,
-            exe,
-            endpoint: format!("{ip}:{port}"),
-        });
+        let (exe, args) = cmdline(&pf.name, pid)?;
+        out.push(NodeProc { name: pf.name, pid_file: pf.path, pid, args, exe, endpoint: String::new() });
+    }
+    Ok(out)
+}
+
+/// The value after `name` in `args`.
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+fn discover(dir: &Path) -> Result<Vec<NodeProc>> {
+    let mut nodes = running(dir, "node-")?;
+    for n in &mut nodes {
+        let ip = flag(&n.args, "--bind").unwrap_or_else(|| "127.0.0.1".into());
+        let port = flag(&n.args, "--grpc-port").unwrap_or_else(|| "7400".into());
+        n.endpoint = format!("{ip}:{port}");
     }
     if nodes.is_empty() {
         bail!(
@@ -133,6 +133,19 @@ fn discover(dir: &Path) -> Result<Vec<NodeProc>> {
         );
     }
     Ok(nodes)
+}
+
+/// The executable and arguments of process `pid` (named `name` in errors), from `/proc/PID/cmdline`.
+fn cmdline(name: &str, pid: u32) -> Result<(PathBuf, Vec<String>)> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .with_context(|| format!("{name} (pid {pid}) is not running"))?;
+    let mut argv: Vec<String> =
+        raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into()).collect();
+    if argv.is_empty() {
+        bail!("{name} (pid {pid}) has an empty command line");
+    }
+    let exe = PathBuf::from(argv.remove(0));
+    Ok((exe, argv))
 }
 
 /// The admin credentials of the cluster under test (`DIR/tls`, written by `lbctl local up`).

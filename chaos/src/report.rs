@@ -20,6 +20,7 @@ pub struct Report<'a> {
     pub summary: &'a str,
     pub ops: &'a [Op],
     pub requests: &'a [Request],
+    pub datagrams: &'a [Request],
     /// (milliseconds since the start, the leader's node id if one was found).
     pub leaders: &'a [(u64, Option<u64>)],
 }
@@ -72,6 +73,7 @@ fn plot(r: &Report<'_>) -> Result<String> {
     let register =
         per_second(r.ops.iter().map(|o| (o.invoke_ms, matches!(o.outcome, Outcome::Ok(_)))), seconds);
     let http = per_second(r.requests.iter().map(|q| (q.at_ms, q.ok_first())), seconds);
+    let udp = per_second(r.datagrams.iter().map(|q| (q.at_ms, q.ok_first())), seconds);
     let top_leader = r.leaders.iter().filter_map(|l| l.1).max().unwrap_or(1);
     let mut out = String::new();
     {
@@ -86,7 +88,12 @@ fn plot(r: &Report<'_>) -> Result<String> {
             .build_cartesian_2d(0f64..seconds as f64, 0f64..101f64)
             .map_err(|e| anyhow!("{e}"))?;
         chart.configure_mesh().x_desc("seconds").draw().map_err(|e| anyhow!("{e}"))?;
-        for (series, color, label) in [(&register, BLUE, "register ops"), (&http, RED, "HTTP, first try")] {
+        let udp_color = RGBColor(0, 150, 150);
+        for (series, color, label) in [
+            (&register, BLUE, "register ops"),
+            (&http, RED, "HTTP, first try"),
+            (&udp, udp_color, "UDP, first try"),
+        ] {
             let pts: Vec<(f64, f64)> =
                 series.iter().enumerate().filter_map(|(s, v)| v.map(|v| (s as f64 + 0.5, v))).collect();
             chart

@@ -7,17 +7,26 @@
 //!    stale reads, a control run the checker must fail), each through a random node, recording every
 //!    operation's invoke and return times and its outcome as lbctl classifies it (acknowledged, not
 //!    applied, or unknown: "may have been applied").
-//! 3. Meanwhile faults, drawn from `--faults` by the seed, one at a time, each held 2–5 s then healed:
+//! 3. Meanwhile faults, drawn from `--faults` by the seed (from a shuffled bag of the kinds, refilled
+//!    when empty, so each kind runs once per round), one at a time, each held 2–5 s then healed:
 //!    `kill` (SIGKILL of the leader, a follower or any node; restarted at the heal), `pause` (SIGSTOP,
 //!    then SIGCONT), `partition` (iptables DROP rules between node addresses on loopback: the leader
 //!    isolated, a minority split off, one-way loss from the leader to one follower, or a flapping link),
-//!    `restart` (SIGTERM, then started again). Never more than a minority of nodes down at once. Node
-//!    connections to peers leave from each node's own IP, so rules on loopback can cut node pairs.
+//!    `restart` (SIGTERM, then started again); and ([`crate::fleet`]) `backend-kill` (SIGKILL of a demo
+//!    backend: the time until every node's data plane has ejected it is measured; restarted at the
+//!    heal), `rolling-restart` (every node in turn: SIGTERM, started again, caught up, the next one),
+//!    `node-add` (node N+1 joins under load; removed at the heal) and `node-remove` (a member leaves and
+//!    is stopped; at the heal it joins again with an empty store). Never more than a minority of nodes
+//!    down at once. Node connections to peers leave from each node's own IP, so rules on loopback can
+//!    cut node pairs.
 //! 4. Verdicts, after every fault is healed: no acknowledged write lost (a final linearizable read is at
 //!    or past the last acknowledged version), the history (with that read) is linearizable, after each
 //!    heal every node serves the same ring digest at the version committed before it within
-//!    `--agree-within`, HTTP traffic ([`crate::traffic`]) succeeds with one retry and each key got one
-//!    backend, and no node process died that was not killed. Exit 0 only when every verdict holds; the last line printed is a
+//!    `--agree-within`, HTTP traffic ([`crate::traffic`]) and UDP flows ([`crate::udp`]) succeed with one
+//!    retry and each key or flow got one backend while the backend set was unchanged, every killed
+//!    backend was ejected by every node within [`fleet::EJECT_BOUND`] and routed to again after its
+//!    restart, every rolling restart and membership change completed, and no node process died that
+//!    was not killed. Exit 0 only when every verdict holds; the last line printed is a
 //!    one-line summary with the figures.
 //!
 //! Bounded: the run lasts `--duration` plus the final checks; each client performs at most
@@ -39,13 +48,15 @@ use lbfleet_cli::local::plan::DEMO_HTTP_PORT;
 use lbfleet_tests::process::{alive, signal};
 use lbfleet_tests::wait_until;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+use crate::fleet;
 use crate::history::{check, Kind, Op, Outcome, Value};
 use crate::traffic::Request;
 use crate::view::NodeRow;
 use crate::{creds, discover, load_creds, restart, NodeProc};
-use crate::{report, traffic, view};
+use crate::{report, traffic, udp, view};
 
 /// Most operations one client performs in a run.
 pub const MAX_OPS_PER_CLIENT: usize = 20_000;
@@ -63,6 +74,8 @@ const PACE: Duration = Duration::from_millis(20);
 pub const MIN_ONE_RETRY: f64 = 0.99;
 /// Deadline for a leader after a heal, and for the final checks.
 const RECOVER: Duration = Duration::from_secs(30);
+/// Passive ejection of the run's pools: base and longest (see [`prepare_config`]).
+const OUTLIER_EJECTION: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(4));
 /// The iptables chain the partitions use (created and removed by the run).
 const CHAIN: &str = "LBCHAOS";
 
@@ -81,7 +94,12 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Fault kinds to draw from, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "kill,pause,partition,restart")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "kill,pause,partition,restart,backend-kill,rolling-restart,node-add,node-remove"
+    )]
     pub faults: Vec<FaultKind>,
     /// Control run: reads are stale (answered from one node's state); the history check must fail.
     #[arg(long)]
@@ -95,6 +113,9 @@ pub struct RunArgs {
     /// HTTP traffic clients (requests to the demo listener of random nodes, from 32 source addresses).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=16))]
     pub http_clients: u32,
+    /// UDP clients (datagrams to the UDP listener of random nodes, 8 flows each).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=16))]
+    pub udp_clients: u8,
     /// Write a Markdown report here (and its plot as an SVG beside it).
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -114,6 +135,10 @@ pub enum FaultKind {
     Pause,
     Partition,
     Restart,
+    BackendKill,
+    RollingRestart,
+    NodeAdd,
+    NodeRemove,
 }
 
 /// A fault in progress, undone by [`heal`].
@@ -126,6 +151,14 @@ enum Active {
     /// A link that goes down and up until healed.
     Flap(usize, usize),
     Terminated(usize),
+    /// A demo backend (index into the backends) killed, with the number of pools that routed to it.
+    BackendKilled(usize, usize),
+    /// A node added (not in `nodes`), removed at the heal.
+    Added(Box<NodeProc>),
+    /// A node removed from the membership and stopped; it joins again at the heal.
+    Removed(usize),
+    /// Done already (a rolling restart, a membership change that failed): nothing to heal.
+    Done,
 }
 
 /// What the clients, the sampler and the fault loop share.
@@ -133,6 +166,9 @@ pub(crate) struct Shared {
     start: Instant,
     ops: Mutex<Vec<Op>>,
     pub(crate) requests: Mutex<Vec<Request>>,
+    pub(crate) datagrams: Mutex<Vec<Request>>,
+    /// Even while the backend set is stable, odd while it changes (see [`crate::traffic`]).
+    backend_epoch: AtomicU64,
     timeline: Mutex<Vec<(u64, String)>>,
     leaders: Mutex<Vec<(u64, Option<u64>)>>,
     next_value: AtomicU64,
@@ -184,6 +220,24 @@ impl Shared {
     fn set_fault(&self, f: Option<String>) {
         *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = f;
     }
+
+    pub(crate) fn backend_epoch(&self) -> u64 {
+        self.backend_epoch.load(Ordering::SeqCst)
+    }
+
+    /// The backend set starts or stops changing.
+    fn next_epoch(&self) {
+        self.backend_epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn with_datagrams<T>(&self, f: impl FnOnce(&[Request]) -> T) -> T {
+        f(&self.datagrams.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// The stable epoch a request started (`before`) and ended (`after`) in, if it did.
+pub(crate) fn epoch_of(before: u64, after: u64) -> Option<u64> {
+    (before == after && before.is_multiple_of(2)).then_some(before)
 }
 
 pub async fn run(args: RunArgs, dir: Option<PathBuf>) -> Result<bool> {
@@ -229,9 +283,16 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
         .map(|n| n.endpoint.rsplit_once(':').map(|(h, _)| h).unwrap_or("").parse())
         .collect::<Result<_, _>>()
         .context("node endpoints must be IPv4 addresses")?;
+    let mut backends = fleet::discover_backends(dir)?;
+    let token = lbfleet_cli::ca::CaDir::new(&dir.join("tls")).read_token(lbfleet_api::auth::Role::Admin)?;
     let first = connect(&nodes[0].endpoint).await?;
-    let current = first.get_config(false).await.map_err(|e| anyhow!("{e}"))?;
+    let mut current = first.get_config(false).await.map_err(|e| anyhow!("{e}"))?;
     ensure!(!current.config_json.is_empty(), "the cluster has no config");
+    prepare_config(&first, &current.config_json, &backends, args.udp_clients > 0).await?;
+    if args.udp_clients > 0 {
+        udp_ready(&ips).await?;
+    }
+    current = first.get_config(false).await.map_err(|e| anyhow!("{e}"))?;
     let mut base = parse(&current.config_json, Format::Json).map_err(|e| anyhow!("{e}"))?;
     base.pool.retain(|p| p.name != REGISTER_POOL);
     let initial = value_of(&current.config_json)?.unwrap_or(0);
@@ -239,6 +300,8 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
         start: Instant::now(),
         ops: Mutex::new(Vec::new()),
         requests: Mutex::new(Vec::new()),
+        datagrams: Mutex::new(Vec::new()),
+        backend_epoch: AtomicU64::new(0),
         timeline: Mutex::new(Vec::new()),
         leaders: Mutex::new(Vec::new()),
         next_value: AtomicU64::new(initial + 1),
@@ -260,6 +323,12 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
         .map(|c| {
             let seed = args.seed.wrapping_mul(1000) + 500 + u64::from(c);
             tokio::spawn(traffic::client(Arc::clone(&shared), ips.clone(), DEMO_HTTP_PORT, seed))
+        })
+        .collect();
+    let flows: Vec<_> = (1..=args.udp_clients)
+        .map(|c| {
+            let seed = args.seed.wrapping_mul(1000) + 700 + u64::from(c);
+            tokio::spawn(udp::client(Arc::clone(&shared), ips.clone(), c, seed))
         })
         .collect();
     let progress = tokio::spawn(report_progress(Arc::clone(&shared)));
@@ -288,18 +357,73 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
     let mut killed: Vec<usize> = Vec::new();
     let mut agreements: Vec<Duration> = Vec::new();
     let mut disagreements = 0usize;
+    let mut fx = FleetFaults::default();
+    // Kinds are drawn from a shuffled bag, refilled when empty: every kind runs once in each round of
+    // as many faults as there are kinds.
+    let mut bag: Vec<FaultKind> = Vec::new();
     let end = Instant::now() + args.duration;
     while Instant::now() + HOLD.0 < end {
-        let kind = args.faults[rng.random_range(0..args.faults.len())];
+        if bag.is_empty() {
+            bag = args.faults.clone();
+            bag.sort_by_key(|k| *k as u8);
+            bag.dedup();
+            bag.shuffle(&mut rng);
+        }
+        let Some(kind) = bag.pop() else { bail!("--faults is empty") };
         let leader = leader(&nodes).await;
-        let (active, what) = inject(kind, &mut nodes, &ips, leader, &mut rng, firewall)?;
-        shared.event(format!("fault: {what}"));
-        shared.set_fault(Some(what.clone()));
+        let (active, what) = match kind {
+            FaultKind::BackendKill => {
+                let i = rng.random_range(0..backends.len());
+                let addr = backends[i].endpoint.clone();
+                let pools = fleet::pools_of(&nodes, &token, &addr).await?;
+                shared.next_epoch();
+                signal(backends[i].pid, libc::SIGKILL);
+                (Active::BackendKilled(i, pools), format!("SIGKILL {} ({addr})", backends[i].name))
+            }
+            FaultKind::RollingRestart | FaultKind::NodeAdd | FaultKind::NodeRemove => {
+                let l = leader.map(|(i, _)| i);
+                let victim = (l.unwrap_or(0) + rng.random_range(0..nodes.len())) % nodes.len();
+                let what = match kind {
+                    FaultKind::RollingRestart => "rolling restart of every node".to_string(),
+                    FaultKind::NodeAdd => format!("node-{} added under load", nodes.len() + 1),
+                    _ => format!(
+                        "{} removed from the membership under load{}",
+                        nodes[victim].name,
+                        if Some(victim) == l { " (the leader)" } else { "" }
+                    ),
+                };
+                shared.event(format!("fault: {what}"));
+                shared.set_fault(Some(what.clone()));
+                let active = membership(kind, victim, dir, &mut nodes, &shared, &mut fx).await;
+                (active, what)
+            }
+            _ => inject(kind, &mut nodes, &ips, leader, &mut rng, firewall)?,
+        };
+        if !matches!(kind, FaultKind::RollingRestart | FaultKind::NodeAdd | FaultKind::NodeRemove) {
+            shared.event(format!("fault: {what}"));
+            shared.set_fault(Some(what.clone()));
+        }
+        if let Active::BackendKilled(i, _) = active {
+            match fleet::wait_eligible(&nodes, &token, &backends[i].endpoint, 0, RECOVER).await {
+                Ok(t) => {
+                    shared.event(format!("{} ejected by every node after {t:.2?}", backends[i].name));
+                    fx.ejections.push(Some(t));
+                }
+                Err(e) => {
+                    shared.event(format!("{} not ejected everywhere: {e:#}", backends[i].name));
+                    fx.ejections.push(None);
+                }
+            }
+            shared.next_epoch();
+        }
         let hold = rng.random_range(HOLD.0..=HOLD.1).min(end.saturating_duration_since(Instant::now()));
         let held = Instant::now();
         // A fault that takes the leader away (killed, stopped, isolated): how long until another leads.
         let leader_hit = match (&active, leader) {
-            (Active::Killed(i) | Active::Paused(i) | Active::Terminated(i), Some((l, _))) => *i == l,
+            (
+                Active::Killed(i) | Active::Paused(i) | Active::Terminated(i) | Active::Removed(i),
+                Some((l, _)),
+            ) => *i == l,
             (Active::Cut(pairs), Some((l, _))) => cut_off(l, pairs, nodes.len()),
             _ => false,
         };
@@ -338,14 +462,58 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
                     }
                 }
             }
-        } else {
+        } else if !matches!(active, Active::Done) {
             tokio::time::sleep(hold.saturating_sub(held.elapsed())).await;
         }
         if let Active::Killed(i) = active {
             killed.push(i);
         }
         let committed = committed_version(&nodes).await;
-        heal(active, dir, &mut nodes, firewall).await?;
+        match active {
+            Active::BackendKilled(i, pools) => {
+                shared.next_epoch();
+                restart(dir, &mut backends[i])?;
+                let addr = backends[i].endpoint.clone();
+                match fleet::wait_eligible(&nodes, &token, &addr, pools, RECOVER).await {
+                    Ok(t) => shared
+                        .event(format!("{} routed to by every node again after {t:.2?}", backends[i].name)),
+                    Err(e) => {
+                        shared.event(format!("{} not routed to everywhere again: {e:#}", backends[i].name));
+                        fx.not_restored += 1;
+                    }
+                }
+                shared.next_epoch();
+            }
+            Active::Added(spare) => match leave(&nodes, &spare).await {
+                Ok(()) => shared.event(format!("{} removed again", spare.name)),
+                Err(e) => {
+                    shared.event(format!("{} not removed: {e:#}", spare.name));
+                    fx.membership_failures += 1;
+                }
+            },
+            Active::Removed(i) => {
+                let members = nodes.clone();
+                let rejoin = async {
+                    fleet::wipe(&nodes[i])?;
+                    fleet::drop_peers(&mut nodes[i].args);
+                    fleet::join(dir, &members, &mut nodes[i]).await
+                };
+                match rejoin.await {
+                    Ok(t) => {
+                        shared.event(format!(
+                            "{} joined again with an empty store after {t:.2?}",
+                            nodes[i].name
+                        ));
+                        fx.joins.push(t);
+                    }
+                    Err(e) => {
+                        shared.event(format!("{} did not join again: {e:#}", nodes[i].name));
+                        fx.membership_failures += 1;
+                    }
+                }
+            }
+            other => heal(other, dir, &mut nodes, firewall).await?,
+        }
         let healed = Instant::now();
         shared.event("healed".to_string());
         shared.set_fault(None);
@@ -368,7 +536,7 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
         .await;
     }
     shared.stop.store(true, Ordering::SeqCst);
-    for c in clients.into_iter().chain(traffic) {
+    for c in clients.into_iter().chain(traffic).chain(flows) {
         c.await.context("client task")?;
     }
     progress.abort();
@@ -398,7 +566,10 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
     failovers.sort();
     let median = failovers.get(failovers.len() / 2).copied();
     let requests = std::mem::take(&mut *shared.requests.lock().unwrap_or_else(|p| p.into_inner()));
-    let http = traffic::summarize(&requests);
+    let http = traffic::summarize(&requests, false);
+    let datagrams = std::mem::take(&mut *shared.datagrams.lock().unwrap_or_else(|p| p.into_inner()));
+    let udp_sum = traffic::summarize(&datagrams, true);
+    let udp_ok = udp_sum.requests == 0 || udp_sum.one_retry >= MIN_ONE_RETRY;
     let http_ok = http.requests == 0 || http.one_retry >= MIN_ONE_RETRY;
     let mut verdicts = vec![
         format!(
@@ -406,12 +577,17 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
             yes(!lost)
         ),
         format!(
-            "history linearizable: {}{} ({} operations checked, {} unknown, {} not applied{})",
+            "history linearizable: {}{} ({} operations checked, {} unknown, {} not applied; stateright's search: {}{})",
             yes(verdict.linearizable),
             verdict.why.as_ref().map(|w| format!(": {w}")).unwrap_or_default(),
             verdict.checked,
             verdict.unknown,
             verdict.failed,
+            match verdict.cross_check {
+                Some(true) => "linearizable".to_string(),
+                Some(false) => "not linearizable".to_string(),
+                None => format!("no answer within {:?}", crate::history::CROSS_CHECK_BUDGET),
+            },
             if args.stale { "; reads were stale: a control run" } else { "" }
         ),
     ];
@@ -440,6 +616,53 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
             format!(": {}", keys.join("; "))
         }
     ));
+    if args.udp_clients > 0 {
+        verdicts.push(format!(
+            "UDP datagrams succeed with one retry on another node while the backend set is stable: {} ({:.2}% of {}; {:.2}% on the first try; {} sent while a backend was being ejected or restored, not rated)",
+            yes(udp_ok),
+            100.0 * udp_sum.one_retry,
+            udp_sum.requests,
+            100.0 * udp_sum.first_try,
+            udp_sum.unstable
+        ));
+        verdicts.push(format!(
+            "one UDP flow, one backend, from every node, while the backend set is unchanged: {}{}",
+            yes(udp_sum.split_keys.is_empty()),
+            if udp_sum.split_keys.is_empty() {
+                String::new()
+            } else {
+                let flows: Vec<String> = udp_sum
+                    .split_keys
+                    .iter()
+                    .map(|(p, b)| format!("port {p} got {}", b.join(" and ")))
+                    .collect();
+                format!(": {}", flows.join("; "))
+            }
+        ));
+    }
+    let (ejected_ok, ejected_text) = ejection_verdict(&fx, fleet::EJECT_BOUND);
+    let rolled_ok = fx.rolls.iter().all(Option::is_some);
+    let members_ok = fx.membership_failures == 0;
+    if !fx.ejections.is_empty() {
+        verdicts.push(ejected_text);
+    }
+    if !fx.rolls.is_empty() {
+        verdicts.push(format!(
+            "every rolling restart brings every node back, caught up: {} ({} rolls, longest {})",
+            yes(rolled_ok),
+            fx.rolls.len(),
+            fx.rolls.iter().flatten().max().map(|t| format!("{t:.2?}")).unwrap_or_else(|| "-".into())
+        ));
+    }
+    if !fx.joins.is_empty() || fx.membership_failures > 0 {
+        verdicts.push(format!(
+            "membership changes under load complete: {} ({} joins, longest {}; {} failed)",
+            yes(members_ok),
+            fx.joins.len(),
+            fx.joins.iter().max().map(|t| format!("{t:.2?}")).unwrap_or_else(|| "-".into()),
+            fx.membership_failures
+        ));
+    }
     verdicts.push(format!(
         "no node died that was not killed: {}",
         if dead.is_empty() { "yes".to_string() } else { format!("no ({})", dead.join(", ")) }
@@ -447,10 +670,21 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
     for v in &verdicts {
         println!("verdict: {v}");
     }
-    let pass =
-        !lost && verdict.linearizable && agreed && dead.is_empty() && http_ok && http.split_keys.is_empty();
+    let pass = !lost
+        && verdict.linearizable
+        && agreed
+        && dead.is_empty()
+        && http_ok
+        && http.split_keys.is_empty()
+        && udp_ok
+        && udp_sum.split_keys.is_empty()
+        && ejected_ok
+        && rolled_ok
+        && members_ok;
+    let eject_worst =
+        fx.ejections.iter().flatten().max().map(|t| format!("{t:.2?}")).unwrap_or_else(|| "-".into());
     let summary = format!(
-        "lbchaos: {} seed={} nodes={} faults={} ops={} (writes {writes}, reads {reads}) ok={:.1}% acknowledged_writes={acked_writes} unknown={} lost={} linearizable={} agree_worst={} http={} first_try={:.2}% one_retry={:.2}% split_keys={} leader_failover_median={} max={} killed={}",
+        "lbchaos: {} seed={} nodes={} faults={} ops={} (writes {writes}, reads {reads}) ok={:.1}% acknowledged_writes={acked_writes} unknown={} lost={} linearizable={} agree_worst={} http={} first_try={:.2}% one_retry={:.2}% split_keys={} udp={} udp_first_try={:.2}% udp_one_retry={:.2}% split_flows={} backend_ejection_worst={eject_worst} rolls={} joins={} membership_failures={} leader_failover_median={} max={} killed={}",
         if pass { "PASS" } else { "FAIL" },
         args.seed,
         nodes.len(),
@@ -465,6 +699,13 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
         100.0 * http.first_try,
         100.0 * http.one_retry,
         http.split_keys.len(),
+        udp_sum.requests,
+        100.0 * udp_sum.first_try,
+        100.0 * udp_sum.one_retry,
+        udp_sum.split_keys.len(),
+        fx.rolls.len(),
+        fx.joins.len(),
+        fx.membership_failures,
         median.map(|d| format!("{d:.2?}")).unwrap_or_else(|| "-".into()),
         failovers.last().map(|d| format!("{d:.2?}")).unwrap_or_else(|| "-".into()),
         killed.len(),
@@ -479,6 +720,7 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
             summary: &summary,
             ops: &ops,
             requests: &requests,
+            datagrams: &datagrams,
             leaders: &leaders,
         };
         match report::write(path, &r) {
@@ -745,6 +987,9 @@ fn inject(
                 }
             }
         }
+        FaultKind::BackendKill | FaultKind::RollingRestart | FaultKind::NodeAdd | FaultKind::NodeRemove => {
+            bail!("{kind:?} is injected by the fault loop")
+        }
     })
 }
 
@@ -771,6 +1016,167 @@ async fn heal(active: Active, dir: &Path, nodes: &mut [NodeProc], firewall: Opti
                 fw.heal()?;
             }
         }
+        // Healed by the fault loop itself.
+        Active::BackendKilled(..) | Active::Added(_) | Active::Removed(_) | Active::Done => {}
+    }
+    Ok(())
+}
+
+/// What the faults of [`fleet`] measured, for their verdicts.
+#[derive(Debug, Default)]
+pub(crate) struct FleetFaults {
+    /// Per backend kill: how long until every node had ejected it (`None`: not within the deadline).
+    pub ejections: Vec<Option<Duration>>,
+    /// Killed backends not routed to again by every node after their restart.
+    pub not_restored: usize,
+    /// Per rolling restart: how long the whole roll took (`None`: a node did not come back).
+    pub rolls: Vec<Option<Duration>>,
+    /// Membership changes (add, remove, join again) that did not complete.
+    pub membership_failures: usize,
+    /// How long each join (start, added, promoted) took.
+    pub joins: Vec<Duration>,
+}
+
+/// The backend-ejection verdict: every kill ejected everywhere within `bound` and routed to again.
+pub(crate) fn ejection_verdict(fx: &FleetFaults, bound: Duration) -> (bool, String) {
+    let worst = fx.ejections.iter().flatten().max().copied();
+    let missing = fx.ejections.iter().filter(|e| e.is_none()).count();
+    let ok = missing == 0 && fx.not_restored == 0 && worst.is_none_or(|w| w <= bound);
+    let text = format!(
+        "every node ejects a killed backend within {bound:?} and routes to it again after its restart: {} ({} kills, worst {}, {missing} not ejected within {RECOVER:?}, {} not routed to again)",
+        yes(ok),
+        fx.ejections.len(),
+        worst.map(|t| format!("{t:.2?}")).unwrap_or_else(|| "-".into()),
+        fx.not_restored,
+    );
+    (ok, text)
+}
+
+/// A rolling restart, a node added or a node removed (stopped); what the heal undoes.
+async fn membership(
+    kind: FaultKind,
+    victim: usize,
+    dir: &Path,
+    nodes: &mut [NodeProc],
+    shared: &Shared,
+    fx: &mut FleetFaults,
+) -> Active {
+    match kind {
+        FaultKind::RollingRestart => {
+            let t = Instant::now();
+            let mut complete = true;
+            for i in 0..nodes.len() {
+                let version = committed_version(nodes).await;
+                let step = Instant::now();
+                fleet::stop(&nodes[i]).await;
+                let back = async {
+                    restart(dir, &mut nodes[i])?;
+                    fleet::caught_up(&nodes[i], version).await
+                };
+                match back.await {
+                    Ok(()) => shared.event(format!(
+                        "{} restarted and caught up in {:.2?}",
+                        nodes[i].name,
+                        step.elapsed()
+                    )),
+                    Err(e) => {
+                        shared.event(format!("{} did not come back: {e:#}", nodes[i].name));
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+            fx.rolls.push(complete.then(|| t.elapsed()));
+            Active::Done
+        }
+        FaultKind::NodeAdd => {
+            let id = nodes.len() as u64 + 1;
+            let mut spare = match fleet::spare(dir, &nodes[0], id) {
+                Ok(s) => s,
+                Err(e) => {
+                    shared.event(format!("node-{id} not made: {e:#}"));
+                    fx.membership_failures += 1;
+                    return Active::Done;
+                }
+            };
+            let joined = async {
+                fleet::wipe(&spare)?;
+                fleet::join(dir, nodes, &mut spare).await
+            };
+            match joined.await {
+                Ok(t) => {
+                    shared.event(format!("{} joined (added, caught up, promoted) after {t:.2?}", spare.name));
+                    fx.joins.push(t);
+                    Active::Added(Box::new(spare))
+                }
+                Err(e) => {
+                    shared.event(format!("{} did not join: {e:#}", spare.name));
+                    fx.membership_failures += 1;
+                    if spare.pid != 0 {
+                        let _ = leave(nodes, &spare).await;
+                    }
+                    Active::Done
+                }
+            }
+        }
+        _ => {
+            let removed = async {
+                fleet::remove_member(nodes, fleet::id_of(&nodes[victim])?).await?;
+                fleet::stop(&nodes[victim]).await;
+                anyhow::Ok(())
+            };
+            match removed.await {
+                Ok(()) => Active::Removed(victim),
+                Err(e) => {
+                    shared.event(format!("{} not removed: {e:#}", nodes[victim].name));
+                    fx.membership_failures += 1;
+                    Active::Done
+                }
+            }
+        }
+    }
+}
+
+/// Remove an added node from the membership, stop it, delete its data and pid file.
+async fn leave(members: &[NodeProc], n: &NodeProc) -> Result<()> {
+    let removed = fleet::remove_member(members, fleet::id_of(n)?).await;
+    fleet::stop(n).await;
+    fleet::wipe(n)?;
+    let _ = std::fs::remove_file(&n.pid_file);
+    removed
+}
+
+/// The config of the run: every pool's passive ejection shortened to [`OUTLIER_EJECTION`] (so a
+/// restarted backend is routed to again by every node within seconds, not after the default 30 s),
+/// and with `udp`, the pool and listener of the UDP flows ([`udp::config_toml`]) over the demo backends.
+async fn prepare_config(admin: &Admin, config_json: &str, backends: &[NodeProc], udp: bool) -> Result<()> {
+    let mut c = parse(config_json, Format::Json).map_err(|e| anyhow!("{e}"))?;
+    if udp && c.pool(udp::UDP_POOL).is_none() {
+        let addrs: Vec<String> = backends.iter().map(|b| b.endpoint.clone()).collect();
+        let extra = parse(&udp::config_toml(&addrs), Format::Toml).map_err(|e| anyhow!("UDP pool: {e}"))?;
+        c.pool.extend(extra.pool);
+        c.listener.extend(extra.listener);
+    }
+    for p in &mut c.pool {
+        p.outlier.base_ejection = p.outlier.base_ejection.min(OUTLIER_EJECTION.0);
+        p.outlier.max_ejection = p.outlier.max_ejection.min(OUTLIER_EJECTION.1);
+    }
+    admin.apply_config("json", c.to_json()).await.map_err(|e| anyhow!("apply the run's config: {e}"))?;
+    Ok(())
+}
+
+/// Wait until the UDP listener of every node answers a datagram.
+async fn udp_ready(ips: &[Ipv4Addr]) -> Result<()> {
+    let socket = tokio::net::UdpSocket::bind("127.0.3.250:0").await.context("bind a UDP probe")?;
+    for ip in ips {
+        let target = std::net::SocketAddr::new((*ip).into(), udp::UDP_PORT);
+        wait_until("the UDP listener to answer", RECOVER, || async {
+            udp::exchange(&socket, target, b"lbchaos ready")
+                .await
+                .map(|_| ())
+                .ok_or_else(|| anyhow!("no answer from {target}"))
+        })
+        .await?;
     }
     Ok(())
 }
@@ -895,5 +1301,35 @@ impl Drop for Firewall {
         let _ = Self::iptables(&["-F", CHAIN]);
         let _ = Self::iptables(&["-D", "INPUT", "-j", CHAIN]);
         let _ = Self::iptables(&["-X", CHAIN]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ejection_verdict_fails_past_its_bound_or_without_an_ejection() {
+        let bound = Duration::from_secs(6);
+        let fx = |e: Vec<Option<Duration>>, not_restored| FleetFaults {
+            ejections: e,
+            not_restored,
+            ..FleetFaults::default()
+        };
+        assert!(ejection_verdict(&fx(vec![Some(Duration::from_millis(2400))], 0), bound).0);
+        let (ok, text) = ejection_verdict(
+            &fx(vec![Some(Duration::from_millis(2400)), Some(Duration::from_millis(6100))], 0),
+            bound,
+        );
+        assert!(!ok && text.contains("worst 6.10s"), "{text}");
+        assert!(!ejection_verdict(&fx(vec![None], 0), bound).0);
+        assert!(!ejection_verdict(&fx(vec![Some(Duration::from_secs(1))], 1), bound).0);
+    }
+
+    #[test]
+    fn epochs_count_only_when_stable_throughout() {
+        assert_eq!(epoch_of(2, 2), Some(2));
+        assert_eq!(epoch_of(1, 1), None);
+        assert_eq!(epoch_of(2, 3), None);
     }
 }

@@ -3,8 +3,12 @@
 //! is the key), on a new connection each, retried once on another node when the first try fails.
 //!
 //! Every request's result and the backend that answered (`x-backend`) are recorded; the verdicts are
-//! the first-try and one-retry success rates, and that one key got one backend from every node (the
-//! backend set does not change during a run: node faults only).
+//! the first-try and one-retry success rates, and that one key got one backend from every node while
+//! the backend set was unchanged. A `backend-kill` fault changes the set: the run counts *backend
+//! epochs* (even: the set is stable; odd: a backend is being ejected or coming back, and nodes may
+//! disagree), and a request is checked for its key's backend only when it started and ended in one
+//! stable epoch, against the other requests of that epoch. [`Request`] and [`summarize`] serve the
+//! UDP flows of [`crate::udp`] too (there the key is the flow's source port).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -17,7 +21,7 @@ use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
-use crate::run::Shared;
+use crate::run::{epoch_of, Shared};
 
 /// Source addresses used as keys: 127.0.2.1 ..= 127.0.2.KEYS.
 pub const KEYS: u8 = 32;
@@ -34,7 +38,10 @@ const PACE: Duration = Duration::from_millis(10);
 #[derive(Debug, Clone)]
 pub struct Request {
     pub at_ms: u64,
-    pub key: u8,
+    /// HTTP: the last octet of the source address; UDP: the flow's source port.
+    pub key: u32,
+    /// The stable backend epoch the request started and ended in; `None` when the set changed meanwhile.
+    pub epoch: Option<u64>,
     /// The backend that answered the first try, if it succeeded.
     pub first: Option<String>,
     /// The node and the backend of the retry, when the first try failed.
@@ -56,27 +63,43 @@ pub struct Summary {
     pub requests: usize,
     pub first_try: f64,
     pub one_retry: f64,
-    /// Keys that got more than one backend, with the backends.
-    pub split_keys: Vec<(u8, Vec<String>)>,
+    /// Keys that got more than one backend within one stable epoch, with the backends.
+    pub split_keys: Vec<(u32, Vec<String>)>,
+    /// Requests that started or ended while the backend set changed (not in the same-key check).
+    pub unstable: usize,
 }
 
-pub fn summarize(reqs: &[Request]) -> Summary {
-    let n = reqs.len().max(1) as f64;
-    let mut by_key: BTreeMap<u8, Vec<String>> = BTreeMap::new();
+/// The rates over `reqs`; with `stable_only`, over the requests of stable epochs alone.
+pub fn summarize(reqs: &[Request], stable_only: bool) -> Summary {
+    let unstable = reqs.iter().filter(|r| r.epoch.is_none()).count();
+    let rated: Vec<&Request> = reqs.iter().filter(|r| !stable_only || r.epoch.is_some()).collect();
+    let n = rated.len().max(1) as f64;
+    let mut by_key: BTreeMap<(u64, u32), Vec<String>> = BTreeMap::new();
     for r in reqs {
+        let Some(epoch) = r.epoch else { continue };
         let answered = r.first.iter().chain(r.retry.iter().filter_map(|(_, b)| b.as_ref()));
         for b in answered {
-            let seen = by_key.entry(r.key).or_default();
+            let seen = by_key.entry((epoch, r.key)).or_default();
             if !seen.contains(b) {
                 seen.push(b.clone());
             }
         }
     }
+    let mut split_keys: Vec<(u32, Vec<String>)> = Vec::new();
+    for ((_, key), backends) in by_key.into_iter().filter(|(_, b)| b.len() > 1) {
+        match split_keys.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, seen)) => {
+                seen.extend(backends.into_iter().filter(|b| !seen.contains(b)).collect::<Vec<_>>())
+            }
+            None => split_keys.push((key, backends)),
+        }
+    }
     Summary {
-        requests: reqs.len(),
-        first_try: reqs.iter().filter(|r| r.ok_first()).count() as f64 / n,
-        one_retry: reqs.iter().filter(|r| r.ok_eventually()).count() as f64 / n,
-        split_keys: by_key.into_iter().filter(|(_, b)| b.len() > 1).collect(),
+        requests: rated.len(),
+        first_try: rated.iter().filter(|r| r.ok_first()).count() as f64 / n,
+        one_retry: rated.iter().filter(|r| r.ok_eventually()).count() as f64 / n,
+        split_keys,
+        unstable,
     }
 }
 
@@ -121,6 +144,7 @@ pub async fn client(shared: Arc<Shared>, ips: Vec<Ipv4Addr>, port: u16, seed: u6
         let key = rng.random_range(1..=KEYS);
         let node = rng.random_range(0..ips.len());
         let at_ms = shared.ms();
+        let before = shared.backend_epoch();
         let first = get(key, SocketAddr::new(ips[node].into(), port)).await;
         let retry = match first {
             Some(_) => None,
@@ -129,7 +153,9 @@ pub async fn client(shared: Arc<Shared>, ips: Vec<Ipv4Addr>, port: u16, seed: u6
                 Some((other, get(key, SocketAddr::new(ips[other].into(), port)).await))
             }
         };
-        shared.requests.lock().unwrap_or_else(|p| p.into_inner()).push(Request { at_ms, key, first, retry });
+        let epoch = epoch_of(before, shared.backend_epoch());
+        let r = Request { at_ms, key: u32::from(key), epoch, first, retry };
+        shared.requests.lock().unwrap_or_else(|p| p.into_inner()).push(r);
         tokio::time::sleep(PACE).await;
     }
 }
@@ -138,10 +164,11 @@ pub async fn client(shared: Arc<Shared>, ips: Vec<Ipv4Addr>, port: u16, seed: u6
 mod tests {
     use super::*;
 
-    fn req(key: u8, first: Option<&str>, retry: Option<Option<&str>>) -> Request {
+    fn req(key: u32, first: Option<&str>, retry: Option<Option<&str>>) -> Request {
         Request {
             at_ms: 0,
             key,
+            epoch: Some(0),
             first: first.map(str::to_string),
             retry: retry.map(|b| (1, b.map(str::to_string))),
         }
@@ -156,10 +183,31 @@ mod tests {
             req(3, Some("backend-2"), None),
             req(3, Some("backend-3"), None),
         ];
-        let s = summarize(&reqs);
+        let s = summarize(&reqs, false);
         assert_eq!(s.requests, 5);
         assert!((s.first_try - 0.6).abs() < 1e-9);
         assert!((s.one_retry - 0.8).abs() < 1e-9);
         assert_eq!(s.split_keys, vec![(3, vec!["backend-2".to_string(), "backend-3".to_string()])]);
+    }
+
+    #[test]
+    fn a_key_is_checked_within_each_stable_epoch_only() {
+        let at = |epoch: Option<u64>, b: &str| Request { epoch, ..req(1, Some(b), None) };
+        // backend-1 before the kill, backend-2 while it is out, back to backend-1: no violation.
+        let reqs = [
+            at(Some(0), "backend-1"),
+            at(None, "backend-2"),
+            at(Some(2), "backend-2"),
+            at(Some(4), "backend-1"),
+        ];
+        let s = summarize(&reqs, false);
+        assert!(s.split_keys.is_empty(), "{:?}", s.split_keys);
+        assert_eq!(s.unstable, 1);
+        // Two backends for one key in one epoch is one.
+        let s = summarize(&[at(Some(2), "backend-2"), at(Some(2), "backend-3")], false);
+        assert_eq!(s.split_keys.len(), 1);
+        // Stable only: a failure while the set changed is left out of the rates.
+        let reqs = [at(Some(0), "backend-1"), Request { epoch: None, ..req(1, None, Some(None)) }];
+        assert_eq!((summarize(&reqs, true).first_try, summarize(&reqs, false).first_try), (1.0, 0.5));
     }
 }

@@ -70,6 +70,8 @@ fn draw(term: &mut Terminal<CrosstermBackend<Stdout>>, shared: &Shared) -> std::
     });
     let (http_s, http_ok) =
         shared.with_requests(|reqs| rate(reqs.iter().map(|r| (r.at_ms, r.ok_first())), now, 5000));
+    let (udp_s, udp_ok) =
+        shared.with_datagrams(|reqs| rate(reqs.iter().map(|r| (r.at_ms, r.ok_first())), now, 5000));
     let recent = shared.recent_events(12);
     term.draw(|f| {
         let area = f.area();
@@ -113,7 +115,7 @@ fn draw(term: &mut Terminal<CrosstermBackend<Stdout>>, shared: &Shared) -> std::
         let stats = vec![
             Line::from(format!("fault: {}", fault.unwrap_or_else(|| "none".into()))),
             Line::from(format!(
-                "register {ops_s:.0} ops/s, {ops_ok:.1}% ok    HTTP {http_s:.0} req/s, {http_ok:.1}% ok on the first try"
+                "register {ops_s:.0} ops/s, {ops_ok:.1}% ok    HTTP {http_s:.0} req/s, {http_ok:.1}% ok on the first try    UDP {udp_s:.0} datagrams/s, {udp_ok:.1}% ok on the first try"
             )),
         ];
         f.render_widget(Paragraph::new(stats).block(Block::default().borders(Borders::ALL)), parts[1]);

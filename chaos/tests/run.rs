@@ -1,8 +1,11 @@
 //! `lbchaos run` for real: a local 3-node cluster (`lbctl local up`, nodes on 127.0.0.11..13) under
-//! kills, pauses, restarts and, as root with iptables, partitions, with a checked register history; then
-//! a control run with stale reads, which the linearizability check must fail.
+//! kills, pauses, restarts and, as root with iptables, partitions, with a checked register history; a
+//! run of the fleet faults (a backend killed, a rolling restart, node 4 added, a node removed) with HTTP
+//! traffic and UDP flows; then a control run with stale reads, which the linearizability check must
+//! fail. (The verdicts of the fleet faults fail in unit tests: an ejection past its bound, a key or flow
+//! split within one stable epoch.)
 //!
-//! The two runs use the same addresses one after the other (the tests of this file run serially). On
+//! The runs use the same addresses one after the other (the tests of this file run serially). On
 //! this shared 2-core machine a restarted debug-build node may take longer than the 2 s the verdict
 //! allows by default to serve again, so the run here allows 5 s (`--agree-within`).
 
@@ -21,13 +24,18 @@ fn partitions_possible() -> bool {
     root && Command::new("iptables").arg("-S").output().is_ok_and(|o| o.status.success())
 }
 
-async fn lbchaos(args: &[&str]) -> (Option<i32>, String) {
+/// `lbchaos run --nodes 3 --duration D --seed S --faults F EXTRA…`: its exit code, its output (printed)
+/// and its summary line.
+async fn run3(duration: &str, seed: &str, faults: &str, extra: &[&str]) -> (Option<i32>, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(bin("lbchaos"));
-    cmd.arg("--dir").arg(dir.path().join("cluster")).args(args);
+    cmd.arg("--dir").arg(dir.path().join("cluster"));
+    cmd.args(["run", "--nodes", "3", "--duration", duration, "--seed", seed, "--faults", faults]).args(extra);
     let out = output_within(&mut cmd, Duration::from_secs(240)).await.expect("lbchaos within 4 minutes");
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), text)
+    println!("{text}");
+    let last = text.lines().rev().find(|l| l.starts_with("lbchaos:")).unwrap_or("").to_string();
+    (out.status.code(), text, last)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,22 +47,7 @@ async fn a_short_fault_run_keeps_every_verdict() {
         println!("NOTICE: not root or no iptables: this run has no partitions");
         "kill,pause,restart"
     };
-    let (code, out) = lbchaos(&[
-        "run",
-        "--nodes",
-        "3",
-        "--duration",
-        "45s",
-        "--seed",
-        "7",
-        "--faults",
-        faults,
-        "--agree-within",
-        "5s",
-    ])
-    .await;
-    println!("{out}");
-    let last = out.lines().rev().find(|l| l.starts_with("lbchaos:")).unwrap_or("");
+    let (code, out, last) = run3("30s", "7", faults, &["--agree-within", "5s"]).await;
     assert_eq!(code, Some(0), "a verdict failed: {last}");
     assert!(
         last.starts_with("lbchaos: PASS") && last.contains("lost=0") && last.contains("linearizable=yes"),
@@ -64,27 +57,35 @@ async fn a_short_fault_run_keeps_every_verdict() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_kill_rolling_restart_and_membership_changes_keep_every_verdict() {
+    let _serial = SERIAL.lock().await;
+    let faults = "backend-kill,rolling-restart,node-add,node-remove";
+    // One register client: this run is about the fleet faults (the run above checks a concurrent
+    // register history), and a sequential history keeps the reference search's cross-check short.
+    let (code, out, last) = run3("35s", "7", faults, &["--agree-within", "5s", "--clients", "1"]).await;
+    assert_eq!(code, Some(0), "a verdict failed: {last}");
+    // Four kinds, drawn from a shuffled bag: each runs once in the first four faults.
+    for (kind, line) in [
+        ("backend-kill", "ejected by every node after"),
+        ("rolling-restart", "restarted and caught up"),
+        ("node-add", "node-4 joined"),
+        ("node-remove", "joined again with an empty store"),
+    ] {
+        assert!(out.contains(line), "{kind} did not run to its end ({line:?} missing)");
+    }
+    assert!(last.contains("split_keys=0") && last.contains("split_flows=0"), "{last}");
+    assert!(!last.contains("backend_ejection_worst=-") && last.contains("membership_failures=0"), "{last}");
+    assert!(!last.contains(" udp=0 "), "UDP flows were sent: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_reads_under_a_partition_fail_the_linearizability_check() {
     if !partitions_possible() {
         println!("NOTICE: not root or no iptables: skipping the partitioned control run");
         return;
     }
     let _serial = SERIAL.lock().await;
-    let (code, out) = lbchaos(&[
-        "run",
-        "--nodes",
-        "3",
-        "--duration",
-        "25s",
-        "--seed",
-        "2",
-        "--faults",
-        "partition",
-        "--stale",
-    ])
-    .await;
-    println!("{out}");
-    let last = out.lines().rev().find(|l| l.starts_with("lbchaos:")).unwrap_or("");
+    let (code, _, last) = run3("25s", "2", "partition", &["--stale"]).await;
     assert_eq!(code, Some(1), "the control run must fail: {last}");
     assert!(last.contains("linearizable=no"), "the checker must catch stale reads: {last}");
 }

@@ -314,6 +314,9 @@ pub struct DemoBackendArgs {
     /// Close connections from this source IP at once, unanswered (repeatable; for tests).
     #[arg(long = "refuse-from", value_name = "IP")]
     pub refuse_from: Vec<std::net::IpAddr>,
+    /// Also answer UDP on the same address: each datagram comes back prefixed with `NAME\n`.
+    #[arg(long)]
+    pub udp: bool,
 }
 
 /// `HOST:PORT` with a non-empty host and a port in 1..=65535. Brackets allowed for IPv6.

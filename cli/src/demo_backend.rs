@@ -12,6 +12,9 @@
 //! answer, which simulates "this node cannot reach the backend" for one lbnode (each node probes from
 //! its own IP). A TCP connect still succeeds; an HTTP health check fails.
 //!
+//! `--udp`: the same address also answers UDP: each datagram is sent back prefixed with `<name>\n`
+//! (the reply cut to [`MAX_UDP_REPLY`] bytes), so a UDP test can see which backend a flow reached.
+//!
 //! SIGTERM or SIGINT: stop accepting, let open connections finish (at most [`DRAIN_DEADLINE`]), exit 0.
 //! [`route`] is the pure part (which answer a path gets); [`serve`] is the server around it.
 
@@ -35,6 +38,8 @@ use tokio::net::TcpListener;
 pub const MAX_SLEEP: Duration = Duration::from_secs(600);
 /// How long open connections may take to finish after SIGTERM.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+/// Largest UDP reply (the payload of one IPv4 datagram); a longer echo is cut.
+pub const MAX_UDP_REPLY: usize = 65_507;
 /// Chunk size of `/bytes/<n>`.
 const CHUNK: usize = 64 * 1024;
 
@@ -144,6 +149,40 @@ async fn handle(name: Arc<str>, req: Request<Incoming>) -> Result<Response<RespB
     Ok(resp)
 }
 
+/// The answer to one UDP datagram: the backend's name, a newline, then the datagram, at most
+/// [`MAX_UDP_REPLY`] bytes in all.
+pub fn udp_reply(name: &str, datagram: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len() + 1 + datagram.len());
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(datagram);
+    out.truncate(MAX_UDP_REPLY);
+    out
+}
+
+/// Bind UDP on `listen` and answer every datagram with [`udp_reply`] until the process ends.
+pub async fn udp_echo(name: String, listen: SocketAddr) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let socket = tokio::net::UdpSocket::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on UDP {listen}"))?;
+    tracing::info!(name = %name, addr = %listen, "demo backend answering UDP");
+    Ok(tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            match socket.recv_from(&mut buf).await {
+                Ok((n, peer)) => {
+                    // A reply the kernel will not take (buffer full, peer gone) is dropped, as UDP allows.
+                    let _ = socket.try_send_to(&udp_reply(&name, &buf[..n]), peer);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "UDP receive failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }))
+}
+
 /// Serve until SIGTERM/SIGINT, then drain open connections.
 pub async fn serve(name: String, listen: SocketAddr) -> anyhow::Result<()> {
     serve_refusing(name, listen, Vec::new()).await
@@ -224,6 +263,27 @@ mod tests {
         assert!(matches!(route("/sleep/abc"), Route::BadRequest(m) if m.contains("\"abc\"")));
         assert!(matches!(route("/sleep/600001"), Route::BadRequest(m) if m.contains("maximum")));
         assert!(matches!(route("/bytes/-1"), Route::BadRequest(_)));
+    }
+
+    #[test]
+    fn udp_reply_names_the_backend_and_is_bounded() {
+        assert_eq!(udp_reply("backend-1", b"seq 7"), b"backend-1\nseq 7".to_vec());
+        assert_eq!(udp_reply("b", &vec![b'x'; 70_000]).len(), MAX_UDP_REPLY);
+    }
+
+    #[tokio::test]
+    async fn udp_echo_answers_a_real_datagram() {
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let listen = probe.local_addr().unwrap();
+        drop(probe);
+        let task = udp_echo("backend-u".into(), listen).await.unwrap();
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.send_to(b"hello", listen).await.unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) =
+            tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf)).await.unwrap().unwrap();
+        assert_eq!((&buf[..n], from), (&b"backend-u\nhello"[..], listen));
+        task.abort();
     }
 
     #[test]

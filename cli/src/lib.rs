@@ -97,6 +97,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             }
         },
         Command::DemoBackend(d) => {
+            if d.udp {
+                demo_backend::udp_echo(d.name.clone(), d.listen).await.map_err(CliError::Local)?;
+            }
             demo_backend::serve_refusing(d.name.clone(), d.listen, d.refuse_from.clone())
                 .await
                 .map_err(CliError::Local)

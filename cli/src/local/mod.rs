@@ -5,8 +5,8 @@
 //! - [`up`] / [`down`]: the two commands.
 //!
 //! Node i runs `lbnode --id i --bind 127.0.0.1i --data-dir DIR/node-i --peers ...` with its output in
-//! `DIR/node-i.log` and its pid in `DIR/node-i.pid`; demo backend k runs `lbctl demo-backend` on
-//! 127.0.0.1:(base+k) with `DIR/backend-k.{log,pid}`. Every child lives in its own session and outlives lbctl.
+//! `DIR/node-i.log` and its pid in `DIR/node-i.pid`; demo backend k runs `lbctl demo-backend --udp` on
+//! 127.0.0.1:(base+k) (HTTP, and a UDP echo on the same port) with `DIR/backend-k.{log,pid}`. Every child lives in its own session and outlives lbctl.
 
 pub mod plan;
 pub mod procs;
@@ -121,6 +121,7 @@ async fn up_steps(
             b.name.clone(),
             "--listen".into(),
             b.addr.to_string(),
+            "--udp".into(),
         ];
         start(&lbctl, &args, &b.name, &b.log, &b.pid, &plan.dir, started)
             .map_err(|e| fail(&format!("start {}", b.name), e, vec![b.log.clone()]))?;
