@@ -21,15 +21,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Poll a command until it succeeds, at most $1 seconds.
-wait_for() {
-  local limit=$1; shift
-  local deadline=$((SECONDS + limit))
-  until "$@" >/dev/null 2>&1; do
-    if [ $SECONDS -ge $deadline ]; then echo "timed out after ${limit}s waiting for: $*" >&2; return 1; fi
-    sleep 0.2
-  done
-}
+. "$(dirname "$0")/lib.sh"
 
 "$bin/lbctl" local up --nodes 3 --backends 3 --dir "$dir" >/dev/null
 if [ -f "$dir/lbctl.env" ]; then . "$dir/lbctl.env"; fi
@@ -60,8 +52,6 @@ one() {
   p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub("us","",v); v=v/1000} else if (v ~ /ms$/) {sub("ms","",v)} else if (v ~ /s$/) {sub("s","",v); v=v*1000}; print v}' <<<"$out")
   echo "$rps $p99 $(awk -v t=$((after - before)) -v hz="$hz" -v n="$reqs" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')"
 }
-
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 for path in ${PATHS:-http tcp}; do
   case $path in

@@ -16,6 +16,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod tls;
+
+pub use self::tls::{ListenerTls, PoolTls, SniRoute, TlsCertificate, TlsMode};
+use self::tls::{RawListenerTls, RawPoolTls, RawSniRoute};
+
 /// Default Maglev table size (a prime, as the Maglev paper recommends M ≫ N).
 pub const DEFAULT_TABLE_SIZE: u64 = 65_537;
 /// Largest accepted Maglev table size (largest prime below 2^24).
@@ -159,6 +164,9 @@ pub struct Pool {
     /// once (the circuit limit; `None`: unlimited). See [`MAX_CONNECTIONS_LIMIT`].
     #[serde(default)]
     pub max_connections_per_backend: Option<u32>,
+    /// TLS towards the backends (and their health checks); `None`: plaintext.
+    #[serde(default)]
+    pub tls: Option<PoolTls>,
 }
 
 /// Passive outlier detection, per node, from live traffic (Envoy's defaults).
@@ -443,6 +451,12 @@ pub struct Listener {
     /// Connection caps and the rate limit of the listener (`None`: none of them).
     #[serde(default)]
     pub admission: Option<ListenerLimits>,
+    /// HTTP and TCP: terminate TLS (or, TCP only, pass it through); `None`: cleartext.
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+    /// TCP passthrough only: the pool chosen by the ClientHello's SNI (first match; none: `pool`).
+    #[serde(default)]
+    pub sni_route: Vec<SniRoute>,
 }
 
 /// A listener whose connections start with a PROXY protocol header (v1 or v2) from a front (an L4
@@ -654,6 +668,7 @@ pub struct RawPool {
     #[serde(default)]
     pub backend: Vec<RawBackend>,
     pub max_connections_per_backend: Option<i64>,
+    pub tls: Option<RawPoolTls>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -722,6 +737,9 @@ pub struct RawListener {
     pub route: Vec<RawRoute>,
     pub limits: Option<RawHttpLimits>,
     pub admission: Option<RawListenerLimits>,
+    pub tls: Option<RawListenerTls>,
+    #[serde(default)]
+    pub sni_route: Vec<RawSniRoute>,
 }
 
 /// `[listener.limits]` as written; sizes in bytes.
@@ -1051,6 +1069,9 @@ impl RawConfig {
             for (ri, r) in l.route.iter().enumerate() {
                 pool_refs.push((r.pool.clone(), format!("route {} pool", ri + 1)));
             }
+            for (ri, r) in l.sni_route.iter().enumerate() {
+                pool_refs.push((r.pool.clone(), format!("sni_route {} pool", ri + 1)));
+            }
             for (pool_name, what) in pool_refs {
                 match by_name.get(pool_name.as_str()).map(|&i| &pools[i]) {
                     None if seen_pools.contains(&pool_name) => {}
@@ -1237,6 +1258,7 @@ fn validate_pool(p: &mut Problems, place: &str, rp: &RawPool) -> Option<Pool> {
         scale,
         backend: backends,
         max_connections_per_backend: validate_backend_limit(p, place, rp.max_connections_per_backend),
+        tls: rp.tls.as_ref().and_then(|r| tls::validate_pool_tls(p, place, r)),
     })
 }
 
@@ -1595,6 +1617,8 @@ fn validate_listener(p: &mut Problems, place: &str, rl: &RawListener) -> Option<
         });
     }
     let admission = rl.admission.as_ref().map(|r| validate_listener_limits(p, place, protocol, r));
+    let tls = rl.tls.as_ref().and_then(|r| tls::validate_listener_tls(p, place, protocol, r));
+    let sni_route = tls::validate_sni_routes(p, place, tls.as_ref(), &rl.sni_route);
     Some(Listener {
         name,
         protocol,
@@ -1607,6 +1631,8 @@ fn validate_listener(p: &mut Problems, place: &str, rl: &RawListener) -> Option<
         route: routes,
         limits,
         admission,
+        tls,
+        sni_route,
     })
 }
 

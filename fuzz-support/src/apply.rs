@@ -326,6 +326,7 @@ impl GenPoolConfig {
                 })
                 .collect(),
             max_connections_per_backend: None,
+            tls: None,
         }
     }
 }
@@ -355,6 +356,8 @@ impl GenListener {
                 })
                 .collect(),
             admission: None,
+            tls: None,
+            sni_route: Vec::new(),
         }
     }
 }

@@ -127,3 +127,25 @@ impl Drop for BackendProc {
         self.kill9();
     }
 }
+
+/// A TCP backend in the test process on `at`: for each connection, reads until the client's FIN and
+/// answers with everything it read, then closes. Returns its address and the accept task.
+pub async fn tcp_echo(
+    at: std::net::SocketAddr,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind(at).await.with_context(|| format!("bind tcp backend {at}"))?;
+    let addr = l.local_addr()?;
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                if s.read_to_end(&mut req).await.is_ok() {
+                    let _ = s.write_all(&req).await;
+                    let _ = s.shutdown().await;
+                }
+            });
+        }
+    });
+    Ok((addr, task))
+}

@@ -62,24 +62,6 @@ async fn http_backend(at: SocketAddr) -> Result<(SocketAddr, JoinHandle<()>)> {
     Ok((addr, task))
 }
 
-/// TCP backend: reads until the client's FIN, answers with everything it read.
-async fn tcp_backend(at: SocketAddr) -> Result<(SocketAddr, JoinHandle<()>)> {
-    let l = TcpListener::bind(at).await.with_context(|| format!("bind tcp backend {at}"))?;
-    let addr = l.local_addr()?;
-    let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut req = Vec::new();
-                if s.read_to_end(&mut req).await.is_ok() {
-                    let _ = s.write_all(&req).await;
-                    let _ = s.shutdown().await;
-                }
-            });
-        }
-    });
-    Ok((addr, task))
-}
-
 /// HAProxy, killed when dropped.
 struct Haproxy(Child);
 
@@ -153,7 +135,7 @@ async fn haproxy_in_front_names_the_client_with_send_proxy_and_send_proxy_v2() -
     let mut c = Cluster::start(NET, 1, &[])?;
     c.wait_for_leader(ELECTION).await?;
     let (web, _w) = http_backend(SocketAddr::new(ip(181, 1), 0)).await?;
-    let (raw, _r) = tcp_backend(SocketAddr::new(ip(181, 2), 0)).await?;
+    let (raw, _r) = lbfleet_tests::backend::tcp_echo(SocketAddr::new(ip(181, 2), 0)).await?;
     let trusted = "accept_proxy_protocol = { from = [\"127.0.182.0/24\"] }";
     let toml = format!(
         "[[pool]]\nname = \"web\"\n[[pool.backend]]\naddr = \"{web}\"\n[pool.health]\nkind = \"none\"\n\n\

@@ -13,8 +13,11 @@
 //! [`Checkers::reconcile`] starts, stops and retunes the tasks when the committed config changes: a
 //! task is keyed by (pool, backend address) and restarted when the pool's `health` section changes.
 //!
-//! Known limit: HTTP probes speak cleartext HTTP/1.1 only and read nothing past the status line (no
-//! TLS, no body match). A backend that accepts connections and closes them at once passes a TCP
+//! A pool with `[pool.tls]` is probed over TLS (verified like its traffic, see
+//! [`crate::proxy::tls::store`]): a `tcp` check then passes once the TLS handshake does, an `http`
+//! check sends its request over TLS.
+//!
+//! Known limit: HTTP probes speak HTTP/1.1 only and read nothing past the status line (no body match). A backend that accepts connections and closes them at once passes a TCP
 //! check; only an HTTP check sees it.
 
 use std::collections::BTreeMap;
@@ -31,6 +34,8 @@ use tokio::task::JoinHandle;
 use crate::balance::local_check::{LocalState, RiseFall};
 use crate::balance::OutlierTracker;
 use crate::net::connect_tcp;
+use crate::proxy::tls::store::PoolClient;
+use crate::proxy::tls::TlsStore;
 
 /// Probes running at once on one node, over every pool.
 pub const MAX_CONCURRENT_PROBES: usize = 64;
@@ -65,8 +70,42 @@ pub fn parse_status_line(head: &[u8]) -> Option<u16> {
 
 /// One probe of `addr` according to `check`, from `bind_ip`. `Err` says why it failed.
 pub async fn probe(check: &HealthCheck, addr: SocketAddr, bind_ip: IpAddr) -> Result<(), String> {
+    probe_with(check, addr, bind_ip, None).await
+}
+
+/// [`probe`], over TLS when the pool has a usable `[pool.tls]` (`Some(Err)`: it has one that could not
+/// be loaded, which fails the probe).
+pub async fn probe_with(
+    check: &HealthCheck,
+    addr: SocketAddr,
+    bind_ip: IpAddr,
+    tls: Option<PoolClient>,
+) -> Result<(), String> {
     let run = async {
-        let mut stream = connect_tcp(bind_ip, addr).await.map_err(|e| format!("connect: {e}"))?;
+        let stream = connect_tcp(bind_ip, addr).await.map_err(|e| format!("connect: {e}"))?;
+        match tls {
+            None => exchange(check, addr, stream).await,
+            Some(Err(e)) => Err(format!("backend TLS not usable: {e}")),
+            Some(Ok((cfg, name))) => {
+                let s = crate::proxy::tls::connect(cfg, name.as_deref(), addr, stream)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                exchange(check, addr, s).await
+            }
+        }
+    };
+    match tokio::time::timeout(check.timeout, run).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("timed out after {}", humantime::format_duration(check.timeout))),
+    }
+}
+
+/// The part of a probe after the connect: nothing for `tcp`, the request and status line for `http`.
+async fn exchange<S>(check: &HealthCheck, addr: SocketAddr, mut stream: S) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    {
         if check.kind != HealthKind::Http {
             return Ok(());
         }
@@ -94,10 +133,6 @@ pub async fn probe(check: &HealthCheck, addr: SocketAddr, bind_ip: IpAddr) -> Re
         } else {
             Err(format!("status {status} outside {lo}..={hi}"))
         }
-    };
-    match tokio::time::timeout(check.timeout, run).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("timed out after {}", humantime::format_duration(check.timeout))),
     }
 }
 
@@ -114,6 +149,8 @@ pub struct CheckEnv {
     pub permits: Arc<Semaphore>,
     pub tracker: Arc<OutlierTracker>,
     pub events: mpsc::UnboundedSender<Transition>,
+    /// The pools' backend TLS (`[pool.tls]`), looked up for every probe.
+    pub tls: Arc<TlsStore>,
 }
 
 /// Probe `addr` of `pool` forever (until aborted).
@@ -123,7 +160,7 @@ async fn check_loop(pool: String, addr: SocketAddr, check: HealthCheck, env: Che
     tokio::time::sleep(first).await;
     loop {
         let result = match env.permits.acquire().await {
-            Ok(_permit) => probe(&check, addr, env.bind_ip).await,
+            Ok(_permit) => probe_with(&check, addr, env.bind_ip, env.tls.client(&pool)).await,
             Err(_) => return,
         };
         if let Err(e) = &result {
@@ -349,6 +386,7 @@ mod tests {
             permits: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
             tracker: Arc::clone(&tracker),
             events: tx,
+            tls: Default::default(),
         };
         let mut checkers = Checkers::new(env);
         assert!(checkers.reconcile(Some(&config)).is_empty());

@@ -93,6 +93,7 @@ pub async fn run(raft: RaftNode, dataplane: Arc<ProxyContext>, mut stop: Shutdow
         permits: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
         tracker: Arc::clone(&tracker),
         events: events_tx,
+        tls: Arc::clone(&dataplane.tls),
     });
     let mut views: BTreeMap<BackendKey, LocalState> = BTreeMap::new();
     let mut plan = VotePlan::default();

@@ -100,6 +100,7 @@ pub struct DataplaneMetrics {
     rate_limited: Family<RateLabels, Counter>,
     backend_at_limit: Family<BackendLabels, Counter>,
     proxy_protocol_headers: Family<HeaderLabels, Counter>,
+    tls_handshake_failures: Family<ListenerLabels, Counter>,
 }
 
 /// `2xx`, `5xx`, …: the label of a status code's class.
@@ -200,6 +201,11 @@ impl DataplaneMetrics {
         self.proxy_protocol_headers.get_or_create(&labels).inc();
     }
 
+    /// A client TLS handshake on `listener` that failed or timed out, or found no certificate.
+    pub fn tls_handshake_failure(&self, listener: &str) {
+        self.tls_handshake_failures.get_or_create(&ListenerLabels { listener: listener.to_string() }).inc();
+    }
+
     /// Add the counters to `registry` (which shares them: later increments show in its next encoding).
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
@@ -243,6 +249,11 @@ impl DataplaneMetrics {
             "proxy_protocol_headers",
             "PROXY protocol headers read on listeners with accept_proxy_protocol: accepted, or why the connection was closed",
             self.proxy_protocol_headers.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "Client TLS handshakes that failed, timed out, or found no usable certificate, by listener",
+            self.tls_handshake_failures.clone(),
         );
     }
 }

@@ -87,6 +87,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use self::activity::{Activity, IdleIo, TaskGuard, Tasks};
+use self::headers::Scheme;
 use self::upstream::{PoolLimits, Upstreams};
 use super::admission::Admission;
 use super::proxy_protocol::accept::accept_counted;
@@ -146,6 +147,8 @@ pub(crate) struct Shared {
 /// One client connection.
 pub(crate) struct ConnInfo {
     peer: SocketAddr,
+    /// `https` when the listener terminated TLS on it.
+    scheme: Scheme,
     activity: Arc<Activity>,
     idle: Duration,
 }
@@ -263,13 +266,18 @@ async fn serve_conn(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    mut stop: Shutdown,
+    stop: Shutdown,
     _held: (TaskGuard, CapSlot),
 ) {
     // Timeouts as of the accept; if the listener is gone, its requests get 503 "listener removed".
     // Clamped: hyper adds the header timeout to an `Instant`, which a huge one overflows.
-    let (timeouts, limits, accept_proxy) = match shared.ctx.routing.load().listener(&shared.name) {
-        Some(l) => (l.timeouts.clamped(), l.limits.clamped(), l.accept_proxy_protocol.clone()),
+    let (timeouts, limits, accept_proxy, tls) = match shared.ctx.routing.load().listener(&shared.name) {
+        Some(l) => (
+            l.timeouts.clamped(),
+            l.limits.clamped(),
+            l.accept_proxy_protocol.clone(),
+            l.tls.as_ref().map(|t| t.handshake_timeout),
+        ),
         None => Default::default(),
     };
     let mut stream = stream;
@@ -287,9 +295,34 @@ async fn serve_conn(
         }
     }
     let _ = stream.set_nodelay(true);
+    match tls {
+        None => serve_io(stream, peer, Scheme::Http, shared, stop, timeouts, limits).await,
+        Some(handshake) => {
+            let Some(stream) = super::tls::accept(stream, peer, &shared.name, handshake, &shared.ctx).await
+            else {
+                return;
+            };
+            serve_io(stream, peer, Scheme::Https, shared, stop, timeouts, limits).await
+        }
+    }
+}
+
+/// HTTP/1.1 and HTTP/2 on one client connection (cleartext, or TLS the listener terminated; over TLS,
+/// the protocol ALPN chose is the one the client speaks first).
+async fn serve_io<S>(
+    stream: S,
+    peer: SocketAddr,
+    scheme: Scheme,
+    shared: Arc<Shared>,
+    mut stop: Shutdown,
+    timeouts: lbfleet_api::config::Timeouts,
+    limits: lbfleet_api::config::HttpLimits,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::default());
     let io = TokioIo::new(IdleIo::new(stream, Arc::clone(&activity)));
-    let info = Arc::new(ConnInfo { peer, activity: Arc::clone(&activity), idle: timeouts.idle });
+    let info = Arc::new(ConnInfo { peer, scheme, activity: Arc::clone(&activity), idle: timeouts.idle });
     let mut force = shared.force.clone();
     let svc_shared = Arc::clone(&shared);
     let service = service_fn(move |req| {

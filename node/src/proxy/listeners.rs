@@ -228,6 +228,15 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(sock.into())
 }
 
+/// Bring the TLS configs in step with the committed config (and the files it names): before the
+/// snapshot that uses them is swapped in, so a new TLS listener has its certificates when it binds.
+fn refresh_tls(ctx: &ProxyContext, state: &lbfleet_api::state::ClusterState) {
+    match state.config.as_ref() {
+        Some(c) => ctx.tls.refresh(c.listener.iter(), c.pool.iter()),
+        None => ctx.tls.refresh(std::iter::empty(), std::iter::empty()),
+    }
+}
+
 /// Follow the committed model until `stop`: rebuild and swap the routing snapshot, reconcile listeners.
 pub async fn run(
     ctx: Arc<ProxyContext>,
@@ -240,11 +249,14 @@ pub async fn run(
     set.runtime = runtime;
     let mut retry = tokio::time::interval(RETRY_BIND);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut poll_tls = tokio::time::interval(super::tls::POLL_FILES);
+    poll_tls.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut state_changed = true;
     loop {
         if state_changed {
             let a = applied.borrow_and_update().clone();
             let next = Routing::build(&a.state, a.index, &ctx.routing.load());
+            refresh_tls(&ctx, &a.state);
             ctx.routing.store(Arc::new(next));
         }
         let routing = ctx.routing.load_full();
@@ -260,6 +272,10 @@ pub async fn run(
                 state_changed = true;
             }
             _ = retry.tick(), if set.has_failures() => state_changed = false,
+            _ = poll_tls.tick() => {
+                refresh_tls(&ctx, &applied.borrow().state);
+                state_changed = false;
+            }
             _ = stop.wait() => break,
         }
     }

@@ -8,6 +8,8 @@
 //! - [`proxy_protocol`]: PROXY protocol headers: the one a TCP listener may send to backends, and the
 //!   decoder and bounded read of a listener with `accept_proxy_protocol` (the front's header first).
 //! - [`admission`]: a listener's connection caps and rate-limit buckets.
+//! - [`tls`]: TLS termination, passthrough by SNI, TLS towards backends; the certificates of each
+//!   listener, reloaded when the config or their files change.
 //! - [`counters`]: the data-plane counters and scrape-time gauges of `/metrics`.
 //! - `testkit` (tests only): the one kit the proxy tests share; `limits_tests` (tests only): caps,
 //!   per-backend limits and rate limits through the real HTTP and TCP proxies.
@@ -21,6 +23,7 @@ pub mod http;
 pub mod listeners;
 pub mod proxy_protocol;
 pub mod tcp;
+pub mod tls;
 pub mod udp;
 
 #[cfg(test)]
@@ -51,6 +54,8 @@ pub struct ProxyContext {
     pub outlier: Arc<OutlierTracker>,
     /// The data-plane counters shown on `/metrics`.
     pub metrics: Arc<counters::DataplaneMetrics>,
+    /// The TLS configs of the listeners and pools, kept current by [`listeners::run`].
+    pub tls: Arc<tls::TlsStore>,
 }
 
 impl ProxyContext {
@@ -62,6 +67,7 @@ impl ProxyContext {
             routing: Arc::new(arc_swap::ArcSwap::from_pointee(Routing::empty())),
             outlier: Arc::new(OutlierTracker::new()),
             metrics: Default::default(),
+            tls: Default::default(),
         }
     }
 }

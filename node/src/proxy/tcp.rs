@@ -44,8 +44,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use lbfleet_api::config::{SniRoute, TlsMode};
+
 use super::admission::Admission;
 use super::proxy_protocol::{self, accept};
+use super::tls::client_hello::{read_sni, HelloError};
 use super::ProxyContext;
 use crate::accept::{Acceptor, CapSlot};
 use crate::balance::key::l4_key;
@@ -199,6 +202,16 @@ enum Refused {
     AllFailed { tried: usize, last: String },
     #[error(transparent)]
     ProxyProtocol(#[from] accept::Refused),
+    #[error("TLS handshake failed")]
+    Handshake,
+    #[error("passthrough: {0}")]
+    ClientHello(#[from] HelloError),
+}
+
+/// The client side of a proxied connection: the socket, or the TLS the listener terminated on it.
+enum ClientIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
 /// How a proxied connection ended, with the bytes moved each way.
@@ -272,23 +285,53 @@ async fn proxy(
         let a = accept::accept_counted(&mut client, peer, local, &trusted, name, &ctx.metrics).await?;
         (peer, local) = (a.peer, a.local);
     }
+    // TLS first: a terminating listener completes the handshake before a backend is chosen; a
+    // passthrough one reads the ClientHello (kept, to be sent on untouched) and routes by its SNI.
+    let tls = ctx.routing.load().listener(name).and_then(|l| l.tls.clone());
+    let mut prefix = Vec::new();
+    let mut sni_pool = None;
+    let mut client = match tls {
+        Some(t) if t.mode == TlsMode::Terminate => {
+            let s = super::tls::accept(client, peer, name, t.handshake_timeout, ctx).await;
+            ClientIo::Tls(Box::new(s.ok_or(Refused::Handshake)?))
+        }
+        Some(t) => {
+            let read = tokio::time::timeout(t.handshake_timeout, read_sni(&mut client)).await;
+            let (sni, bytes) = match read {
+                Ok(r) => r.inspect_err(|_| ctx.metrics.tls_handshake_failure(name))?,
+                Err(_) => {
+                    ctx.metrics.tls_handshake_failure(name);
+                    return Err(Refused::ClientHello(HelloError::Timeout(t.handshake_timeout)));
+                }
+            };
+            prefix = bytes;
+            let routing = ctx.routing.load();
+            if let (Some(sni), Some(l)) = (sni.as_deref(), routing.listener(name)) {
+                sni_pool = SniRoute::pick(&l.sni_route, sni).map(str::to_string);
+            }
+            debug!(listener = %name, %peer, sni = ?sni, pool = ?sni_pool, "passthrough ClientHello read");
+            ClientIo::Plain(client)
+        }
+        None => ClientIo::Plain(client),
+    };
     // Everything read from the snapshot is copied out before the first await, so a config change during
     // this connection's life never holds an old snapshot alive.
-    let (listener, candidates, max_per_backend) = {
+    let (listener, pool_name, candidates, max_per_backend) = {
         let routing = ctx.routing.load();
         let listener = routing.listener(name).cloned().ok_or(Refused::ListenerRemoved)?;
-        let pool = routing.pool(&listener.pool).ok_or_else(|| Refused::NoPool(listener.pool.clone()))?;
-        let key = match (pool.uses_key(), routing.pool_config(&listener.pool)) {
+        let pool_name = sni_pool.unwrap_or_else(|| listener.pool.clone());
+        let pool = routing.pool(&pool_name).ok_or_else(|| Refused::NoPool(pool_name.clone()))?;
+        let key = match (pool.uses_key(), routing.pool_config(&pool_name)) {
             (true, Some(cfg)) => l4_key(&cfg.hash_key, peer, local.port(), PROTO_TCP),
             (true, None) => hash_ip(peer.ip()),
             (false, _) => 0,
         };
-        let max_per_backend = routing.pool_config(&listener.pool).and_then(|p| p.max_connections_per_backend);
-        let candidates = candidates(ctx, &listener.pool, pool, key, max_per_backend);
-        (listener, candidates, max_per_backend)
+        let max_per_backend = routing.pool_config(&pool_name).and_then(|p| p.max_connections_per_backend);
+        let candidates = candidates(ctx, &pool_name, pool, key, max_per_backend);
+        (listener, pool_name, candidates, max_per_backend)
     };
     if candidates.is_empty() {
-        return Err(Refused::NoBackend(listener.pool.clone()));
+        return Err(Refused::NoBackend(pool_name));
     }
 
     let timeouts = listener.timeouts.clamped();
@@ -297,7 +340,7 @@ async fn proxy(
     let mut connected = None;
     for backend in &candidates {
         let Some(inflight) = backend.try_track(max_per_backend) else {
-            ctx.metrics.backend_at_limit(&listener.pool, backend.addr());
+            ctx.metrics.backend_at_limit(&pool_name, backend.addr());
             last = format!(
                 "backend {} at its connection limit {}",
                 backend.addr(),
@@ -308,16 +351,16 @@ async fn proxy(
         };
         match tokio::time::timeout(connect_timeout, connect_tcp(ctx.bind_ip, backend.addr())).await {
             Ok(Ok(stream)) => {
-                ctx.outlier.record_success(&listener.pool, backend.addr());
-                ctx.metrics.tcp_connection(name, &listener.pool, backend.addr());
+                ctx.outlier.record_success(&pool_name, backend.addr());
+                ctx.metrics.tcp_connection(name, &pool_name, backend.addr());
                 connected = Some((stream, Arc::clone(backend), inflight));
                 break;
             }
             Ok(Err(e)) => last = format!("connect to {}: {e}", backend.addr()),
             Err(_) => last = format!("connect to {}: timed out after {connect_timeout:?}", backend.addr()),
         }
-        ctx.outlier.record_connect_failure(&listener.pool, backend.addr());
-        ctx.metrics.connect_failure(&listener.pool, backend.addr());
+        ctx.outlier.record_connect_failure(&pool_name, backend.addr());
+        ctx.metrics.connect_failure(&pool_name, backend.addr());
         debug!(listener = %name, %peer, backend = %backend.addr(), error = %last, "backend connect failed");
     }
     let Some((mut upstream, backend, _inflight)) = connected else {
@@ -326,7 +369,11 @@ async fn proxy(
     drop(candidates);
 
     // Nagle would delay small writes that the peers already sized themselves.
-    let _ = client.set_nodelay(true);
+    match &client {
+        ClientIo::Plain(c) => c.set_nodelay(true),
+        ClientIo::Tls(c) => c.get_ref().0.set_nodelay(true),
+    }
+    .ok();
     let _ = upstream.set_nodelay(true);
 
     if let Some(version) = proxy_protocol::Version::from_config(listener.proxy_protocol) {
@@ -342,9 +389,24 @@ async fn proxy(
         }
     }
 
+    if !prefix.is_empty() {
+        // Passthrough: the ClientHello read to route, as the client sent it.
+        if let Err(e) = upstream.write_all(&prefix).await {
+            let end = End::Error(e.to_string());
+            return Ok(Outcome { client: peer, backend: backend.addr(), end, to_backend: 0, to_client: 0 });
+        }
+    }
     let idle = timeouts.idle;
     drop(listener);
-    let (end, to_backend, to_client) = splice(&mut client, &mut upstream, idle).await;
+    let (end, to_backend, to_client) = match &mut client {
+        ClientIo::Plain(c) => splice(c, &mut upstream, idle).await,
+        ClientIo::Tls(c) => {
+            let (mut cr, mut cw) = tokio::io::split(c.as_mut());
+            let (mut ur, mut uw) = upstream.split();
+            splice_halves((&mut cr, &mut cw), (&mut ur, &mut uw), idle).await
+        }
+    };
+    let to_backend = to_backend + prefix.len() as u64;
     Ok(Outcome { client: peer, backend: backend.addr(), end, to_backend, to_client })
 }
 
@@ -365,6 +427,22 @@ pub(crate) enum End {
 pub(crate) async fn splice(a: &mut TcpStream, b: &mut TcpStream, idle: Duration) -> (End, u64, u64) {
     let (mut ar, mut aw) = a.split();
     let (mut br, mut bw) = b.split();
+    splice_halves((&mut ar, &mut aw), (&mut br, &mut bw), idle).await
+}
+
+/// [`splice`] over the read and write halves of any two streams.
+async fn splice_halves<AR, AW, BR, BW>(
+    (ar, aw): (&mut AR, &mut AW),
+    (br, bw): (&mut BR, &mut BW),
+    idle: Duration,
+) -> (End, u64, u64)
+where
+    AR: AsyncRead + Unpin,
+    AW: AsyncWrite + Unpin,
+    BR: AsyncRead + Unpin,
+    BW: AsyncWrite + Unpin,
+{
+    let (mut ar, mut aw, mut br, mut bw) = (ar, aw, br, bw);
     let activity = Activity::new();
     let a_to_b = AtomicU64::new(0);
     let b_to_a = AtomicU64::new(0);

@@ -82,6 +82,7 @@ pub(crate) fn context(bind_ip: IpAddr, routing: &SharedRouting) -> Arc<ProxyCont
         routing: Arc::clone(routing),
         outlier: Default::default(),
         metrics: Default::default(),
+        tls: Default::default(),
     })
 }
 

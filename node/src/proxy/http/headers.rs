@@ -109,9 +109,36 @@ pub fn add_via(headers: &mut HeaderMap, version: Version) {
 /// `X-Forwarded-For` (client IP appended), `X-Forwarded-Proto: http`, `X-Forwarded-Host` (the host the
 /// client asked for, replacing any), `Forwarded` (RFC 7239 element appended) and `Via`.
 pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: Option<&str>, version: Version) {
+    add_forwarding_as(headers, client, host, version, Scheme::Http)
+}
+
+/// The scheme the client spoke to the listener: `http`, or `https` when the listener terminated TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// [`add_forwarding`] for a client that spoke `scheme` (`X-Forwarded-Proto` and `Forwarded`'s `proto`).
+pub fn add_forwarding_as(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    host: Option<&str>,
+    version: Version,
+    scheme: Scheme,
+) {
     let client = canonical_ip(client);
     append_list(headers, HeaderName::from_static("x-forwarded-for"), &client.to_string());
-    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
+    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(scheme.as_str()));
     let xfh = HeaderName::from_static("x-forwarded-host");
     match host.and_then(|h| HeaderValue::from_str(h).ok()) {
         Some(v) => {
@@ -121,7 +148,7 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: Option<&str
             headers.remove(xfh);
         }
     }
-    append_list(headers, header::FORWARDED, &forwarded_element(client, host));
+    append_list(headers, header::FORWARDED, &forwarded_element_as(client, host, scheme));
     add_via(headers, version);
 }
 
@@ -137,11 +164,17 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
 /// quoted; a host that is not a token is quoted; a host with bytes a quoted string cannot carry is left
 /// out.
 pub fn forwarded_element(client: IpAddr, host: Option<&str>) -> String {
+    forwarded_element_as(client, host, Scheme::Http)
+}
+
+/// [`forwarded_element`] with `proto=` the client's `scheme`.
+pub fn forwarded_element_as(client: IpAddr, host: Option<&str>, scheme: Scheme) -> String {
     let mut s = match client {
         IpAddr::V4(v4) => format!("for={v4}"),
         IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
     };
-    s.push_str(";proto=http");
+    s.push_str(";proto=");
+    s.push_str(scheme.as_str());
     if let Some(h) = host.filter(|h| !h.is_empty() && h.bytes().all(|b| (0x20..0x7f).contains(&b))) {
         if h.bytes().all(is_tchar) {
             s.push_str(";host=");
@@ -255,6 +288,14 @@ mod tests {
             "for=203.0.113.7, for=10.1.2.3;proto=http;host=\"shop.example:8080\""
         );
         assert_eq!(h.get("via").unwrap(), "1.0 edge, 1.1 lbfleet");
+    }
+
+    #[test]
+    fn forwarding_headers_of_a_tls_client_say_https() {
+        let mut h = HeaderMap::new();
+        add_forwarding_as(&mut h, "10.0.0.9".parse().unwrap(), None, Version::HTTP_2, Scheme::Https);
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+        assert_eq!(h.get("forwarded").unwrap(), "for=10.0.0.9;proto=https");
     }
 
     #[test]

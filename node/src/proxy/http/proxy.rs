@@ -42,9 +42,9 @@ use super::activity::{Activity, TaskGuard};
 use super::body::{BodyFault, Release, ReqBody, RespBody, UpstreamBody};
 use super::guard::{self, Refusal};
 use super::headers::{
-    add_forwarding, add_via, cookie, request_host, requested_upgrade, sticky_set_cookie, strip_hop_by_hop,
+    add_forwarding_as, add_via, cookie, request_host, requested_upgrade, sticky_set_cookie, strip_hop_by_hop,
 };
-use super::upstream::Pooled;
+use super::upstream::{BackendTls, Pooled};
 use super::{ConnInfo, Shared};
 use crate::balance::key::{candidates, request_key, route_index, sticky_backend};
 use crate::balance::{BackendHandle, InFlight};
@@ -225,7 +225,7 @@ async fn respond(
         // One length goes out, whatever the client's line looked like.
         parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
-    add_forwarding(&mut parts.headers, conn.peer.ip(), host.as_deref(), parts.version);
+    add_forwarding_as(&mut parts.headers, conn.peer.ip(), host.as_deref(), parts.version, conn.scheme);
     match host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
         Some(h) => {
             if parts.uri.authority().is_some() || !parts.headers.contains_key(header::HOST) {
@@ -252,7 +252,21 @@ async fn respond(
     let mut pending = Some(Request::from_parts(parts, body));
 
     let timeouts = listener.timeouts.clamped();
+    let backend_tls = match shared.ctx.tls.client(pool_name) {
+        None => None,
+        Some(Ok((config, server_name))) => Some(BackendTls { config, server_name }),
+        Some(Err(e)) => {
+            return text(
+                StatusCode::BAD_GATEWAY,
+                format!("pool \"{pool_name}\": backend TLS is not usable on this node: {e}"),
+                node,
+            );
+        }
+    };
     let mut connect_errors: Vec<String> = Vec::new();
+    // A backend that was reached but failed its TLS handshake (a certificate the pool's CA did not
+    // sign, a wrong name) answers 502, not 503: it is there, and wrong.
+    let mut tls_failed = false;
     let mut at_limit: Vec<Arc<BackendHandle>> = Vec::new();
     let mut idx = 0;
     let mut fresh = false;
@@ -269,10 +283,15 @@ async fn respond(
             fresh = false;
             continue;
         };
-        let mut up = match shared.upstreams.acquire(backend.addr(), timeouts.connect, fresh).await {
+        let acquired = shared
+            .upstreams
+            .acquire_with(backend.addr(), timeouts.connect, fresh, backend_tls.as_ref())
+            .await;
+        let mut up = match acquired {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(backend = %backend.addr(), pool = pool_name, "{e}");
+                tls_failed |= matches!(e, super::upstream::ConnectError::Tls(_));
                 outlier.record_connect_failure(pool_name, backend.addr());
                 shared.ctx.metrics.connect_failure(pool_name, backend.addr());
                 connect_errors.push(format!("{}: {e}", backend.addr()));
@@ -355,7 +374,8 @@ async fn respond(
         connect_errors.extend(at_limit.iter().map(|b| at_limit_text(b, max_per_backend)));
         format!("no backend of pool \"{pool_name}\" could be reached: {}", connect_errors.join("; "))
     };
-    text(StatusCode::SERVICE_UNAVAILABLE, reason, node)
+    let status = if tls_failed { StatusCode::BAD_GATEWAY } else { StatusCode::SERVICE_UNAVAILABLE };
+    text(status, reason, node)
 }
 
 /// The answer to a request whose body failed on the client's side.

@@ -291,6 +291,7 @@ impl Proxy {
             routing: Arc::clone(&routing),
             outlier: Default::default(),
             metrics: Default::default(),
+            tls: Default::default(),
         });
         let (stop, stop_rx) = crate::shutdown::channel();
         let task = tokio::spawn(serve_with("web".into(), listener, Arc::clone(&ctx), stop_rx, opts));

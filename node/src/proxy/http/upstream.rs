@@ -38,10 +38,23 @@ impl Default for PoolLimits {
     }
 }
 
+/// TLS towards the backends of a pool (`[pool.tls]`): the client config (its CA bundle) and the name
+/// sent as SNI and verified (`None`: the backend's IP address).
+#[derive(Debug, Clone)]
+pub struct BackendTls {
+    pub config: std::sync::Arc<rustls::ClientConfig>,
+    pub server_name: Option<String>,
+}
+
+/// Idle connections are kept apart by backend address and by whether they are TLS.
+type Key = (SocketAddr, bool);
+
 /// One HTTP/1.1 connection to a backend.
 #[derive(Debug)]
 pub struct Pooled {
     pub addr: SocketAddr,
+    /// Over TLS (`[pool.tls]`).
+    pub tls: bool,
     pub sender: http1::SendRequest<ReqBody>,
     /// Taken from the pool (it served a request before) rather than connected for this request.
     pub reused: bool,
@@ -62,6 +75,8 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error("HTTP/1.1 handshake failed: {0}")]
     Handshake(hyper::Error),
+    #[error("{0}")]
+    Tls(std::io::Error),
 }
 
 /// Idle connections of one listener, by backend address. New connections leave from `source`, the
@@ -70,7 +85,7 @@ pub enum ConnectError {
 pub struct Upstreams {
     limits: PoolLimits,
     source: IpAddr,
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<HashMap<Key, Vec<Idle>>>,
 }
 
 impl Upstreams {
@@ -82,7 +97,7 @@ impl Upstreams {
         self.limits
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Vec<Idle>>> {
         // A panic while holding this lock cannot leave the map inconsistent (plain pushes and pops).
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -94,22 +109,34 @@ impl Upstreams {
         connect_timeout: Duration,
         fresh: bool,
     ) -> Result<Pooled, ConnectError> {
+        self.acquire_with(addr, connect_timeout, fresh, None).await
+    }
+
+    /// [`Upstreams::acquire`] over TLS when `tls` is given (the handshake counts in the connect timeout).
+    pub async fn acquire_with(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        fresh: bool,
+        tls: Option<&BackendTls>,
+    ) -> Result<Pooled, ConnectError> {
+        let key = (addr, tls.is_some());
         if !fresh {
-            while let Some(mut sender) = self.take_idle(addr) {
+            while let Some(mut sender) = self.take_idle(key) {
                 if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
-                    return Ok(Pooled { addr, sender, reused: true });
+                    return Ok(Pooled { addr, tls: key.1, sender, reused: true });
                 }
             }
         }
-        let sender = connect(self.source, addr, connect_timeout).await?;
-        Ok(Pooled { addr, sender, reused: false })
+        let sender = connect_with(self.source, addr, connect_timeout, tls).await?;
+        Ok(Pooled { addr, tls: key.1, sender, reused: false })
     }
 
     /// The most recently used idle connection to `addr` that is open and not expired. Expired or closed
     /// ones met on the way are dropped.
-    fn take_idle(&self, addr: SocketAddr) -> Option<http1::SendRequest<ReqBody>> {
+    fn take_idle(&self, key: Key) -> Option<http1::SendRequest<ReqBody>> {
         let mut idle = self.lock();
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(&key)?;
         let mut found = None;
         while let Some(c) = list.pop() {
             if !c.sender.is_closed() && c.since.elapsed() < self.limits.idle_timeout {
@@ -118,7 +145,7 @@ impl Upstreams {
             }
         }
         if list.is_empty() {
-            idle.remove(&addr);
+            idle.remove(&key);
         }
         found
     }
@@ -129,7 +156,7 @@ impl Upstreams {
             return;
         }
         let mut idle = self.lock();
-        let list = idle.entry(conn.addr).or_default();
+        let list = idle.entry((conn.addr, conn.tls)).or_default();
         list.push(Idle { sender: conn.sender, since: Instant::now() });
         if list.len() > self.limits.max_idle_per_backend {
             list.remove(0);
@@ -148,7 +175,8 @@ impl Upstreams {
 
     /// Number of idle connections to `addr`.
     pub fn idle_count(&self, addr: SocketAddr) -> usize {
-        self.lock().get(&addr).map_or(0, Vec::len)
+        let idle = self.lock();
+        [false, true].iter().map(|&tls| idle.get(&(addr, tls)).map_or(0, Vec::len)).sum()
     }
 }
 
@@ -159,13 +187,45 @@ pub async fn connect(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<http1::SendRequest<ReqBody>, ConnectError> {
-    let stream = match tokio::time::timeout(timeout, connect_tcp(source, addr)).await {
+    connect_with(source, addr, timeout, None).await
+}
+
+/// [`connect`], over TLS when `tls` is given: the TCP connect and the TLS handshake share `timeout`.
+pub async fn connect_with(
+    source: IpAddr,
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&BackendTls>,
+) -> Result<http1::SendRequest<ReqBody>, ConnectError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let stream = match tokio::time::timeout_at(deadline, connect_tcp(source, addr)).await {
         Ok(r) => r?,
         Err(_) => return Err(ConnectError::Timeout(timeout)),
     };
     let _ = stream.set_nodelay(true);
-    let (sender, conn) =
-        http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(ConnectError::Handshake)?;
+    match tls {
+        None => handshake(TokioIo::new(stream), addr).await,
+        Some(t) => {
+            let name = t.server_name.as_deref();
+            let tls_stream = match tokio::time::timeout_at(
+                deadline,
+                crate::proxy::tls::connect(t.config.clone(), name, addr, stream),
+            )
+            .await
+            {
+                Ok(r) => r.map_err(ConnectError::Tls)?,
+                Err(_) => return Err(ConnectError::Timeout(timeout)),
+            };
+            handshake(TokioIo::new(tls_stream), addr).await
+        }
+    }
+}
+
+async fn handshake<T>(io: T, addr: SocketAddr) -> Result<http1::SendRequest<ReqBody>, ConnectError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(ConnectError::Handshake)?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(backend = %addr, "upstream connection ended: {e}");
