@@ -26,14 +26,7 @@ trap cleanup EXIT
 "$bin/lbctl" local up --nodes 3 --backends 3 --dir "$dir" >/dev/null
 if [ -f "$dir/lbctl.env" ]; then . "$dir/lbctl.env"; fi
 
-# Restart node 1 with one data-plane thread, same arguments otherwise.
-pid=$(cat "$dir/node-1.pid")
-mapfile -d '' args < "/proc/$pid/cmdline"
-kill "$pid"
-wait_for 20 bash -c "! kill -0 $pid"
-"${args[@]}" --dataplane-threads 1 >>"$dir/node-1.bench.log" 2>&1 &
-echo $! > "$dir/node-1.bench.pid"
-wait_for 30 curl -sf http://127.0.0.11:7401/healthz
+restart_node1_single_thread "$dir" 127.0.0.11
 wait_for 30 curl -sf http://127.0.0.11:8080/
 wait_for 30 bash -c "exec 3<>/dev/tcp/127.0.0.11/8081"
 

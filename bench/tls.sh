@@ -40,13 +40,7 @@ cat "$dir/cert.pem" "$dir/key.pem" > "$dir/haproxy.pem"
 
 "$bin/lbctl" local up --nodes 1 --backends 1 --dir "$dir" >/dev/null
 if [ -f "$dir/lbctl.env" ]; then . "$dir/lbctl.env"; fi
-pid=$(cat "$dir/node-1.pid")
-mapfile -d '' args < "/proc/$pid/cmdline"
-kill "$pid"
-wait_for 20 bash -c "! kill -0 $pid"
-"${args[@]}" --dataplane-threads 1 >>"$dir/node-1.bench.log" 2>&1 &
-echo $! > "$dir/node-1.bench.pid"
-wait_for 30 curl -sf "http://$ip:7401/healthz"
+restart_node1_single_thread "$dir" "$ip"
 wait_for 30 "$bin/lbctl" status
 
 cat > "$dir/tls.toml" <<EOF
