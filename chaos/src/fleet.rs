@@ -179,6 +179,7 @@ pub fn spare(dir: &Path, like: &NodeProc, id: u64) -> Result<NodeProc> {
         args,
         exe: like.exe.clone(),
         endpoint: format!("{ip}:{GRPC_PORT}"),
+        service: None,
     })
 }
 

@@ -81,6 +81,9 @@ pub struct Verdict {
     pub cross_check: Option<bool>,
 }
 
+/// Stack of the thread that runs stateright's search (reserved, touched only as deep as it goes).
+const SEARCH_STACK: usize = 1 << 30;
+
 /// Check `ops` (any order) against a register that held `initial` when the run started.
 pub fn check(ops: &[Op], initial: Value) -> Verdict {
     let failed = ops
@@ -102,10 +105,12 @@ pub fn check(ops: &[Op], initial: Value) -> Verdict {
     }
     let owned = ops.to_vec();
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    // stateright's search recurses once per operation of the history: a thread's default 2 MiB
+    // overflow at a few thousand operations (a minute of a debug build's run).
+    let spawned = std::thread::Builder::new().stack_size(SEARCH_STACK).spawn(move || {
         let _ = tx.send(search(&owned, initial));
     });
-    v.cross_check = rx.recv_timeout(CROSS_CHECK_BUDGET).ok();
+    v.cross_check = spawned.ok().and_then(|_| rx.recv_timeout(CROSS_CHECK_BUDGET).ok());
     if v.linearizable && v.cross_check == Some(false) {
         v.linearizable = false;
         v.why = Some("the zone check found no violation, but stateright's search found no order: the checkers disagree".into());

@@ -1,8 +1,9 @@
-//! `lbchaos`: fault runs against a local lbfleet cluster.
+//! `lbchaos`: fault runs against a local lbfleet cluster or a docker compose one.
 //!
 //! Layout:
 //! - [`run`]: `lbchaos run`, a randomized fault run (kills, pauses, restarts, partitions) against a
-//!   cluster it starts itself, with a register workload whose history [`history`] checks for
+//!   cluster it starts itself (local processes or, with [`compose`], containers; [`target`] is how
+//!   faults reach either), with a register workload whose history [`history`] checks for
 //!   linearizability, HTTP traffic ([`traffic`]) and UDP flows ([`udp`]), the fleet faults ([`fleet`]:
 //!   a backend killed, a rolling restart, a node added or removed), a live view ([`view`]) and a report
 //!   ([`report`]).
@@ -35,16 +36,21 @@ use lbfleet_tests::process::{alive, signal};
 use lbfleet_tests::wait_until;
 use rand::seq::IndexedRandom;
 
+mod compose;
 mod fleet;
 mod history;
 mod report;
 mod run;
+mod target;
 mod traffic;
 mod udp;
 mod view;
 
 #[derive(Parser, Debug)]
-#[command(name = "lbchaos", about = "Fault runs and scenarios against a local lbfleet cluster")]
+#[command(
+    name = "lbchaos",
+    about = "Fault runs and scenarios against a local or docker compose lbfleet cluster"
+)]
 struct Cli {
     /// Directory of the cluster (`lbctl local up --dir DIR`); for `run`, where it starts its own.
     #[arg(long, global = true)]
@@ -94,6 +100,8 @@ struct NodeProc {
     args: Vec<String>,
     exe: PathBuf,
     endpoint: String,
+    /// The compose service of a node or backend of `run --target compose` (`None`: a local process).
+    service: Option<String>,
 }
 
 /// The running processes of `DIR/PREFIX*.pid`, with their command lines (`endpoint` left empty).
@@ -108,7 +116,15 @@ fn running(dir: &Path, prefix: &str) -> Result<Vec<NodeProc>> {
             .and_then(|p| u32::try_from(p).ok())
             .ok_or_else(|| anyhow!("{} holds no valid pid", pf.path.display()))?;
         let (exe, args) = cmdline(&pf.name, pid)?;
-        out.push(NodeProc { name: pf.name, pid_file: pf.path, pid, args, exe, endpoint: String::new() });
+        out.push(NodeProc {
+            name: pf.name,
+            pid_file: pf.path,
+            pid,
+            args,
+            exe,
+            endpoint: String::new(),
+            service: None,
+        });
     }
     Ok(out)
 }
@@ -156,7 +172,12 @@ fn creds() -> &'static lbfleet_cli::client::Loaded {
 }
 
 fn load_creds(dir: &Path) -> Result<()> {
-    let tls = lbfleet_cli::ca::CaDir::new(&dir.join("tls"));
+    load_creds_from(&dir.join("tls"))
+}
+
+/// The admin credentials of the CA directory `ca_dir` (`lbctl ca init --dir`).
+fn load_creds_from(ca_dir: &Path) -> Result<()> {
+    let tls = lbfleet_cli::ca::CaDir::new(ca_dir);
     let token = tls.read_token(lbfleet_api::auth::Role::Admin)?;
     let loaded =
         lbfleet_cli::client::Credentials { ca: Some(tls.ca_cert()), token: Some(token), token_file: None }

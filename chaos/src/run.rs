@@ -1,7 +1,12 @@
-//! `lbchaos run --target local`: a randomized fault run against a local cluster it starts itself, with a
-//! register workload whose history is checked for linearizability.
+//! `lbchaos run`: a randomized fault run against a cluster it starts itself, with a register workload
+//! whose history is checked for linearizability.
 //!
-//! 1. `lbctl local up --nodes N` in `--dir` (default: a new directory under the system temp dir).
+//! 1. `--target local`: `lbctl local up --nodes N` in `--dir` (default: a new directory under the
+//!    system temp dir). `--target compose`: `docker/compose-N.yml` ([`crate::compose`]); there faults
+//!    are docker commands and partitions are rules inside the node containers ([`crate::target`]),
+//!    client traffic goes through the front's VIP, and each node fault also measures how long the
+//!    router kept routing to the node (a verdict: [`compose::FRONT_BOUND`]). The membership faults and
+//!    UDP flows are local only.
 //! 2. `--clients` clients write unique values to a register (the `chaos` pool of the config: its one
 //!    backend's address encodes the value) and read it back (linearizable reads; `--stale` makes them
 //!    stale reads, a control run the checker must fail), each through a random node, recording every
@@ -32,7 +37,7 @@
 //! Bounded: the run lasts `--duration` plus the final checks; each client performs at most
 //! [`MAX_OPS_PER_CLIENT`] operations; every wait has a deadline.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,17 +50,19 @@ use lbfleet_api::config::{parse, ClusterConfig, Format};
 use lbfleet_cli::client::Admin;
 use lbfleet_cli::error::EXIT_UNKNOWN;
 use lbfleet_cli::local::plan::DEMO_HTTP_PORT;
-use lbfleet_tests::process::{alive, signal};
+use lbfleet_tests::compose::VIP;
+use lbfleet_tests::process::alive;
 use lbfleet_tests::wait_until;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::fleet;
 use crate::history::{check, Kind, Op, Outcome, Value};
+use crate::target::{Driver, Firewall};
 use crate::traffic::Request;
 use crate::view::NodeRow;
-use crate::{creds, discover, load_creds, restart, NodeProc};
+use crate::{compose, fleet};
+use crate::{creds, discover, load_creds, load_creds_from, restart, NodeProc};
 use crate::{report, traffic, udp, view};
 
 /// Most operations one client performs in a run.
@@ -76,15 +83,37 @@ pub const MIN_ONE_RETRY: f64 = 0.99;
 const RECOVER: Duration = Duration::from_secs(30);
 /// Passive ejection of the run's pools: base and longest (see [`prepare_config`]).
 const OUTLIER_EJECTION: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(4));
-/// The iptables chain the partitions use (created and removed by the run).
-const CHAIN: &str = "LBCHAOS";
+/// The fault kinds of a run without `--faults`, per target.
+const LOCAL_FAULTS: &[FaultKind] = &[
+    FaultKind::Kill,
+    FaultKind::Pause,
+    FaultKind::Partition,
+    FaultKind::Restart,
+    FaultKind::BackendKill,
+    FaultKind::RollingRestart,
+    FaultKind::NodeAdd,
+    FaultKind::NodeRemove,
+];
+const COMPOSE_FAULTS: &[FaultKind] =
+    &[FaultKind::Kill, FaultKind::Pause, FaultKind::Partition, FaultKind::Restart, FaultKind::BackendKill];
+/// The listener and pool a compose run adds for its traffic through the VIP: Maglev over the demo
+/// backends on the request header [`traffic::KEY_HEADER`] (every request comes from the host's one
+/// address, so the source IP cannot be the key).
+const VIP_POOL: &str = "chaos-http";
+const VIP_PORT: u16 = 8090;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Where the cluster runs (`local`: lbnode processes on 127.0.0.1N started with `lbctl local up`).
+    /// Where the cluster runs: `local`, lbnode processes on 127.0.0.1N started with `lbctl local up`;
+    /// `compose`, the containers of `docker/compose-N.yml` (N = 3 or 5; image built with
+    /// docker/build-image.sh), client traffic through the front's VIP.
     #[arg(long, value_enum, default_value_t = Target::Local)]
     pub target: Target,
-    /// Number of nodes (3 to 9).
+    /// With `--target compose`: the compose file, relative to the current directory (default
+    /// `docker/compose-N.yml`).
+    #[arg(long, value_name = "FILE")]
+    pub compose_file: Option<String>,
+    /// Number of nodes (3 to 9; 3 or 5 with `--target compose`).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(3..=9))]
     pub nodes: u8,
     /// How long faults are injected.
@@ -93,13 +122,10 @@ pub struct RunArgs {
     /// Seed of every random choice (faults, victims, clients' nodes and operations).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Fault kinds to draw from, comma-separated.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "kill,pause,partition,restart,backend-kill,rolling-restart,node-add,node-remove"
-    )]
+    /// Fault kinds to draw from, comma-separated. Default: every kind on `local`; kill, pause,
+    /// partition, restart and backend-kill on `compose` (rolling-restart, node-add and node-remove are
+    /// local only).
+    #[arg(long, value_enum, value_delimiter = ',')]
     pub faults: Vec<FaultKind>,
     /// Control run: reads are stale (answered from one node's state); the history check must fail.
     #[arg(long)]
@@ -119,7 +145,7 @@ pub struct RunArgs {
     /// Write a Markdown report here (and its plot as an SVG beside it).
     #[arg(long)]
     pub report: Option<PathBuf>,
-    /// Leave the cluster running at the end (default: `lbctl local down`).
+    /// Leave the cluster running at the end (default: `lbctl local down`, `docker-compose down -v`).
     #[arg(long)]
     pub keep: bool,
 }
@@ -127,6 +153,7 @@ pub struct RunArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Target {
     Local,
+    Compose,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -240,32 +267,88 @@ pub(crate) fn epoch_of(before: u64, after: u64) -> Option<u64> {
     (before == after && before.is_multiple_of(2)).then_some(before)
 }
 
-pub async fn run(args: RunArgs, dir: Option<PathBuf>) -> Result<bool> {
-    let Target::Local = args.target;
+/// What a run drives: how faults reach the cluster, its nodes and backends, and where traffic goes.
+struct Setup {
+    driver: Driver,
+    nodes: Vec<NodeProc>,
+    backends: Vec<NodeProc>,
+    /// The admin token (for the nodes' admin HTTP state).
+    token: String,
+    front: traffic::Front,
+}
+
+/// `fut`, or an error when the run is interrupted (SIGINT, SIGTERM): the caller heals and stops the
+/// cluster all the same.
+async fn interruptible(fut: impl std::future::Future<Output = Result<bool>>) -> Result<bool> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = fut => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+        _ = term.recv() => Err(anyhow!("terminated")),
+    }
+}
+
+pub async fn run(mut args: RunArgs, dir: Option<PathBuf>) -> Result<bool> {
+    if args.faults.is_empty() {
+        args.faults = match args.target {
+            Target::Local => LOCAL_FAULTS,
+            Target::Compose => COMPOSE_FAULTS,
+        }
+        .to_vec();
+    }
     let dir = match dir {
         Some(d) => d,
         None => std::env::temp_dir().join(format!("lbchaos-{}-{}", args.seed, std::process::id())),
     };
+    let partitions = args.faults.contains(&FaultKind::Partition);
+    match args.target {
+        Target::Local => run_local(&args, &dir, partitions).await,
+        Target::Compose => {
+            ensure!(
+                matches!(args.nodes, 3 | 5),
+                "--target compose runs docker/compose-3.yml or docker/compose-5.yml: --nodes 3 or 5"
+            );
+            if let Some(k) = args.faults.iter().find(|k| !COMPOSE_FAULTS.contains(k)) {
+                bail!(
+                    "the fault {k:?} is not available with --target compose (kill, pause, partition, restart and backend-kill are)"
+                );
+            }
+            if args.udp_clients > 0 {
+                println!("no UDP flows with --target compose: UDP through the VIP is not supported yet");
+                args.udp_clients = 0;
+            }
+            run_compose(&args, &dir, partitions).await
+        }
+    }
+}
+
+async fn run_local(args: &RunArgs, dir: &Path, partitions: bool) -> Result<bool> {
     let lbctl = sibling("lbctl")?;
     println!("starting {} nodes in {} (seed {})", args.nodes, dir.display(), args.seed);
     let up = Command::new(&lbctl)
         .args(["local", "up", "--nodes", &args.nodes.to_string(), "--backends", "3", "--dir"])
-        .arg(&dir)
+        .arg(dir)
         .output()
         .context("run lbctl local up")?;
     ensure!(up.status.success(), "lbctl local up failed: {}", String::from_utf8_lossy(&up.stderr).trim());
-    let partitions = args.faults.contains(&FaultKind::Partition);
-    let firewall = if partitions { Some(Firewall::install()?) } else { None };
-    // Interrupted (SIGINT, SIGTERM): heal and stop the cluster all the same.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let outcome = tokio::select! {
-        r = drive(&args, &dir, firewall.as_ref()) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-        _ = term.recv() => Err(anyhow!("terminated")),
-    };
+    let firewall = if partitions { Some(Firewall::host()?) } else { None };
+    let outcome = interruptible(async {
+        let nodes = discover(dir)?;
+        load_creds(dir)?;
+        let setup = Setup {
+            driver: Driver::Local { dir: dir.to_path_buf() },
+            front: traffic::Front::Nodes(node_ips(&nodes)?, DEMO_HTTP_PORT),
+            nodes,
+            backends: fleet::discover_backends(dir)?,
+            token: lbfleet_cli::ca::CaDir::new(&dir.join("tls"))
+                .read_token(lbfleet_api::auth::Role::Admin)?,
+        };
+        drive(args, dir, setup, firewall.as_ref()).await
+    })
+    .await;
     drop(firewall);
     if !args.keep {
-        let down = Command::new(&lbctl).args(["local", "down", "--dir"]).arg(&dir).output();
+        let down = Command::new(&lbctl).args(["local", "down", "--dir"]).arg(dir).output();
         if let Ok(o) = down {
             if !o.status.success() {
                 eprintln!("lbchaos: lbctl local down: {}", String::from_utf8_lossy(&o.stderr).trim());
@@ -275,20 +358,64 @@ pub async fn run(args: RunArgs, dir: Option<PathBuf>) -> Result<bool> {
     outcome
 }
 
-async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Result<bool> {
-    let mut nodes = discover(dir)?;
-    load_creds(dir)?;
+async fn run_compose(args: &RunArgs, dir: &Path, partitions: bool) -> Result<bool> {
+    let file = args.compose_file.clone().unwrap_or_else(|| format!("docker/compose-{}.yml", args.nodes));
+    let root = std::env::current_dir().context("current directory")?;
+    println!("starting {file} as compose project {} (seed {})", compose::PROJECT, args.seed);
+    let mut cluster = compose::Cluster::start(&root, &file, args.nodes.into()).await?;
+    let outcome = interruptible(async {
+        load_creds_from(&cluster.certs)?;
+        let nodes = cluster.nodes()?;
+        cluster.ready(&nodes).await?;
+        println!("the compose cluster leads and serves the demo config; traffic goes to {VIP}:{VIP_PORT}");
+        let ips = node_ips(&nodes)?;
+        let firewall = if partitions {
+            let services = ips.iter().copied().zip(nodes.iter().filter_map(|n| n.service.clone())).collect();
+            Some(Firewall::containers(cluster.compose.clone(), services)?)
+        } else {
+            None
+        };
+        let setup = Setup {
+            driver: Driver::Compose(cluster.compose.clone()),
+            front: traffic::Front::Vip(SocketAddr::new(VIP.parse().context("the VIP")?, VIP_PORT)),
+            nodes,
+            backends: cluster.backends()?,
+            token: lbfleet_cli::ca::CaDir::new(&cluster.certs).read_token(lbfleet_api::auth::Role::Admin)?,
+        };
+        drive(args, dir, setup, firewall.as_ref()).await
+    })
+    .await;
+    cluster.stop(args.keep);
+    outcome
+}
+
+/// The IPv4 addresses of the nodes' endpoints.
+fn node_ips(nodes: &[NodeProc]) -> Result<Vec<Ipv4Addr>> {
+    nodes
+        .iter()
+        .map(|n| n.endpoint.rsplit_once(':').map(|(h, _)| h).unwrap_or("").parse())
+        .collect::<Result<_, _>>()
+        .context("node endpoints must be IPv4 addresses")
+}
+
+async fn drive(args: &RunArgs, dir: &Path, setup: Setup, firewall: Option<&Firewall>) -> Result<bool> {
+    let Setup { driver, mut nodes, mut backends, token, front } = setup;
     let ips: Vec<Ipv4Addr> = nodes
         .iter()
         .map(|n| n.endpoint.rsplit_once(':').map(|(h, _)| h).unwrap_or("").parse())
         .collect::<Result<_, _>>()
         .context("node endpoints must be IPv4 addresses")?;
-    let mut backends = fleet::discover_backends(dir)?;
-    let token = lbfleet_cli::ca::CaDir::new(&dir.join("tls")).read_token(lbfleet_api::auth::Role::Admin)?;
     let first = connect(&nodes[0].endpoint).await?;
     let mut current = first.get_config(false).await.map_err(|e| anyhow!("{e}"))?;
     ensure!(!current.config_json.is_empty(), "the cluster has no config");
-    prepare_config(&first, &current.config_json, &backends, args.udp_clients > 0).await?;
+    let vip_pool = matches!(front, traffic::Front::Vip(_));
+    prepare_config(&first, &current.config_json, &backends, args.udp_clients > 0, vip_pool).await?;
+    if let traffic::Front::Vip(vip) = front {
+        wait_until("the run's listener to answer through the VIP", RECOVER, || async {
+            traffic::probe(vip).await.ok_or_else(|| anyhow!("no 200 from {vip}"))
+        })
+        .await?;
+    }
     if args.udp_clients > 0 {
         udp_ready(&ips).await?;
     }
@@ -322,7 +449,7 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
     let traffic: Vec<_> = (0..args.http_clients)
         .map(|c| {
             let seed = args.seed.wrapping_mul(1000) + 500 + u64::from(c);
-            tokio::spawn(traffic::client(Arc::clone(&shared), ips.clone(), DEMO_HTTP_PORT, seed))
+            tokio::spawn(traffic::client(Arc::clone(&shared), front.clone(), seed))
         })
         .collect();
     let flows: Vec<_> = (1..=args.udp_clients)
@@ -371,13 +498,14 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
         }
         let Some(kind) = bag.pop() else { bail!("--faults is empty") };
         let leader = leader(&nodes).await;
+        let injected = Instant::now();
         let (active, what) = match kind {
             FaultKind::BackendKill => {
                 let i = rng.random_range(0..backends.len());
                 let addr = backends[i].endpoint.clone();
                 let pools = fleet::pools_of(&nodes, &token, &addr).await?;
                 shared.next_epoch();
-                signal(backends[i].pid, libc::SIGKILL);
+                driver.kill(&backends[i])?;
                 (Active::BackendKilled(i, pools), format!("SIGKILL {} ({addr})", backends[i].name))
             }
             FaultKind::RollingRestart | FaultKind::NodeAdd | FaultKind::NodeRemove => {
@@ -397,7 +525,14 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
                 let active = membership(kind, victim, dir, &mut nodes, &shared, &mut fx).await;
                 (active, what)
             }
-            _ => inject(kind, &mut nodes, &ips, leader, &mut rng, firewall)?,
+            _ => inject(kind, &driver, &nodes, &ips, leader, &mut rng, firewall)?,
+        };
+        // On the compose front: how long the router keeps sending new flows to the node.
+        let withdrawal = match (&driver, &active) {
+            (Driver::Compose(c), Active::Killed(i) | Active::Paused(i) | Active::Terminated(i)) => {
+                Some((*i, tokio::spawn(compose::withdrawal(c.clone(), ips[*i], injected))))
+            }
+            _ => None,
         };
         if !matches!(kind, FaultKind::RollingRestart | FaultKind::NodeAdd | FaultKind::NodeRemove) {
             shared.event(format!("fault: {what}"));
@@ -468,11 +603,21 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
         if let Active::Killed(i) = active {
             killed.push(i);
         }
+        if let Some((i, task)) = withdrawal {
+            let took = task.await.unwrap_or(None);
+            match took {
+                Some(t) => {
+                    shared.event(format!("the front stopped routing to {} after {t:.2?}", nodes[i].name))
+                }
+                None => shared.event(format!("the front still routes to {}", nodes[i].name)),
+            }
+            fx.withdrawals.push(took);
+        }
         let committed = committed_version(&nodes).await;
         match active {
             Active::BackendKilled(i, pools) => {
                 shared.next_epoch();
-                restart(dir, &mut backends[i])?;
+                driver.start(&mut backends[i]).await?;
                 let addr = backends[i].endpoint.clone();
                 match fleet::wait_eligible(&nodes, &token, &addr, pools, RECOVER).await {
                     Ok(t) => shared
@@ -512,7 +657,7 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
                     }
                 }
             }
-            other => heal(other, dir, &mut nodes, firewall).await?,
+            other => heal(other, &driver, &mut nodes, firewall).await?,
         }
         let healed = Instant::now();
         shared.event("healed".to_string());
@@ -598,12 +743,17 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
         yes(agreed),
         worst_agree.map(|t| format!("{t:.2?}")).unwrap_or_else(|| "-".into()),
     ));
+    let via = match front {
+        traffic::Front::Vip(vip) => format!("through the VIP {vip} with one retry"),
+        traffic::Front::Nodes(..) => "with one retry on another node".to_string(),
+    };
     verdicts.push(format!(
-        "HTTP requests succeed with one retry on another node: {} ({:.2}% of {}; {:.2}% on the first try, which a node fault costs without a front)",
+        "HTTP requests succeed {via}: {} ({:.2}% of {}; {:.2}% on the first try{})",
         yes(http_ok),
         100.0 * http.one_retry,
         http.requests,
-        100.0 * http.first_try
+        100.0 * http.first_try,
+        if vip_pool { "" } else { ", which a node fault costs without a front" }
     ));
     verdicts.push(format!(
         "one key, one backend, from every node: {}{}",
@@ -663,6 +813,10 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
             fx.membership_failures
         ));
     }
+    let (front_ok, front_text) = front_verdict(&fx.withdrawals, compose::FRONT_BOUND);
+    if !fx.withdrawals.is_empty() {
+        verdicts.push(front_text);
+    }
     verdicts.push(format!(
         "no node died that was not killed: {}",
         if dead.is_empty() { "yes".to_string() } else { format!("no ({})", dead.join(", ")) }
@@ -680,11 +834,12 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
         && udp_sum.split_keys.is_empty()
         && ejected_ok
         && rolled_ok
-        && members_ok;
+        && members_ok
+        && front_ok;
     let eject_worst =
         fx.ejections.iter().flatten().max().map(|t| format!("{t:.2?}")).unwrap_or_else(|| "-".into());
     let summary = format!(
-        "lbchaos: {} seed={} nodes={} faults={} ops={} (writes {writes}, reads {reads}) ok={:.1}% acknowledged_writes={acked_writes} unknown={} lost={} linearizable={} agree_worst={} http={} first_try={:.2}% one_retry={:.2}% split_keys={} udp={} udp_first_try={:.2}% udp_one_retry={:.2}% split_flows={} backend_ejection_worst={eject_worst} rolls={} joins={} membership_failures={} leader_failover_median={} max={} killed={}",
+        "lbchaos: {} seed={} nodes={} faults={} ops={} (writes {writes}, reads {reads}) ok={:.1}% acknowledged_writes={acked_writes} unknown={} lost={} linearizable={} agree_worst={} http={} first_try={:.2}% one_retry={:.2}% split_keys={} udp={} udp_first_try={:.2}% udp_one_retry={:.2}% split_flows={} backend_ejection_worst={eject_worst} front_withdrawal_median={} max={} rolls={} joins={} membership_failures={} leader_failover_median={} max={} killed={}",
         if pass { "PASS" } else { "FAIL" },
         args.seed,
         nodes.len(),
@@ -703,6 +858,8 @@ async fn drive(args: &RunArgs, dir: &Path, firewall: Option<&Firewall>) -> Resul
         100.0 * udp_sum.first_try,
         100.0 * udp_sum.one_retry,
         udp_sum.split_keys.len(),
+        median_of(&fx.withdrawals).map(|d| format!("{d:.2?}")).unwrap_or_else(|| "-".into()),
+        fx.withdrawals.iter().flatten().max().map(|d| format!("{d:.2?}")).unwrap_or_else(|| "-".into()),
         fx.rolls.len(),
         fx.joins.len(),
         fx.membership_failures,
@@ -899,7 +1056,8 @@ async fn leader(nodes: &[NodeProc]) -> Option<(usize, u64)> {
 
 fn inject(
     kind: FaultKind,
-    nodes: &mut [NodeProc],
+    driver: &Driver,
+    nodes: &[NodeProc],
     ips: &[Ipv4Addr],
     leader: Option<(usize, u64)>,
     rng: &mut StdRng,
@@ -919,17 +1077,17 @@ fn inject(
     Ok(match kind {
         FaultKind::Kill => {
             let (i, role) = pick(rng);
-            signal(nodes[i].pid, libc::SIGKILL);
+            driver.kill(&nodes[i])?;
             (Active::Killed(i), format!("SIGKILL {} ({role})", nodes[i].name))
         }
         FaultKind::Pause => {
             let (i, role) = pick(rng);
-            signal(nodes[i].pid, libc::SIGSTOP);
+            driver.pause(&nodes[i])?;
             (Active::Paused(i), format!("SIGSTOP {} ({role})", nodes[i].name))
         }
         FaultKind::Restart => {
             let (i, role) = pick(rng);
-            signal(nodes[i].pid, libc::SIGTERM);
+            driver.terminate(&nodes[i])?;
             (Active::Terminated(i), format!("SIGTERM and restart {} ({role})", nodes[i].name))
         }
         FaultKind::Partition => {
@@ -993,24 +1151,16 @@ fn inject(
     })
 }
 
-async fn heal(active: Active, dir: &Path, nodes: &mut [NodeProc], firewall: Option<&Firewall>) -> Result<()> {
+async fn heal(
+    active: Active,
+    driver: &Driver,
+    nodes: &mut [NodeProc],
+    firewall: Option<&Firewall>,
+) -> Result<()> {
     match active {
-        Active::Killed(i) | Active::Terminated(i) => {
-            let pid = nodes[i].pid;
-            // After SIGTERM the node leaves gracefully: wait for it to be gone before starting it again.
-            let gone = wait_until("the stopped node to exit", Duration::from_secs(20), || async {
-                ensure!(!alive(pid), "pid {pid} still alive");
-                Ok(())
-            })
-            .await;
-            if gone.is_err() {
-                signal(pid, libc::SIGKILL);
-            }
-            restart(dir, &mut nodes[i])?;
-        }
-        Active::Paused(i) => {
-            signal(nodes[i].pid, libc::SIGCONT);
-        }
+        // After SIGTERM the node leaves gracefully: it is started again once it is gone.
+        Active::Killed(i) | Active::Terminated(i) => driver.start(&mut nodes[i]).await?,
+        Active::Paused(i) => driver.resume(&nodes[i])?,
         Active::Cut(_) | Active::Flap(..) => {
             if let Some(fw) = firewall {
                 fw.heal()?;
@@ -1031,6 +1181,9 @@ pub(crate) struct FleetFaults {
     pub not_restored: usize,
     /// Per rolling restart: how long the whole roll took (`None`: a node did not come back).
     pub rolls: Vec<Option<Duration>>,
+    /// Per node fault on the compose front: how long until the router stopped routing new flows to
+    /// the node (`None`: not within the wait).
+    pub withdrawals: Vec<Option<Duration>>,
     /// Membership changes (add, remove, join again) that did not complete.
     pub membership_failures: usize,
     /// How long each join (start, added, promoted) took.
@@ -1048,6 +1201,28 @@ pub(crate) fn ejection_verdict(fx: &FleetFaults, bound: Duration) -> (bool, Stri
         fx.ejections.len(),
         worst.map(|t| format!("{t:.2?}")).unwrap_or_else(|| "-".into()),
         fx.not_restored,
+    );
+    (ok, text)
+}
+
+/// The median of the measured durations (`None` when there are none).
+fn median_of(v: &[Option<Duration>]) -> Option<Duration> {
+    let mut got: Vec<Duration> = v.iter().flatten().copied().collect();
+    got.sort();
+    got.get(got.len() / 2).copied()
+}
+
+/// The front verdict: after every node fault the router stopped routing to the node within `bound`.
+pub(crate) fn front_verdict(withdrawals: &[Option<Duration>], bound: Duration) -> (bool, String) {
+    let worst = withdrawals.iter().flatten().max().copied();
+    let missing = withdrawals.iter().filter(|w| w.is_none()).count();
+    let ok = missing == 0 && worst.is_none_or(|w| w <= bound);
+    let text = format!(
+        "the front stops sending new flows to a killed, paused or stopped node within {bound:?}: {} ({} faults, median {}, worst {}, {missing} never withdrawn)",
+        yes(ok),
+        withdrawals.len(),
+        median_of(withdrawals).map(|t| format!("{t:.2?}")).unwrap_or_else(|| "-".into()),
+        worst.map(|t| format!("{t:.2?}")).unwrap_or_else(|| "-".into()),
     );
     (ok, text)
 }
@@ -1149,8 +1324,27 @@ async fn leave(members: &[NodeProc], n: &NodeProc) -> Result<()> {
 /// The config of the run: every pool's passive ejection shortened to [`OUTLIER_EJECTION`] (so a
 /// restarted backend is routed to again by every node within seconds, not after the default 30 s),
 /// and with `udp`, the pool and listener of the UDP flows ([`udp::config_toml`]) over the demo backends.
-async fn prepare_config(admin: &Admin, config_json: &str, backends: &[NodeProc], udp: bool) -> Result<()> {
+async fn prepare_config(
+    admin: &Admin,
+    config_json: &str,
+    backends: &[NodeProc],
+    udp: bool,
+    vip_pool: bool,
+) -> Result<()> {
     let mut c = parse(config_json, Format::Json).map_err(|e| anyhow!("{e}"))?;
+    if vip_pool && c.pool(VIP_POOL).is_none() {
+        let addrs: Vec<String> = backends.iter().map(|b| format!("addr = \"{}\"", b.endpoint)).collect();
+        let toml = format!(
+            "[[pool]]\nname = \"{VIP_POOL}\"\npolicy = \"maglev\"\nhash_key = \"header:{}\"\n{}\n\
+             [pool.health]\nkind = \"http\"\npath = \"/health\"\ninterval = \"1s\"\ntimeout = \"500ms\"\n\
+             [[listener]]\nname = \"{VIP_POOL}\"\nprotocol = \"http\"\nport = {VIP_PORT}\npool = \"{VIP_POOL}\"\n",
+            traffic::KEY_HEADER,
+            addrs.iter().map(|a| format!("[[pool.backend]]\n{a}")).collect::<Vec<_>>().join("\n"),
+        );
+        let extra = parse(&toml, Format::Toml).map_err(|e| anyhow!("the VIP traffic pool: {e}"))?;
+        c.pool.extend(extra.pool);
+        c.listener.extend(extra.listener);
+    }
     if udp && c.pool(udp::UDP_POOL).is_none() {
         let addrs: Vec<String> = backends.iter().map(|b| b.endpoint.clone()).collect();
         let extra = parse(&udp::config_toml(&addrs), Format::Toml).map_err(|e| anyhow!("UDP pool: {e}"))?;
@@ -1255,58 +1449,21 @@ async fn final_read(nodes: &[NodeProc], shared: &Shared, ops: &mut Vec<Op>) -> R
     Ok((got.version, value.unwrap_or(0)))
 }
 
-/// DROP rules between node addresses, in a chain of their own, removed on drop.
-pub struct Firewall;
-
-impl Firewall {
-    fn iptables(args: &[&str]) -> Result<std::process::Output> {
-        Command::new("iptables").args(args).output().context("run iptables (partitions need it, as root)")
-    }
-
-    pub fn install() -> Result<Firewall> {
-        let _ = Self::iptables(&["-N", CHAIN]);
-        let out = Self::iptables(&["-F", CHAIN])?;
-        ensure!(out.status.success(), "iptables -F {CHAIN}: {}", String::from_utf8_lossy(&out.stderr).trim());
-        if !Self::iptables(&["-C", "INPUT", "-j", CHAIN])?.status.success() {
-            let out = Self::iptables(&["-I", "INPUT", "-j", CHAIN])?;
-            ensure!(
-                out.status.success(),
-                "iptables -I INPUT: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(Firewall)
-    }
-
-    fn cut(&self, from: Ipv4Addr, to: Ipv4Addr) -> Result<()> {
-        let (f, t) = (from.to_string(), to.to_string());
-        let out = Self::iptables(&["-A", CHAIN, "-s", &f, "-d", &t, "-j", "DROP"])?;
-        ensure!(
-            out.status.success(),
-            "iptables cut {f} -> {t}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(())
-    }
-
-    fn heal(&self) -> Result<()> {
-        let out = Self::iptables(&["-F", CHAIN])?;
-        ensure!(out.status.success(), "iptables -F {CHAIN}: {}", String::from_utf8_lossy(&out.stderr).trim());
-        Ok(())
-    }
-}
-
-impl Drop for Firewall {
-    fn drop(&mut self) {
-        let _ = Self::iptables(&["-F", CHAIN]);
-        let _ = Self::iptables(&["-D", "INPUT", "-j", CHAIN]);
-        let _ = Self::iptables(&["-X", CHAIN]);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_front_verdict_fails_past_its_bound_or_without_a_withdrawal() {
+        let ms = Duration::from_millis;
+        let bound = Duration::from_secs(2);
+        let (ok, text) = front_verdict(&[Some(ms(400)), Some(ms(600)), Some(ms(500))], bound);
+        assert!(ok && text.contains("median 500") && text.contains("worst 600"), "{text}");
+        assert!(!front_verdict(&[Some(ms(400)), Some(ms(2100))], bound).0);
+        let (ok, text) = front_verdict(&[Some(ms(400)), None], bound);
+        assert!(!ok && text.contains("1 never withdrawn"), "{text}");
+        assert!(front_verdict(&[], bound).0);
+    }
 
     #[test]
     fn the_ejection_verdict_fails_past_its_bound_or_without_an_ejection() {

@@ -1,6 +1,9 @@
 //! Client traffic through the data plane during a run: HTTP requests to the demo listener of random
 //! nodes, each from one of [`KEYS`] source addresses (the demo pool hashes the source IP, so the source
 //! is the key), on a new connection each, retried once on another node when the first try fails.
+//! Through a front's VIP ([`Front::Vip`], the compose target) every request comes from the host's one
+//! address: the key is the header [`KEY_HEADER`] (the run's pool hashes it), and the retry goes to the
+//! VIP again on a new connection, which the router may hash to another node.
 //!
 //! Every request's result and the backend that answered (`x-backend`) are recorded; the verdicts are
 //! the first-try and one-retry success rates, and that one key got one backend from every node while
@@ -23,8 +26,19 @@ use tokio::net::TcpSocket;
 
 use crate::run::{epoch_of, Shared};
 
-/// Source addresses used as keys: 127.0.2.1 ..= 127.0.2.KEYS.
+/// Source addresses used as keys: 127.0.2.1 ..= 127.0.2.KEYS (or values of [`KEY_HEADER`]).
 pub const KEYS: u8 = 32;
+/// The request header that carries the key through a VIP.
+pub const KEY_HEADER: &str = "x-chaos-key";
+
+/// Where the requests go.
+#[derive(Debug, Clone)]
+pub enum Front {
+    /// A random node's address and the port of its demo listener; the source address is the key.
+    Nodes(Vec<Ipv4Addr>, u16),
+    /// One virtual IP and port in front of every node; the key is a header.
+    Vip(SocketAddr),
+}
 /// Deadline of one request (connect, send, whole answer).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most bytes read of one answer.
@@ -103,13 +117,18 @@ pub fn summarize(reqs: &[Request], stable_only: bool) -> Summary {
     }
 }
 
-/// One HTTP/1.1 GET from `key`'s source address to `target`: the `x-backend` of a 200 answer.
-async fn get(key: u8, target: SocketAddr) -> Option<String> {
+/// One HTTP/1.1 GET for `key` to `target`: the `x-backend` of a 200 answer. The key is the source
+/// address, or with `by_header` the header [`KEY_HEADER`].
+async fn get(key: u8, target: SocketAddr, by_header: bool) -> Option<String> {
     let attempt = async {
         let socket = TcpSocket::new_v4().ok()?;
-        socket.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 2, key)), 0)).ok()?;
+        if !by_header {
+            socket.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 2, key)), 0)).ok()?;
+        }
         let mut stream = socket.connect(target).await.ok()?;
-        stream.write_all(b"GET /chaos HTTP/1.1\r\nHost: chaos\r\nConnection: close\r\n\r\n").await.ok()?;
+        let head =
+            format!("GET /chaos HTTP/1.1\r\nHost: chaos\r\n{KEY_HEADER}: {key}\r\nConnection: close\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.ok()?;
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         loop {
@@ -134,23 +153,41 @@ async fn get(key: u8, target: SocketAddr) -> Option<String> {
     tokio::time::timeout(REQUEST_TIMEOUT, attempt).await.ok().flatten()
 }
 
-/// A traffic client: until the run stops, a request from a random key to a random node's `port`.
-pub async fn client(shared: Arc<Shared>, ips: Vec<Ipv4Addr>, port: u16, seed: u64) {
+/// Whether `vip` answers a request with 200 (the run's listener is up behind the front).
+pub async fn probe(vip: SocketAddr) -> Option<()> {
+    get(1, vip, true).await.map(|_| ())
+}
+
+/// A traffic client: until the run stops, a request from a random key to a random node (or the VIP).
+pub async fn client(shared: Arc<Shared>, front: Front, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     for _ in 0..MAX_REQUESTS_PER_CLIENT {
         if shared.stop.load(Ordering::SeqCst) {
             break;
         }
         let key = rng.random_range(1..=KEYS);
-        let node = rng.random_range(0..ips.len());
         let at_ms = shared.ms();
         let before = shared.backend_epoch();
-        let first = get(key, SocketAddr::new(ips[node].into(), port)).await;
-        let retry = match first {
-            Some(_) => None,
-            None => {
-                let other = (node + 1 + rng.random_range(0..ips.len() - 1)) % ips.len();
-                Some((other, get(key, SocketAddr::new(ips[other].into(), port)).await))
+        let (first, retry) = match &front {
+            Front::Nodes(ips, port) => {
+                let node = rng.random_range(0..ips.len());
+                let first = get(key, SocketAddr::new(ips[node].into(), *port), false).await;
+                let retry = match first {
+                    Some(_) => None,
+                    None => {
+                        let other = (node + 1 + rng.random_range(0..ips.len() - 1)) % ips.len();
+                        Some((other, get(key, SocketAddr::new(ips[other].into(), *port), false).await))
+                    }
+                };
+                (first, retry)
+            }
+            Front::Vip(vip) => {
+                let first = get(key, *vip, true).await;
+                let retry = match first {
+                    Some(_) => None,
+                    None => Some((0, get(key, *vip, true).await)),
+                };
+                (first, retry)
             }
         };
         let epoch = epoch_of(before, shared.backend_epoch());

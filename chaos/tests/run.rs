@@ -3,7 +3,9 @@
 //! run of the fleet faults (a backend killed, a rolling restart, node 4 added, a node removed) with HTTP
 //! traffic and UDP flows; then a control run with stale reads, which the linearizability check must
 //! fail. (The verdicts of the fleet faults fail in unit tests: an ejection past its bound, a key or flow
-//! split within one stable epoch.)
+//! split within one stable epoch, a front that withdraws a node late or never.) Where a Docker engine
+//! answers (and as root), a short run against docker/compose-3.yml with traffic through the front's VIP
+//! and a node killed.
 //!
 //! The runs use the same addresses one after the other (the tests of this file run serially). On
 //! this shared 2-core machine a restarted debug-build node may take longer than the 2 s the verdict
@@ -88,4 +90,43 @@ async fn stale_reads_under_a_partition_fail_the_linearizability_check() {
     let (code, _, last) = run3("25s", "2", "partition", &["--stale"]).await;
     assert_eq!(code, Some(1), "the control run must fail: {last}");
     assert!(last.contains("linearizable=no"), "the checker must catch stale reads: {last}");
+}
+
+/// `lbchaos run --target compose`: docker/compose-3.yml, client traffic through the front's VIP, one
+/// node killed (and a backend), every verdict kept, and the router stops routing to the killed node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compose_run_through_the_vip_keeps_every_verdict() {
+    use lbfleet_tests::compose;
+    // SAFETY: geteuid has no preconditions.
+    if !compose::docker_available() || unsafe { libc::geteuid() } != 0 {
+        println!("NOTICE: no docker engine, no docker-compose or not root; skipping the compose chaos run");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    compose::build_image(compose::profile()).expect("the image builds");
+    let mut cmd = Command::new(bin("lbchaos"));
+    cmd.current_dir(compose::repo_root()).args([
+        "run",
+        "--target",
+        "compose",
+        "--nodes",
+        "3",
+        "--duration",
+        "15s",
+        "--seed",
+        "5",
+        "--faults",
+        "kill,backend-kill",
+        "--agree-within",
+        "5s",
+    ]);
+    let out = output_within(&mut cmd, Duration::from_secs(420)).await.expect("lbchaos within 7 minutes");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    println!("{text}");
+    let last = text.lines().rev().find(|l| l.starts_with("lbchaos:")).unwrap_or("").to_string();
+    assert_eq!(out.status.code(), Some(0), "a verdict failed: {last}");
+    assert!(last.starts_with("lbchaos: PASS") && last.contains("lost=0"), "{last}");
+    assert!(text.contains("fault: SIGKILL node-"), "a node was killed");
+    assert!(text.contains("the front stopped routing to node-"), "the front withdrew the killed node");
+    assert!(!last.contains("front_withdrawal_median=-") && !last.contains(" http=0 "), "{last}");
 }

@@ -32,14 +32,15 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
-/// Run `program args` under `timeout` (coreutils), from the workspace root.
-fn run(program: &str, args: &[&str], timeout: Duration) -> Result<Output> {
+/// Run `program args` under `timeout` (coreutils), from `dir` (the directory compose files are
+/// relative to).
+fn run_in(dir: &Path, program: &str, args: &[&str], timeout: Duration) -> Result<Output> {
     Command::new("timeout")
         .arg("--kill-after=5")
         .arg(format!("{}", timeout.as_secs().max(1)))
         .arg(program)
         .args(args)
-        .current_dir(repo_root())
+        .current_dir(dir)
         .output()
         .with_context(|| format!("run {program} {}", args.join(" ")))
 }
@@ -78,21 +79,33 @@ pub fn profile() -> &'static str {
 /// One compose project of one compose file.
 #[derive(Debug, Clone)]
 pub struct Compose {
-    /// Relative to the workspace root, e.g. `docker/compose-3.yml`.
+    /// Relative to `root`, e.g. `docker/compose-3.yml`.
     pub file: String,
     pub project: String,
+    /// The directory docker commands run in (the workspace root unless [`Compose::in_dir`]).
+    pub root: PathBuf,
 }
 
 impl Compose {
+    /// A project of `file`, relative to the workspace root.
     pub fn new(file: &str, project: &str) -> Compose {
-        Compose { file: file.to_string(), project: project.to_string() }
+        Compose::in_dir(repo_root(), file, project)
+    }
+
+    /// A project of `file`, relative to `root`.
+    pub fn in_dir(root: PathBuf, file: &str, project: &str) -> Compose {
+        Compose { file: file.to_string(), project: project.to_string(), root }
+    }
+
+    fn run(&self, program: &str, args: &[&str], timeout: Duration) -> Result<Output> {
+        run_in(&self.root, program, args, timeout)
     }
 
     /// `docker-compose -f FILE -p PROJECT args…`.
     pub fn compose(&self, args: &[&str], timeout: Duration) -> Result<String> {
         let mut all = vec!["-f", self.file.as_str(), "-p", self.project.as_str()];
         all.extend_from_slice(args);
-        check(&format!("docker-compose {}", args.join(" ")), run("docker-compose", &all, timeout)?)
+        check(&format!("docker-compose {}", args.join(" ")), self.run("docker-compose", &all, timeout)?)
     }
 
     /// Start every service (after removing what a previous run left).
@@ -116,14 +129,43 @@ impl Compose {
         let container = self.container(service);
         let mut all = vec!["exec", container.as_str()];
         all.extend_from_slice(argv);
-        check(&format!("docker exec {container} {}", argv.join(" ")), run("docker", &all, DOCKER_TIMEOUT)?)
+        check(
+            &format!("docker exec {container} {}", argv.join(" ")),
+            self.run("docker", &all, DOCKER_TIMEOUT)?,
+        )
     }
 
     /// `docker VERB CONTAINER` (kill, pause, unpause, stop, start, …).
     pub fn docker(&self, verb: &str, service: &str) -> Result<()> {
         let container = self.container(service);
-        check(&format!("docker {verb} {container}"), run("docker", &[verb, &container], DOCKER_TIMEOUT)?)
+        check(&format!("docker {verb} {container}"), self.run("docker", &[verb, &container], DOCKER_TIMEOUT)?)
             .map(|_| ())
+    }
+
+    /// `docker kill --signal SIGNAL` (e.g. `TERM`): returns at once, unlike [`Compose::stop`].
+    pub fn signal(&self, service: &str, signal: &str) -> Result<()> {
+        let container = self.container(service);
+        let out = self.run("docker", &["kill", "--signal", signal, &container], DOCKER_TIMEOUT)?;
+        check(&format!("docker kill --signal {signal} {container}"), out).map(|_| ())
+    }
+
+    /// The host's pid of the container's main process, `None` when it is not running.
+    pub fn pid(&self, service: &str) -> Result<Option<u32>> {
+        let container = self.container(service);
+        let out = self.run(
+            "docker",
+            &["inspect", "-f", "{{.State.Running}} {{.State.Pid}}", &container],
+            DOCKER_TIMEOUT,
+        )?;
+        let text = check(&format!("docker inspect {container}"), out)?;
+        match text.split_whitespace().collect::<Vec<_>>()[..] {
+            ["true", pid] => {
+                let pid: u32 = pid.parse().with_context(|| format!("pid {pid:?} of {container}"))?;
+                Ok((pid > 0).then_some(pid))
+            }
+            ["false", _] => Ok(None),
+            _ => bail!("docker inspect {container}: unexpected {text:?}"),
+        }
     }
 
     pub fn kill(&self, service: &str) -> Result<()> {
@@ -150,7 +192,7 @@ impl Compose {
     /// The last `lines` lines of a service's log (stdout and stderr).
     pub fn logs(&self, service: &str, lines: usize) -> String {
         let container = self.container(service);
-        match run("docker", &["logs", "--tail", &lines.to_string(), &container], DOCKER_TIMEOUT) {
+        match self.run("docker", &["logs", "--tail", &lines.to_string(), &container], DOCKER_TIMEOUT) {
             Ok(o) => format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
             Err(e) => format!("(no logs: {e:#})"),
         }
