@@ -26,6 +26,27 @@ fn config(backend: &str) -> String {
     )
 }
 
+/// `lbfleet_http_request_duration_seconds` of the listener `web` (its backend `b`, `ok` responses, one
+/// of them held 300 ms by the backend) and of `dead` (one 503 of the proxy itself).
+fn check_durations(text: &str, b: &str, ok: f64) -> Result<()> {
+    let name = "lbfleet_http_request_duration_seconds";
+    ensure!(text.contains(&format!("# TYPE {name} histogram")), "{name} is not a histogram in\n{text}");
+    let web = format!("listener=\"web\",pool=\"web\",backend=\"{b}\"");
+    let count = value(text, &format!("{name}_count{{node=\"1\",{web}}}"));
+    ensure!(count == Some(ok), "{name}_count of {web} should equal its responses ({ok}) in\n{text}");
+    let bucket = |le: &str| value(text, &format!("{name}_bucket{{node=\"1\",le=\"{le}\",{web}}}"));
+    ensure!(bucket("+Inf") == Some(ok), "the +Inf bucket of {web} should hold all {ok} in\n{text}");
+    ensure!(
+        bucket("0.25").is_some_and(|v| v <= ok - 1.0) && bucket("0.5").is_some_and(|v| v >= 1.0),
+        "the 300 ms request of {web} should be counted above 0.25 s in\n{text}"
+    );
+    let sum = value(text, &format!("{name}_sum{{node=\"1\",{web}}}"));
+    ensure!(sum.is_some_and(|s| (0.3..30.0).contains(&s)), "{name}_sum of {web} is {sum:?} in\n{text}");
+    let dead = format!("{name}_count{{node=\"1\",listener=\"dead\",pool=\"dead\",backend=\"\"}}");
+    ensure!(value(text, &dead) == Some(1.0), "{dead} should be 1 in\n{text}");
+    Ok(())
+}
+
 /// The value of the series `series` (name and labels exactly as rendered) in `text`.
 fn value(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
@@ -58,6 +79,9 @@ async fn metrics_count_a_nodes_responses_and_show_its_backends_and_listeners() -
         let (status, _, _) = http_get(&web, "/", &[]).await?;
         ensure!(status == 200, "{web} answered {status}");
     }
+    // One request the backend holds for 300 ms: its duration must land above the 0.25 s bucket.
+    let (status, _, _) = http_get(&web, "/sleep/300", &[]).await?;
+    ensure!(status == 200, "{web}/sleep/300 answered {status}");
     let (status, _, body) = http_get(&dead, "/", &[]).await?;
     ensure!(status == 503, "{dead} answered {status}: {}", String::from_utf8_lossy(&body));
 
@@ -71,7 +95,8 @@ async fn metrics_count_a_nodes_responses_and_show_its_backends_and_listeners() -
         "lbfleet_http_requests_total{node=\"1\",listener=\"dead\",pool=\"dead\",backend=\"\",code_class=\"5xx\"}";
     let failures =
         format!("lbfleet_upstream_connect_failures_total{{node=\"1\",pool=\"dead\",backend=\"{DEAD}\"}}");
-    ensure!(value(&text, &ok).is_some_and(|v| v >= 4.0), "{ok} should be at least 4 in\n{text}");
+    ensure!(value(&text, &ok).is_some_and(|v| v >= 5.0), "{ok} should be at least 5 in\n{text}");
+    check_durations(&text, b, value(&text, &ok).unwrap_or(0.0))?;
     ensure!(value(&text, unavailable) == Some(1.0), "{unavailable} should be 1 in\n{text}");
     ensure!(value(&text, &failures) == Some(1.0), "{failures} should be 1 in\n{text}");
     for (series, want) in [

@@ -148,6 +148,10 @@ mod tests {
         use lbfleet_api::command::Command;
         use lbfleet_api::config::{parse, Format};
         use lbfleet_api::state::ClusterState;
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use crate::proxy::counters::{AddrLabel, Name, RequestLabels};
 
         let config = parse(
             "[[pool]]\nname = \"web\"\npolicy = \"maglev\"\n[[pool.backend]]\naddr = \"127.0.0.1:9001\"\n\
@@ -163,9 +167,14 @@ mod tests {
         let b2: std::net::SocketAddr = "127.0.0.1:9002".parse().unwrap();
         let _busy = routing.pool("web").unwrap().backends().iter().find(|b| b.addr() == b1).unwrap().track();
         let counters = DataplaneMetrics::default();
-        counters.http_response("front", "web", Some(b1), 200);
-        counters.http_response("front", "web", Some(b1), 204);
-        counters.http_response("front", "web", None, 503);
+        let to = |backend| RequestLabels {
+            listener: Name(Arc::from("front")),
+            pool: Some(Name(Arc::from("web"))),
+            backend: AddrLabel(backend),
+        };
+        counters.http_response(&to(Some(b1)), 200, Duration::from_millis(3));
+        counters.http_response(&to(Some(b1)), 204, Duration::from_micros(200));
+        counters.http_response(&to(None), 503, Duration::from_secs(20));
         counters.connect_failure("web", b2);
         counters.tcp_connection("l4", "web", b2);
         counters.udp_flow("dns", "web", b1);
@@ -204,10 +213,17 @@ mod tests {
             "lbfleet_backend_usable{node=\"2\",pool=\"web\",backend=\"127.0.0.1:9001\"} 1",
             "lbfleet_listener_bound{node=\"2\",listener=\"front\"} 1",
             "lbfleet_raft_term{node=\"2\"} 7",
+            "lbfleet_http_request_duration_seconds_count{node=\"2\",listener=\"front\",pool=\"web\",backend=\"127.0.0.1:9001\"} 2",
+            "lbfleet_http_request_duration_seconds_bucket{node=\"2\",le=\"0.0005\",listener=\"front\",pool=\"web\",backend=\"127.0.0.1:9001\"} 1",
+            "lbfleet_http_request_duration_seconds_bucket{node=\"2\",le=\"0.005\",listener=\"front\",pool=\"web\",backend=\"127.0.0.1:9001\"} 2",
+            "lbfleet_http_request_duration_seconds_bucket{node=\"2\",le=\"10.0\",listener=\"front\",pool=\"web\",backend=\"\"} 0",
+            "lbfleet_http_request_duration_seconds_bucket{node=\"2\",le=\"+Inf\",listener=\"front\",pool=\"web\",backend=\"\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }
         assert!(text.contains("# TYPE lbfleet_http_requests counter"), "{text}");
+        assert!(text.contains("# TYPE lbfleet_http_request_duration_seconds histogram"), "{text}");
+        assert!(text.contains("# UNIT lbfleet_http_request_duration_seconds seconds"), "{text}");
         assert_eq!(text.matches("# EOF").count(), 1, "{text}");
     }
 }

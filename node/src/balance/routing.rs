@@ -25,6 +25,8 @@ pub struct Routing {
     config_version: u64,
     pools: HashMap<String, Arc<PoolSelector>>,
     pool_configs: HashMap<String, Arc<Pool>>,
+    /// Each configured pool's name, shared: the `pool` label of the request counters.
+    pool_labels: HashMap<String, Arc<str>>,
     listeners: BTreeMap<String, Arc<Listener>>,
     /// Pools whose selector could not be built, with the reason (not expected for a validated config).
     errors: BTreeMap<String, String>,
@@ -75,6 +77,9 @@ impl Routing {
                     _ => Arc::new(pool.clone()),
                 };
                 next.pool_configs.insert(pool.name.clone(), pc);
+                let label =
+                    prev.pool_labels.get(&pool.name).cloned().unwrap_or_else(|| Arc::from(&*pool.name));
+                next.pool_labels.insert(pool.name.clone(), label);
             }
             for l in &config.listener {
                 let arc = match prev.listeners.get(&l.name) {
@@ -94,6 +99,11 @@ impl Routing {
 
     pub fn pool_config(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pool_configs.get(name)
+    }
+
+    /// `name`, shared, for a label: the snapshot's copy when `name` is a configured pool (no allocation).
+    pub fn pool_label(&self, name: &str) -> Arc<str> {
+        self.pool_labels.get(name).cloned().unwrap_or_else(|| Arc::from(name))
     }
 
     pub fn listener(&self, name: &str) -> Option<&Arc<Listener>> {

@@ -16,16 +16,25 @@
 //! backend (no pool, no usable backend, a refused request, a redirect) has `backend=""`, and `pool=""`
 //! when no pool was chosen either.
 //!
-//! Known limits: each HTTP response builds its label set (three small strings) to look its counter up
-//! (UDP drop counters are looked up once per listener); counter series of backends and listeners that
-//! left the config stay until the process restarts.
+//! Each HTTP response is counted and its duration observed (`lbfleet_http_request_duration_seconds`,
+//! from the request head received to the response head handed to the client connection) under one
+//! [`RequestLabels`]: shared names (`Arc<str>`, resolved once per listener and per routing snapshot) and
+//! the backend's address, written out only at scrape time, so a request allocates nothing for its labels.
+//!
+//! Known limits: the other counters build their label set (a few small strings) to look it up (UDP drop
+//! counters are looked up once per listener); series of backends and listeners that left the config
+//! stay until the process restarts.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::listeners::ListenerStatus;
@@ -33,12 +42,69 @@ use super::Routing;
 use crate::balance::OutlierTracker;
 use lbfleet_api::view::BackendView;
 
+/// A backend's address as a label value (empty for `None`), formatted only when encoded.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct AddrLabel(pub Option<SocketAddr>);
+
+impl EncodeLabelValue for AddrLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        match self.0 {
+            Some(addr) => write!(encoder, "{addr}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A shared name (listener, pool) as a label value: cloning it copies a pointer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Name(pub Arc<str>);
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+/// Where one HTTP request went: its listener, pool (`None`: none chosen) and backend (`None`: the
+/// proxy answered by itself). Cloning it copies two pointers and an address.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub listener: Name,
+    pub pool: Option<Name>,
+    pub backend: AddrLabel,
+}
+
+/// [`RequestLabels`] and the status class.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    pub listener: String,
-    pub pool: String,
-    pub backend: String,
+    pub listener: Name,
+    pub pool: Option<Name>,
+    pub backend: AddrLabel,
     pub code_class: &'static str,
+}
+
+/// Upper bounds (seconds) of `lbfleet_http_request_duration_seconds`' buckets: 0.5 ms to 10 s.
+pub const DURATION_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Builds each series' histogram with [`DURATION_BUCKETS`].
+#[derive(Clone, Debug, Default)]
+pub struct DurationHistogram;
+
+impl MetricConstructor<Histogram> for DurationHistogram {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(DURATION_BUCKETS)
+    }
+}
+
+/// The request durations, one histogram per [`RequestLabels`].
+#[derive(Clone, Debug)]
+struct Durations(Family<RequestLabels, Histogram, DurationHistogram>);
+
+impl Default for Durations {
+    fn default() -> Self {
+        Durations(Family::new_with_constructor(DurationHistogram))
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -91,6 +157,7 @@ pub struct ListenerLabels {
 #[derive(Debug, Default)]
 pub struct DataplaneMetrics {
     http_requests: Family<HttpLabels, Counter>,
+    http_durations: Durations,
     connect_failures: Family<BackendLabels, Counter>,
     tcp_connections: Family<FlowLabels, Counter>,
     udp_flows: Family<FlowLabels, Counter>,
@@ -115,17 +182,14 @@ pub fn code_class(status: u16) -> &'static str {
     }
 }
 
-fn addr_label(addr: Option<SocketAddr>) -> String {
-    addr.map(|a| a.to_string()).unwrap_or_default()
-}
-
 impl DataplaneMetrics {
-    /// One HTTP response sent by `listener`; `backend` is `None` when the proxy answered by itself.
-    pub fn http_response(&self, listener: &str, pool: &str, backend: Option<SocketAddr>, status: u16) {
+    /// One HTTP response with `status`, sent `elapsed` after its request head was received.
+    pub fn http_response(&self, request: &RequestLabels, status: u16, elapsed: Duration) {
+        self.http_durations.0.get_or_create(request).observe(elapsed.as_secs_f64());
         let labels = HttpLabels {
-            listener: listener.to_string(),
-            pool: pool.to_string(),
-            backend: addr_label(backend),
+            listener: request.listener.clone(),
+            pool: request.pool.clone(),
+            backend: request.backend,
             code_class: code_class(status),
         };
         self.http_requests.get_or_create(&labels).inc();
@@ -212,6 +276,13 @@ impl DataplaneMetrics {
             "http_requests",
             "HTTP responses sent, by listener, pool, backend (empty: answered by the proxy) and status class",
             self.http_requests.clone(),
+        );
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time from an HTTP request's head received to its response head sent (handed to the client \
+             connection), by listener, pool and backend (empty: answered by the proxy)",
+            prometheus_client::registry::Unit::Seconds,
+            self.http_durations.0.clone(),
         );
         registry.register(
             "upstream_connect_failures",

@@ -90,6 +90,7 @@ use self::activity::{Activity, IdleIo, TaskGuard, Tasks};
 use self::headers::Scheme;
 use self::upstream::{PoolLimits, Upstreams};
 use super::admission::Admission;
+use super::counters::{AddrLabel, Name, RequestLabels};
 use super::proxy_protocol::accept::accept_counted;
 use super::ProxyContext;
 use crate::accept::{Acceptor, CapSlot, OverCap};
@@ -130,6 +131,8 @@ impl Default for Options {
 /// What every connection and request of a listener shares.
 pub(crate) struct Shared {
     name: String,
+    /// `name`, shared: the `listener` label of the request counters.
+    label: Arc<str>,
     ctx: Arc<ProxyContext>,
     /// The listener's address: the `Host` given to backends for an HTTP/1.0 request without one.
     local_host: Option<HeaderValue>,
@@ -174,6 +177,7 @@ pub async fn serve_with(
     let node_header = HeaderValue::from(ctx.node_id);
     let shared = Arc::new(Shared {
         name: name.clone(),
+        label: Arc::from(&*name),
         ctx,
         local_host: listener.local_addr().ok().and_then(|a| HeaderValue::from_str(&a.to_string()).ok()),
         upstreams: Arc::clone(&upstreams),
@@ -243,11 +247,14 @@ fn refuse_conn(stream: TcpStream, peer: SocketAddr, over: OverCap, shared: &Arc<
         let _held = (permit, guard);
         let reason = format!("listener \"{}\": {over}; try again later", shared.name);
         let svc_shared = Arc::clone(&shared);
+        let labels =
+            RequestLabels { listener: Name(Arc::clone(&shared.label)), pool: None, backend: AddrLabel(None) };
         let service = service_fn(move |_req| {
+            let started = std::time::Instant::now();
             let mut resp =
                 proxy::text(hyper::StatusCode::SERVICE_UNAVAILABLE, reason.clone(), &svc_shared.node_header);
             resp.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
-            svc_shared.ctx.metrics.http_response(&svc_shared.name, "", None, 503);
+            svc_shared.ctx.metrics.http_response(&labels, 503, started.elapsed());
             std::future::ready(Ok::<_, Infallible>(resp))
         });
         let _ = stream.set_nodelay(true);

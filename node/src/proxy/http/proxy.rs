@@ -28,7 +28,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -48,16 +48,24 @@ use super::upstream::{BackendTls, Pooled};
 use super::{ConnInfo, Shared};
 use crate::balance::key::{candidates, request_key, route_index, sticky_backend};
 use crate::balance::{BackendHandle, InFlight};
+use crate::proxy::counters::{AddrLabel, Name, RequestLabels};
 use crate::shutdown::Shutdown;
 
 /// Most backend attempts per request (connect failures and retries together).
 pub const MAX_ATTEMPTS: usize = 3;
 
-/// Answer a request of a client connection, and count the answer.
+/// Answer a request of a client connection, and count the answer and its duration (from here, where
+/// the request head has been received, to the response head handed back to the connection).
 pub(crate) async fn handle(req: Request<Incoming>, conn: &ConnInfo, shared: &Shared) -> Response<RespBody> {
+    let started = Instant::now();
     let mut seen = Seen::default();
     let resp = respond(req, conn, shared, &mut seen).await;
-    shared.ctx.metrics.http_response(&shared.name, &seen.pool, seen.backend, resp.status().as_u16());
+    let labels = RequestLabels {
+        listener: Name(Arc::clone(&shared.label)),
+        pool: seen.pool,
+        backend: AddrLabel(seen.backend),
+    };
+    shared.ctx.metrics.http_response(&labels, resp.status().as_u16(), started.elapsed());
     if let Some(reason) = seen.refused {
         shared.ctx.metrics.http_refused(&shared.name, reason);
     }
@@ -67,8 +75,8 @@ pub(crate) async fn handle(req: Request<Incoming>, conn: &ConnInfo, shared: &Sha
 /// Which pool and backend a request went to, for the counters.
 #[derive(Default)]
 struct Seen {
-    /// Empty until a pool is chosen.
-    pool: String,
+    /// `None` until a pool is chosen.
+    pool: Option<Name>,
     /// The backend that answered, or whose failure (502, 504) the proxy answered for.
     backend: Option<SocketAddr>,
     /// Why the proxy refused the request, if it did (the `reason` of `lbfleet_http_refused_total`).
@@ -125,7 +133,7 @@ async fn respond(
         }
     }
     let pool_name = route.map_or(listener.pool.as_str(), |i| listener.route[i].pool.as_str());
-    seen.pool.push_str(pool_name);
+    seen.pool = Some(Name(routing.pool_label(pool_name)));
     let Some(selector) = routing.pool(pool_name).cloned() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, format!("unknown pool \"{pool_name}\""), node);
     };
