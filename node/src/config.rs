@@ -51,6 +51,8 @@ pub const HEARTBEAT_MS_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000;
 pub const MAX_ELECTION_MS: u64 = 60_000;
 /// Accepted `snapshot_logs`.
 pub const SNAPSHOT_LOGS_RANGE: std::ops::RangeInclusive<u64> = 1..=1_000_000;
+/// Default `write_timeout_ms`.
+pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 5_000;
 /// Accepted `write_timeout_ms`.
 pub const WRITE_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 1..=300_000;
 /// Accepted `dataplane_threads`.
@@ -71,6 +73,9 @@ pub const HOOK_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
 #[derive(Debug, Clone, Default, Parser)]
 #[command(name = "lbnode", version, about = "lbfleet node: Raft member, data plane and admin API")]
 pub struct Cli {
+    /// Print a complete node.toml (every field, its default, what it means and its bounds) and exit.
+    #[arg(long)]
+    pub print_default_config: bool,
     /// TOML file with the same fields as the flags (snake_case); flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -497,7 +502,8 @@ impl NodeConfig {
             bad("snapshot_logs", out_of_range(raft.snapshot_logs, &SNAPSHOT_LOGS_RANGE));
         }
 
-        let write_timeout_ms = cli.write_timeout_ms.or(file.write_timeout_ms).unwrap_or(5000);
+        let write_timeout_ms =
+            cli.write_timeout_ms.or(file.write_timeout_ms).unwrap_or(DEFAULT_WRITE_TIMEOUT_MS);
         if !WRITE_TIMEOUT_MS_RANGE.contains(&write_timeout_ms) {
             bad("write_timeout_ms", out_of_range(write_timeout_ms, &WRITE_TIMEOUT_MS_RANGE));
         }
@@ -840,6 +846,8 @@ pub fn split_host_port(addr: &str) -> Result<(&str, u16), String> {
     }
     Ok((host, port))
 }
+
+pub mod reference;
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
 //! `lbnode`: one member of an lbfleet cluster.
 //!
+//! `lbnode --print-default-config` prints a complete node.toml with every default and exits.
 //! Reads its [`NodeConfig`] from flags and an optional TOML file, starts the node (Raft, gRPC admin
 //! and Raft service, admin HTTP) and runs until SIGTERM or SIGINT, then shuts down gracefully and
 //! exits 0. A bad config exits 2 with every bad field named; a failure at start or while running
@@ -20,6 +21,10 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.print_default_config {
+        print!("{}", lbfleet_node::config::reference::default_config_toml());
+        return ExitCode::SUCCESS;
+    }
     let config = match NodeConfig::load(&cli) {
         Ok(c) => c,
         Err(e) => {

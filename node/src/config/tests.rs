@@ -401,3 +401,78 @@ fn bad_front_fields_are_refused_one_problem_each() {
         assert!(p[0].message.contains(words), "{flags:?}: {}", p[0].message);
     }
 }
+
+/// The required fields only (id and the TLS files, as the printed file sets them): everything else
+/// takes its built-in default.
+fn built_in_defaults() -> NodeConfig {
+    let required = "id = 1\nca_file = \"/etc/lbfleet/ca.pem\"\ncert_file = \"/etc/lbfleet/node-1.pem\"\n\
+                    key_file = \"/etc/lbfleet/node-1.key\"\n";
+    NodeConfig::resolve(file(required), &Cli::default()).expect("required fields resolve")
+}
+
+#[test]
+fn the_printed_default_config_is_a_valid_node_toml_holding_the_defaults() {
+    let text = reference::default_config_toml();
+    let parsed = NodeConfig::resolve(file(&text), &Cli::default()).expect("printed config resolves");
+    assert_eq!(parsed, built_in_defaults());
+}
+
+#[test]
+fn the_printed_default_config_names_every_field() {
+    // Uncomment the example lines: then every field of the file is set, and the result still resolves.
+    let text: String = reference::default_config_toml()
+        .lines()
+        .map(|l| {
+            let rest = l.strip_prefix("# ").unwrap_or(l);
+            let is_field = rest.starts_with("[hooks.")
+                || rest.split_once(" = ").is_some_and(|(k, _)| {
+                    !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                });
+            if is_field {
+                format!("{rest}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let full = file(&text);
+    let shown = format!("{full:?}");
+    assert!(!shown.contains("None"), "a field of the file is missing from the printed config: {shown}");
+    assert_eq!(full.hooks.len(), 1, "{shown}");
+    let resolved = NodeConfig::resolve(full, &Cli::default()).expect("every field set resolves");
+    assert_eq!(resolved.hooks.names(), BTreeSet::from(["add-web".to_string()]));
+    assert_eq!(resolved.peers.len(), 3);
+    assert!(resolved.front.speaker.is_some());
+}
+
+#[test]
+fn the_printed_bounds_are_the_enforced_ones() {
+    let text = reference::default_config_toml();
+    let range = |lo: u64, hi: u64| format!("{lo}..={hi}");
+    for bound in [
+        range(*HEARTBEAT_MS_RANGE.start(), *HEARTBEAT_MS_RANGE.end()),
+        range(*SNAPSHOT_LOGS_RANGE.start(), *SNAPSHOT_LOGS_RANGE.end()),
+        range(*WRITE_TIMEOUT_MS_RANGE.start(), *WRITE_TIMEOUT_MS_RANGE.end()),
+        range(*WITHDRAW_GRACE_MS_RANGE.start(), *WITHDRAW_GRACE_MS_RANGE.end()),
+        format!("{}..={}", DATAPLANE_THREADS_RANGE.start(), DATAPLANE_THREADS_RANGE.end()),
+        format!("at most {MAX_ELECTION_MS}"),
+        format!("1..={MAX_CONNECTIONS_CAP}"),
+    ] {
+        assert!(text.contains(&bound), "bound {bound:?} not stated:\n{text}");
+    }
+    // One past each printed bound is refused by the validator.
+    for (field, value) in [
+        ("heartbeat_ms", HEARTBEAT_MS_RANGE.end() + 1),
+        ("snapshot_logs", SNAPSHOT_LOGS_RANGE.end() + 1),
+        ("write_timeout_ms", WRITE_TIMEOUT_MS_RANGE.end() + 1),
+        ("bgp_withdraw_grace_ms", WITHDRAW_GRACE_MS_RANGE.end() + 1),
+    ] {
+        let text = reference::default_config_toml().replacen(
+            &format!("\n{field} = "),
+            &format!("\n{field} = {value}\n# was "),
+            1,
+        );
+        let err = NodeConfig::resolve(file(&text), &Cli::default()).expect_err(field);
+        assert!(problems(err).iter().any(|p| p.field == field), "{field} = {value} accepted");
+    }
+}
