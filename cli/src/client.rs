@@ -183,8 +183,19 @@ impl Admin {
         format: &str,
         body: String,
     ) -> Result<pb::ApplyConfigResponse, CliError> {
-        let req = self.req(pb::ApplyConfigRequest { format: format.to_string(), body });
+        let req = self.req(pb::ApplyConfigRequest { format: format.to_string(), body, dry_run: false });
         self.call(Effect::Write, |mut c| async move { c.apply_config(req).await }).await
+    }
+
+    /// Validate a config as an apply would and read the committed one; nothing is proposed (a read:
+    /// nothing can have changed when its answer is lost).
+    pub async fn dry_run_config(
+        &self,
+        format: &str,
+        body: String,
+    ) -> Result<pb::ApplyConfigResponse, CliError> {
+        let req = self.req(pb::ApplyConfigRequest { format: format.to_string(), body, dry_run: true });
+        self.call(Effect::Read, |mut c| async move { c.apply_config(req).await }).await
     }
 
     pub async fn get_config(&self, stale: bool) -> Result<pb::GetConfigResponse, CliError> {

@@ -254,7 +254,7 @@ fn main() {
     );
     message(
         "pb ApplyConfigRequest",
-        pb::ApplyConfigRequest { format: "toml".into(), body: CONFIG.into() }.encode_to_vec(),
+        pb::ApplyConfigRequest { format: "toml".into(), body: CONFIG.into(), dry_run: false }.encode_to_vec(),
     );
     message(
         "pb LoadReport",

@@ -79,7 +79,11 @@ async fn three_nodes_elect_replicate_and_survive_the_leader_being_killed() {
     let started = Instant::now();
     let applied = admin(&c, follower)
         .await
-        .apply_config(pb::ApplyConfigRequest { format: "toml".into(), body: WEB_CONFIG.into() })
+        .apply_config(pb::ApplyConfigRequest {
+            format: "toml".into(),
+            body: WEB_CONFIG.into(),
+            dry_run: false,
+        })
         .await
         .expect("apply through a follower")
         .into_inner();
@@ -121,7 +125,7 @@ async fn three_nodes_elect_replicate_and_survive_the_leader_being_killed() {
     let bad = "[[pool]]\nname = \"web\"\npolicy = \"fastest\"\n[[pool.backend]]\naddr = \"10.0.0.1:99999\"\n";
     let err = admin(&c, follower)
         .await
-        .apply_config(pb::ApplyConfigRequest { format: "toml".into(), body: bad.into() })
+        .apply_config(pb::ApplyConfigRequest { format: "toml".into(), body: bad.into(), dry_run: false })
         .await
         .expect_err("bad config");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -269,6 +273,7 @@ async fn three_nodes_elect_replicate_and_survive_the_leader_being_killed() {
         .apply_config(pb::ApplyConfigRequest {
             format: "toml".into(),
             body: WEB_CONFIG.replace("weight = 2", "weight = 3"),
+            dry_run: false,
         })
         .await
         .expect("write with two of three")
@@ -302,14 +307,22 @@ async fn a_node_added_later_catches_up_from_a_snapshot_and_members_can_be_remove
     // A node that is in no cluster says so instead of hanging.
     let err = admin(&c, 4)
         .await
-        .apply_config(pb::ApplyConfigRequest { format: "toml".into(), body: WEB_CONFIG.into() })
+        .apply_config(pb::ApplyConfigRequest {
+            format: "toml".into(),
+            body: WEB_CONFIG.into(),
+            dry_run: false,
+        })
         .await
         .expect_err("node 4 is not a member");
     assert_eq!(err.code(), tonic::Code::Unavailable);
     assert!(err.message().contains("not a member of a cluster yet"), "{}", err.message());
 
     client
-        .apply_config(pb::ApplyConfigRequest { format: "toml".into(), body: WEB_CONFIG.into() })
+        .apply_config(pb::ApplyConfigRequest {
+            format: "toml".into(),
+            body: WEB_CONFIG.into(),
+            dry_run: false,
+        })
         .await
         .expect("apply");
     let mut last_index = 0;
@@ -405,6 +418,7 @@ async fn a_node_added_later_catches_up_from_a_snapshot_and_members_can_be_remove
         .apply_config(pb::ApplyConfigRequest {
             format: "toml".into(),
             body: WEB_CONFIG.replace("weight = 2", "weight = 5"),
+            dry_run: false,
         })
         .await
         .expect("write after removing the old leader")

@@ -29,7 +29,11 @@ async fn commit_latencies(addr: &str, n: usize, base: u32) -> Result<Vec<Duratio
         let body = marked_config(base + i as u32);
         let t = Instant::now();
         client
-            .apply_config(lbfleet_tests::pb::ApplyConfigRequest { format: "toml".into(), body })
+            .apply_config(lbfleet_tests::pb::ApplyConfigRequest {
+                format: "toml".into(),
+                body,
+                dry_run: false,
+            })
             .await
             .map_err(|e| anyhow!("write {i} failed: {e}"))?;
         out.push(t.elapsed());

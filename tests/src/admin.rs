@@ -91,7 +91,7 @@ pub async fn status(addr: &str) -> Result<pb::StatusResponse> {
 
 pub async fn apply_toml(addr: &str, toml: &str) -> Result<pb::ApplyConfigResponse, tonic::Status> {
     let mut c = connect(addr).await.map_err(|e| tonic::Status::unavailable(format!("{e:#}")))?;
-    c.apply_config(pb::ApplyConfigRequest { format: "toml".into(), body: toml.into() })
+    c.apply_config(pb::ApplyConfigRequest { format: "toml".into(), body: toml.into(), dry_run: false })
         .await
         .map(|r| r.into_inner())
 }

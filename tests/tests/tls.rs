@@ -353,7 +353,11 @@ async fn terminate_picks_by_sni_speaks_h2_rotates_and_keeps_keys_secret() -> Res
     }
     let mut client = admin::connect(&grpc).await?;
     let refused = client
-        .apply_config(lbfleet_tests::pb::ApplyConfigRequest { format: "json".into(), body: shown.clone() })
+        .apply_config(lbfleet_tests::pb::ApplyConfigRequest {
+            format: "json".into(),
+            body: shown.clone(),
+            dry_run: false,
+        })
         .await
         .expect_err("the redacted config was accepted");
     ensure!(refused.message().contains("give the key itself"), "{}", refused.message());

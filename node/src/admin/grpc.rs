@@ -381,9 +381,25 @@ impl Admin for AdminService {
         // Hooks are named in the replicated config but defined in each node's local config: one this
         // node does not define is refused before anything is proposed (and so nothing can run).
         check_hooks(&config, self.id(), &self.cluster.hooks.names()).map_err(|e| invalid(e.to_string()))?;
+        if req.dry_run {
+            // Everything above is what a real apply checks; the state machine refuses no config. The
+            // committed config is read linearizably, as `get config` does, so the answer compares
+            // against what the next apply would replace.
+            self.read_linearizable().await?;
+            let model = self.cluster.raft.model();
+            return Ok(Response::new(pb::ApplyConfigResponse {
+                version: model.config_version + 1,
+                log_index: self.cluster.raft.applied_index(),
+                dry_run: true,
+                config_json: config.to_json(),
+                current_json: model.config.as_ref().map(|c| c.to_json()).unwrap_or_default(),
+                current_version: model.config_version,
+                answered_by: self.id(),
+            }));
+        }
         let version = |p: Proposed| match p.result {
             CommandResult::ConfigApplied { version } => {
-                Ok(pb::ApplyConfigResponse { version, log_index: p.log_index })
+                Ok(pb::ApplyConfigResponse { version, log_index: p.log_index, ..Default::default() })
             }
             CommandResult::Rejected { errors } => Err(rejected(&errors)),
             other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
