@@ -22,6 +22,7 @@ Exit codes:
   4   missing or refused credentials (no CA, no token, a token without the role the command needs)
   5   outcome unknown: a write was sent but its answer never came (timed out, connection lost, not
       committed in time); it may have been applied: check before repeating it
+  10  `config diff` only: the file differs from the committed config (0: no difference)
   64  invalid command line
 
 Credentials: `. DIR/lbctl.env` (written by `lbctl local up --dir DIR`) sets LBCTL_ENDPOINT, LBCTL_CA and
@@ -80,10 +81,18 @@ pub enum Command {
     Watch,
     /// The replicated event log: leader decisions (standbys, nodes marked down, hooks) and health changes.
     Events(EventsArgs),
+    /// What applying a config file would change against the committed config.
+    Config(ConfigArgs),
+    /// Live per-backend traffic from every node: requests/s, errors/s, in flight, state.
+    Top(TopArgs),
     /// Run a development cluster on this machine (127.0.0.11, 127.0.0.12, ...).
     Local(LocalArgs),
     /// The cluster's certificate authority: node certificates and operator tokens.
     Ca(CaArgs),
+    /// Print a shell completion script (e.g. `lbctl completions bash > /etc/bash_completion.d/lbctl`).
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff), or write one page per command into --dir.
+    Man(ManArgs),
     /// Run one demo HTTP backend (used by `local up` and the docker demo).
     #[command(hide = true)]
     DemoBackend(DemoBackendArgs),
@@ -141,6 +150,61 @@ pub struct ApplyArgs {
     /// Format of the file; by default from its extension (.json is JSON, anything else TOML).
     #[arg(long, value_enum)]
     pub format: Option<ConfigFormat>,
+    /// Validate the file on the node asked exactly as an apply would, and show what would change
+    /// against the committed config; nothing is proposed or changed.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub action: ConfigAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Pools, backends, listeners and routes that applying FILE would add, remove or change, field by
+    /// field (the node asked validates FILE as `apply` would). Exit 0: no difference, 10: differences.
+    Diff(ConfigDiffArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigDiffArgs {
+    /// Config file; `-` reads standard input.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Format of the file; by default from its extension (.json is JSON, anything else TOML).
+    #[arg(long, value_enum)]
+    pub format: Option<ConfigFormat>,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Time between two refreshes (rates are per second over this interval).
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Print one view (rates over one interval) and exit.
+    #[arg(long, conflicts_with = "iterations")]
+    pub once: bool,
+    /// Print N views and exit (default: until Ctrl-C).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub iterations: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write lbctl.1 and one page per subcommand (lbctl-status.1, ...) into DIR instead of printing
+    /// lbctl.1.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -174,8 +238,25 @@ pub struct GetArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum GetWhat {
-    /// The cluster config (TOML, or JSON with --json).
-    Config(StaleArg),
+    /// The cluster config (TOML, or JSON with --json or --format json).
+    Config(GetConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GetConfigArgs {
+    /// Answer from the asked node's applied state instead of a linearizable read through the leader.
+    #[arg(long)]
+    pub stale: bool,
+    /// Output format (default: TOML, or JSON with --json).
+    #[arg(long, value_enum)]
+    pub format: Option<ConfigFormat>,
+}
+
+impl GetConfigArgs {
+    /// The format to print: `--format`, else JSON with `--json`, else TOML.
+    pub fn output_format(&self, json: bool) -> ConfigFormat {
+        self.format.unwrap_or(if json { ConfigFormat::Json } else { ConfigFormat::Toml })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -243,6 +324,9 @@ pub struct EventsArgs {
     /// Answer from the asked node's applied state instead of a linearizable read through the leader.
     #[arg(long)]
     pub stale: bool,
+    /// After the events so far, keep printing new ones as they are committed, until Ctrl-C.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
 }
 
 #[derive(Debug, Args)]
@@ -317,6 +401,15 @@ pub struct DemoBackendArgs {
     /// Also answer UDP on the same address: each datagram comes back prefixed with `NAME\n`.
     #[arg(long)]
     pub udp: bool,
+}
+
+/// A refresh interval of `top`: 100ms to 1h.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("\"{s}\": {e}"))?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!("\"{s}\" is outside 100ms..=1h"));
+    }
+    Ok(d)
 }
 
 /// `HOST:PORT` with a non-empty host and a port in 1..=65535. Brackets allowed for IPv6.
@@ -415,8 +508,18 @@ mod tests {
         let cli = parse(&["get", "config", "--stale"]).unwrap();
         assert!(matches!(
             cli.command,
-            Command::Get(GetArgs { what: GetWhat::Config(StaleArg { stale: true }) })
+            Command::Get(GetArgs { what: GetWhat::Config(GetConfigArgs { stale: true, format: None }) })
         ));
+        let cli = parse(&["get", "config", "--format", "json"]).unwrap();
+        let Command::Get(GetArgs { what: GetWhat::Config(g) }) = cli.command else { panic!("not get") };
+        assert_eq!(g.output_format(false), ConfigFormat::Json);
+        let cli = parse(&["get", "config", "--json", "--format", "toml"]).unwrap();
+        let Command::Get(GetArgs { what: GetWhat::Config(g) }) = cli.command else { panic!("not get") };
+        assert_eq!(g.output_format(cli.json), ConfigFormat::Toml, "--format wins over --json");
+        let cli = parse(&["get", "config", "--json"]).unwrap();
+        let Command::Get(GetArgs { what: GetWhat::Config(g) }) = cli.command else { panic!("not get") };
+        assert_eq!(g.output_format(cli.json), ConfigFormat::Json);
+        assert!(parse(&["get", "config", "--format", "yaml"]).is_err());
         let cli = parse(&["backends"]).unwrap();
         assert!(matches!(cli.command, Command::Backends(StaleArg { stale: false })));
         assert!(parse(&["get"]).is_err());
@@ -465,7 +568,38 @@ mod tests {
         let cli = parse(&["events", "--since", "12", "--limit", "5", "--stale", "--json"]).unwrap();
         let Command::Events(e) = cli.command else { panic!("not events") };
         assert_eq!((e.since, e.limit, e.stale, cli.json), (12, 5, true, true));
+        assert!(!e.follow);
+        let cli = parse(&["events", "--follow"]).unwrap();
+        let Command::Events(e) = cli.command else { panic!("not events") };
+        assert!(e.follow);
         assert!(parse(&["events", "--limit", "-1"]).is_err());
+    }
+
+    #[test]
+    fn new_operator_commands() {
+        let cli = parse(&["apply", "-f", "c.toml", "--dry-run"]).unwrap();
+        let Command::Apply(a) = cli.command else { panic!("not apply") };
+        assert!(a.dry_run);
+        let cli = parse(&["config", "diff", "-f", "c.json", "--json"]).unwrap();
+        let Command::Config(ConfigArgs { action: ConfigAction::Diff(d) }) = cli.command else {
+            panic!("not config diff")
+        };
+        assert_eq!(ConfigFormat::resolve(d.format, &d.file), ConfigFormat::Json);
+        assert!(parse(&["config", "diff"]).is_err(), "diff needs -f");
+        let cli = parse(&["top", "--iterations", "3", "--interval", "250ms"]).unwrap();
+        let Command::Top(t) = cli.command else { panic!("not top") };
+        assert_eq!((t.iterations, t.interval, t.once), (Some(3), Duration::from_millis(250), false));
+        assert!(parse(&["top", "--once", "--iterations", "2"]).is_err());
+        assert!(parse(&["top", "--iterations", "0"]).is_err());
+        assert!(parse(&["top", "--interval", "1ms"]).is_err());
+        let cli = parse(&["completions", "zsh"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Completions(CompletionsArgs { shell: clap_complete::Shell::Zsh })
+        ));
+        assert!(parse(&["completions", "tcsh"]).is_err());
+        let cli = parse(&["man", "--dir", "/tmp/m"]).unwrap();
+        assert!(matches!(cli.command, Command::Man(ManArgs { dir: Some(_) })));
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub struct Global {
 }
 
 impl Global {
-    async fn connect(&self) -> Result<Admin, CliError> {
+    pub(crate) async fn connect(&self) -> Result<Admin, CliError> {
         Admin::connect(&self.endpoint, self.timeout, &self.credentials.load()?).await
     }
 }
@@ -49,6 +49,23 @@ pub async fn status(g: &Global) -> Result<(), CliError> {
 pub async fn apply(g: &Global, a: &args::ApplyArgs) -> Result<(), CliError> {
     let format = ConfigFormat::resolve(a.format, &a.file);
     let body = read_config(&a.file)?;
+    if a.dry_run {
+        let (r, changes) = dry_run(g, format, body).await?;
+        return if g.json {
+            print(&output::to_json_pretty(&output::DiffJson::new(&r, changes)))
+        } else {
+            print(&format!(
+                "dry run: node {} validated the config; nothing was applied
+                 the committed config is version {} (applied index {}); applying would make version {}
+{}",
+                r.answered_by,
+                r.current_version,
+                r.log_index,
+                r.version,
+                crate::diff::diff_text(&changes)
+            ))
+        };
+    }
     let r = g.connect().await?.apply_config(format.as_str(), body).await?;
     if g.json {
         print(&output::to_json_pretty(&serde_json::json!({
@@ -58,6 +75,53 @@ pub async fn apply(g: &Global, a: &args::ApplyArgs) -> Result<(), CliError> {
     } else {
         print(&format!("config version {} applied (log index {})\n", r.version, r.log_index))
     }
+}
+
+/// Validate `body` on the node as an apply would (nothing is proposed) and diff it against the committed
+/// config the node read.
+async fn dry_run(
+    g: &Global,
+    format: ConfigFormat,
+    body: String,
+) -> Result<(pb::ApplyConfigResponse, Vec<crate::diff::Change>), CliError> {
+    let r = g.connect().await?.dry_run_config(format.as_str(), body).await?;
+    let garbled = |what: &str, e: serde_json::Error| {
+        CliError::Local(anyhow::anyhow!("lbnode at {}: the {what} it sent cannot be read: {e}", g.endpoint))
+    };
+    if !r.dry_run {
+        return Err(CliError::Local(anyhow::anyhow!(
+            "lbnode at {} does not know dry runs (an older release?); nothing was applied, \
+             but check with `lbctl get config`",
+            g.endpoint
+        )));
+    }
+    let new: serde_json::Value = serde_json::from_str(&r.config_json).map_err(|e| garbled("config", e))?;
+    let old: Option<serde_json::Value> = if r.current_json.trim().is_empty() {
+        None
+    } else {
+        Some(serde_json::from_str(&r.current_json).map_err(|e| garbled("committed config", e))?)
+    };
+    let changes = crate::diff::diff(old.as_ref(), &new);
+    Ok((r, changes))
+}
+
+/// `config diff -f FILE`: the changes, and [`crate::error::EXIT_DIFFERENT`] when there are any.
+pub async fn config_diff(g: &Global, d: &args::ConfigDiffArgs) -> Result<i32, CliError> {
+    let format = ConfigFormat::resolve(d.format, &d.file);
+    let (r, changes) = dry_run(g, format, read_config(&d.file)?).await?;
+    let code = if changes.is_empty() { crate::error::EXIT_OK } else { crate::error::EXIT_DIFFERENT };
+    if g.json {
+        print(&output::to_json_pretty(&output::DiffJson::new(&r, changes)))?;
+    } else {
+        print(&format!(
+            "# committed config version {} (applied index {}) -> {}\n{}",
+            r.current_version,
+            r.log_index,
+            d.file.display(),
+            crate::diff::diff_text(&changes)
+        ))?;
+    }
+    Ok(code)
 }
 
 fn read_config(file: &Path) -> Result<String, CliError> {
@@ -70,14 +134,13 @@ fn read_config(file: &Path) -> Result<String, CliError> {
         .with_context(|| format!("cannot read config file \"{}\"", file.display()))?)
 }
 
-pub async fn get_config(g: &Global, stale: bool) -> Result<(), CliError> {
-    let r = g.connect().await?.get_config(stale).await?;
+pub async fn get_config(g: &Global, a: &args::GetConfigArgs) -> Result<(), CliError> {
+    let r = g.connect().await?.get_config(a.stale).await?;
     let cfg = output::decode_config(&r.config_json)
         .map_err(|e| CliError::Local(anyhow::anyhow!("lbnode at {}: {e}", g.endpoint)))?;
-    if g.json {
-        print(&output::config_json(cfg.as_ref()))
-    } else {
-        print(&output::config_toml(&r, cfg.as_ref()))
+    match a.output_format(g.json) {
+        ConfigFormat::Json => print(&output::config_json(cfg.as_ref())),
+        ConfigFormat::Toml => print(&output::config_toml(&r, cfg.as_ref())),
     }
 }
 
@@ -270,29 +333,69 @@ async fn drain_progress(
     Ok(p)
 }
 
+/// How often `events --follow` asks for new events.
+const EVENTS_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub async fn events(g: &Global, e: &args::EventsArgs) -> Result<(), CliError> {
-    let r = g
-        .connect()
-        .await?
-        .events(pb::EventsRequest { since_index: e.since, limit: e.limit, stale: e.stale })
-        .await?;
-    if g.json {
-        print(&output::to_json_pretty(&output::EventsJson::from(&r)))
-    } else {
-        print(&output::events_text(&r))
+    let admin = g.connect().await?;
+    let r = admin.events(pb::EventsRequest { since_index: e.since, limit: e.limit, stale: e.stale }).await?;
+    if !e.follow {
+        return if g.json {
+            print(&output::to_json_pretty(&output::EventsJson::from(&r)))
+        } else {
+            print(&output::events_text(&r))
+        };
+    }
+    // Follow: one line per event, the ones so far first, then each new one as it is committed.
+    let mut stop = Stop::new()?;
+    if !g.json {
+        print(&output::event_header())?;
+    }
+    let mut since = e.since;
+    let mut batch = r;
+    loop {
+        for ev in &batch.events {
+            let view = lbfleet_api::view::EventView::from(ev);
+            let line = if g.json { output::to_json_line(&view) } else { output::event_line(&view) };
+            print(&(line + "\n"))?;
+            since = since.max(ev.index);
+        }
+        tokio::select! {
+            _ = stop.wait() => return Ok(()),
+            _ = tokio::time::sleep(EVENTS_POLL) => {}
+        }
+        batch = admin.events(pb::EventsRequest { since_index: since, limit: 0, stale: e.stale }).await?;
+    }
+}
+
+/// Ctrl-C or SIGTERM: the end of a command that runs until interrupted (exit 0).
+pub(crate) struct Stop {
+    sigterm: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    pub(crate) fn new() -> Result<Stop, CliError> {
+        let sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot install the SIGTERM handler")?;
+        Ok(Stop { sigterm })
+    }
+
+    pub(crate) async fn wait(&mut self) {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = self.sigterm.recv() => {}
+        }
     }
 }
 
 /// Stream events until Ctrl-C or SIGTERM (exit 0) or until the stream breaks (an error).
 pub async fn watch(g: &Global) -> Result<(), CliError> {
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install the SIGTERM handler")?;
+    let mut stop = Stop::new()?;
     let admin = g.connect().await?;
     let mut stream = admin.watch().await?;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = sigterm.recv() => return Ok(()),
+            _ = stop.wait() => return Ok(()),
             msg = stream.message() => match msg {
                 Ok(Some(ev)) => {
                     let line = if g.json {
@@ -311,5 +414,43 @@ pub async fn watch(g: &Global) -> Result<(), CliError> {
                 Err(status) => return Err(CliError::of_call(&g.endpoint, &status, Effect::Read)),
             },
         }
+    }
+}
+
+/// `completions SHELL`: the script on standard output (with --json: `{"shell", "script"}`).
+pub fn completions(g: &Global, shell: clap_complete::Shell) -> Result<(), CliError> {
+    let mut cmd = <args::Cli as clap::CommandFactory>::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "lbctl", &mut script);
+    let script = String::from_utf8_lossy(&script).into_owned();
+    if g.json {
+        print(&output::to_json_pretty(&serde_json::json!({ "shell": shell.to_string(), "script": script })))
+    } else {
+        print(&script)
+    }
+}
+
+/// `man`: lbctl.1 on standard output, or every page into `dir` (with --json: the files written).
+pub fn man(g: &Global, dir: Option<&Path>) -> Result<(), CliError> {
+    let cmd = <args::Cli as clap::CommandFactory>::command();
+    let Some(dir) = dir else {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut page).context("cannot render the manual page")?;
+        return print(&String::from_utf8_lossy(&page));
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    clap_mangen::generate_to(cmd, dir)
+        .with_context(|| format!("cannot write the manual pages into {}", dir.display()))?;
+    let mut pages: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("lbctl") && n.ends_with(".1"))
+        .collect();
+    pages.sort();
+    if g.json {
+        print(&output::to_json_pretty(&serde_json::json!({ "dir": dir, "pages": pages })))
+    } else {
+        print(&format!("{} manual pages in {}: {}\n", pages.len(), dir.display(), pages.join(" ")))
     }
 }

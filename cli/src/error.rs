@@ -28,6 +28,9 @@ pub const EXIT_UNAVAILABLE: i32 = 3;
 pub const EXIT_AUTH: i32 = 4;
 /// Exit code: a write whose outcome is unknown: it was sent, and may have been applied.
 pub const EXIT_UNKNOWN: i32 = 5;
+/// Exit code of `config diff` when the file differs from the committed config (`git diff --exit-code`
+/// uses 1, which lbctl gives to failures).
+pub const EXIT_DIFFERENT: i32 = 10;
 /// Exit code: invalid command line (sysexits `EX_USAGE`).
 pub const EXIT_USAGE: i32 = 64;
 

@@ -7,8 +7,11 @@
 //! - [`client`]: one connection to an lbnode's Admin gRPC service, every call bounded by `--timeout`.
 //! - [`error`]: classification of failures into messages and exit codes (unreachable 2, unavailable 3, ...).
 //! - [`output`]: tables for people and the stable JSON shapes for scripts, pure.
-//! - [`commands`]: the admin commands (`status`, `apply`, `get config`, `backends`, `nodes`, `drain`
-//!   (with `--wait`: fleet-wide in-flight count until zero), `undrain`, `watch`, `events`).
+//! - [`commands`]: the admin commands (`status`, `apply` (with `--dry-run`), `config diff`, `get config`,
+//!   `backends`, `nodes`, `drain` (with `--wait`: fleet-wide in-flight count until zero), `undrain`,
+//!   `watch`, `events` (with `--follow`)), `completions` and `man`.
+//! - [`diff`]: the structural difference of two configs (`config diff`, `apply --dry-run`), pure.
+//! - [`top`]: `top`, per-backend rates from every node's `/metrics`.
 //! - [`local`]: `local up` / `local down`, processes on 127.0.0.1N with pid files and logs in a directory.
 //! - [`demo_backend`]: the HTTP/1.1 + h2c demo backend (`lbctl demo-backend`).
 //! - [`probe`]: small HTTP/TCP readiness probes.
@@ -21,16 +24,18 @@ pub mod ca;
 pub mod client;
 pub mod commands;
 pub mod demo_backend;
+pub mod diff;
 pub mod error;
 pub mod local;
 pub mod output;
 pub mod probe;
+pub mod top;
 
-use args::{CaAction, Cli, Command, GetWhat, LocalAction};
+use args::{CaAction, Cli, Command, ConfigAction, GetWhat, LocalAction};
 use error::CliError;
 
-/// Run one parsed command line to completion.
-pub async fn run(cli: Cli) -> Result<(), CliError> {
+/// Run one parsed command line to completion; the exit code of a success (0, or `config diff`'s 10).
+pub async fn run(cli: Cli) -> Result<i32, CliError> {
     let timeout = cli.timeout.unwrap_or(args::DEFAULT_TIMEOUT);
     let g = commands::Global {
         endpoint: cli.endpoint.clone(),
@@ -42,11 +47,17 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             token_file: cli.token_file.clone(),
         },
     };
-    match &cli.command {
+    let done = match &cli.command {
+        Command::Config(c) => match &c.action {
+            ConfigAction::Diff(d) => return commands::config_diff(&g, d).await,
+        },
+        Command::Top(t) => top::run(&g, t).await,
+        Command::Completions(c) => commands::completions(&g, c.shell),
+        Command::Man(m) => commands::man(&g, m.dir.as_deref()),
         Command::Status => commands::status(&g).await,
         Command::Apply(a) => commands::apply(&g, a).await,
         Command::Get(get) => match &get.what {
-            GetWhat::Config(s) => commands::get_config(&g, s.stale).await,
+            GetWhat::Config(a) => commands::get_config(&g, a).await,
         },
         Command::Backends(s) => commands::backends(&g, s.stale).await,
         Command::Nodes(n) => commands::nodes(&g, n.action.as_ref()).await,
@@ -104,5 +115,6 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 .await
                 .map_err(CliError::Local)
         }
-    }
+    };
+    done.map(|()| error::EXIT_OK)
 }

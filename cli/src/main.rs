@@ -34,7 +34,7 @@ fn main() {
     // Do not wait for background tasks (a lingering connection) on the way out.
     runtime.shutdown_background();
     match result {
-        Ok(()) => std::process::exit(EXIT_OK),
+        Ok(code) => std::process::exit(code),
         Err(e) => std::process::exit(report(&e, json)),
     }
 }

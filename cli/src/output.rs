@@ -238,6 +238,54 @@ pub fn events_text(r: &pb::EventsResponse) -> String {
     table(&["TIME", "INDEX", "TERM/LEADER", "WHAT", "WHY"], &rows)
 }
 
+/// Column header of `events --follow` (its lines cannot be aligned to events not seen yet).
+pub fn event_header() -> String {
+    format!("{:<24}  {:<6}  {:<11}  WHAT  (WHY)\n", "TIME", "INDEX", "TERM/LEADER")
+}
+
+/// One line of `events --follow`.
+pub fn event_line(e: &EventView) -> String {
+    let term_leader = match e.leader {
+        Some(l) => format!("{}/{l}", e.term),
+        None => "-".to_string(),
+    };
+    let time = e.time.as_deref().unwrap_or("-");
+    let why = if e.why.is_empty() { String::new() } else { format!("  ({})", e.why) };
+    format!("{time:<24}  {:<6}  {term_leader:<11}  {}{why}", e.index, e.what)
+}
+
+/// `apply --dry-run --json` and `config diff --json`.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct DiffJson {
+    /// Always true: the node validated the file as an apply would (a refusal is an error instead).
+    pub valid: bool,
+    /// The node that validated it and read the committed config.
+    pub answered_by: u64,
+    /// Version of the committed config (0: none applied yet).
+    pub current_version: u64,
+    /// The version applying the file would make.
+    pub version: u64,
+    /// Applied index at which the committed config was read.
+    pub applied_index: u64,
+    /// Whether applying would change anything.
+    pub changed: bool,
+    pub changes: Vec<crate::diff::Change>,
+}
+
+impl DiffJson {
+    pub fn new(r: &pb::ApplyConfigResponse, changes: Vec<crate::diff::Change>) -> DiffJson {
+        DiffJson {
+            valid: true,
+            answered_by: r.answered_by,
+            current_version: r.current_version,
+            version: r.version,
+            applied_index: r.log_index,
+            changed: !changes.is_empty(),
+            changes,
+        }
+    }
+}
+
 /// The fleet-wide picture of one draining backend at one poll of `drain --wait`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DrainProgress {
@@ -597,6 +645,25 @@ mod tests {
         assert_eq!(v["events"][0]["leader"], 2);
         assert!(v["events"][1]["leader"].is_null() && v["events"][1]["time"].is_null());
         assert_eq!(events_text(&pb::EventsResponse::default()), "no events\n");
+    }
+
+    #[test]
+    fn follow_lines() {
+        let e = EventView::from(&pb::EventRecord {
+            index: 7,
+            at_ms: 1_700_000_000_123,
+            leader: Some(2),
+            term: 3,
+            what: "node 3 marked down".into(),
+            why: "no answer".into(),
+        });
+        assert_eq!(
+            event_line(&e),
+            "2023-11-14T22:13:20.123Z  7       3/2          node 3 marked down  (no answer)"
+        );
+        assert!(event_header().starts_with("TIME                      INDEX   TERM/LEADER  WHAT"));
+        let v: serde_json::Value = serde_json::from_str(&to_json_line(&e)).unwrap();
+        assert_eq!(v["index"], 7);
     }
 
     #[test]

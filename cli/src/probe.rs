@@ -19,6 +19,16 @@ pub struct HttpAnswer {
 
 /// `GET path` over a fresh HTTP/1.1 connection, bounded by `timeout`; bodies above 1 MiB are refused.
 pub async fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<HttpAnswer> {
+    http_get_limited(addr, path, timeout, 1 << 20).await
+}
+
+/// [`http_get`] refusing bodies above `max_body` bytes.
+pub async fn http_get_limited(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+    max_body: usize,
+) -> anyhow::Result<HttpAnswer> {
     tokio::time::timeout(timeout, async {
         let stream = TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -33,7 +43,7 @@ pub async fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow
             sender.send_request(req).await.with_context(|| format!("GET http://{addr}{path} failed"))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = Limited::new(resp.into_body(), 1 << 20)
+        let body = Limited::new(resp.into_body(), max_body)
             .collect()
             .await
             .map_err(|e| anyhow!("reading the body of http://{addr}{path} failed: {e}"))?
