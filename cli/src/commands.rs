@@ -215,31 +215,28 @@ pub async fn drain_wait(g: &Global, d: &args::DrainArgs, wait: std::time::Durati
     let deadline = started + wait;
     let admin = g.connect().await?;
     let r = admin.set_drain(&d.pool, &d.backend, true).await?;
-    let tty = !g.json && std::io::IsTerminal::is_terminal(&std::io::stdout());
     if !g.json {
         print(&format!(
             "backend {} in pool \"{}\" is draining (log index {}); waiting for its requests to finish\n",
             d.backend, d.pool, r.log_index
         ))?;
     }
+    // A progress bar on a terminal (standard error); nothing when it is not one, or with --json.
+    let bar = (!g.json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(drain_bar);
     let mut nodes: std::collections::BTreeMap<String, Admin> = std::collections::BTreeMap::new();
     let mut start: Option<u64> = None;
-    let mut last_line = String::new();
     loop {
         let p = drain_progress(g, &admin, &mut nodes, d, r.log_index).await?;
         let first = *start.get_or_insert(p.in_flight);
-        if !g.json {
-            let line = output::drain_progress_line(first, &p);
-            if tty {
-                print(&format!("\r{line}\x1b[K"))?;
-            } else if line != last_line {
-                print(&format!("{line}\n"))?;
-            }
-            last_line = line;
+        if let Some(bar) = &bar {
+            let (done, total) = output::drain_progress_position(first, &p);
+            bar.set_length(total);
+            bar.set_position(done);
+            bar.set_message(output::drain_progress_message(&p));
         }
         if p.done() {
-            if tty {
-                print("\n")?;
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
             }
             let waited = started.elapsed();
             return if g.json {
@@ -250,6 +247,7 @@ pub async fn drain_wait(g: &Global, d: &args::DrainArgs, wait: std::time::Durati
                     "log_index": r.log_index,
                     "drained": true,
                     "in_flight": 0,
+                    "nodes_answered": p.answered,
                     "waited_ms": waited.as_millis() as u64,
                 })))
             } else {
@@ -262,8 +260,8 @@ pub async fn drain_wait(g: &Global, d: &args::DrainArgs, wait: std::time::Durati
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {
-            if tty {
-                print("\n")?;
+            if let Some(bar) = &bar {
+                bar.abandon();
             }
             let mut msg = format!(
                 "backend {} of pool \"{}\" still has {} requests/connections in flight after {}",
@@ -283,6 +281,17 @@ pub async fn drain_wait(g: &Global, d: &args::DrainArgs, wait: std::time::Durati
         }
         tokio::time::sleep_until((now + DRAIN_POLL).min(deadline)).await;
     }
+}
+
+/// The `drain --wait` bar: requests finished since the first poll out of those in flight then.
+fn drain_bar() -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(1);
+    let style = indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {msg} ({elapsed})")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("#>-");
+    bar.set_style(style);
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
 }
 
 /// One poll: the members and their applied index from `status`, then `LocalLoad` of each member that

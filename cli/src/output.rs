@@ -308,24 +308,19 @@ impl DrainProgress {
     }
 }
 
-/// Width of the `drain --wait` bar in characters.
-pub const BAR_WIDTH: usize = 30;
+/// Where the `drain --wait` bar stands: (finished, total), `start` being what was in flight at the first
+/// poll. Full once drained; empty, never negative, while more is in flight than at the start.
+pub fn drain_progress_position(start: u64, p: &DrainProgress) -> (u64, u64) {
+    let total = start.max(1);
+    if p.done() {
+        return (total, total);
+    }
+    (start.saturating_sub(p.in_flight).min(total), total)
+}
 
-/// One progress line of `drain --wait`: a bar of what has finished since the first poll (`start`
-/// requests in flight then), and the count now.
-pub fn drain_progress_line(start: u64, p: &DrainProgress) -> String {
-    let done = start.saturating_sub(p.in_flight);
-    let filled =
-        if start == 0 { BAR_WIDTH } else { (done as u128 * BAR_WIDTH as u128 / start as u128) as usize };
-    let filled = if p.done() { BAR_WIDTH } else { filled.min(BAR_WIDTH) };
-    let mut line = format!(
-        "[{}{}] {} in flight ({}/{} nodes answered)",
-        "#".repeat(filled),
-        "-".repeat(BAR_WIDTH - filled),
-        p.in_flight,
-        p.answered,
-        p.expected
-    );
+/// The text beside the `drain --wait` bar: the count now, and the nodes it does not cover yet.
+pub fn drain_progress_message(p: &DrainProgress) -> String {
+    let mut line = format!("{} in flight ({}/{} nodes answered)", p.in_flight, p.answered, p.expected);
     if !p.behind.is_empty() {
         line.push_str(&format!(", drain not applied yet on node {}", join_ids(&p.behind)));
     }
@@ -669,31 +664,26 @@ mod tests {
     #[test]
     fn drain_progress_fills_as_requests_finish() {
         let mut p = DrainProgress { in_flight: 10, answered: 3, expected: 3, ..Default::default() };
-        assert_eq!(
-            drain_progress_line(10, &p),
-            format!("[{}] 10 in flight (3/3 nodes answered)", "-".repeat(30))
-        );
+        assert_eq!(drain_progress_position(10, &p), (0, 10));
+        assert_eq!(drain_progress_message(&p), "10 in flight (3/3 nodes answered)");
         p.in_flight = 5;
-        assert!(drain_progress_line(10, &p).starts_with(&format!(
-            "[{}{}] 5",
-            "#".repeat(15),
-            "-".repeat(15)
-        )));
+        assert_eq!(drain_progress_position(10, &p), (5, 10));
         p.in_flight = 0;
         p.silent = vec![3];
         p.answered = 2;
         assert!(!p.done(), "a silent node may still hold requests");
-        assert!(drain_progress_line(10, &p).ends_with("(2/3 nodes answered), no answer from node 3"));
+        assert_eq!(drain_progress_position(10, &p), (10, 10));
+        assert!(drain_progress_message(&p).ends_with("(2/3 nodes answered), no answer from node 3"));
         p.silent.clear();
         p.behind = vec![1, 2];
         assert!(!p.done());
-        assert!(drain_progress_line(10, &p).contains("drain not applied yet on node 1, 2"));
+        assert!(drain_progress_message(&p).contains("drain not applied yet on node 1, 2"));
         p.behind.clear();
         assert!(p.done());
-        assert!(drain_progress_line(0, &p).starts_with(&format!("[{}] 0 in flight", "#".repeat(30))));
+        assert_eq!(drain_progress_position(0, &p), (1, 1), "nothing in flight at all: full");
         // More in flight than at the start: the bar is empty, never negative.
         let more = DrainProgress { in_flight: 20, answered: 1, expected: 1, ..Default::default() };
-        assert!(drain_progress_line(10, &more).starts_with(&format!("[{}]", "-".repeat(30))));
+        assert_eq!(drain_progress_position(10, &more), (0, 10));
     }
 
     const DEMO: &str = r#"

@@ -1,5 +1,6 @@
 //! The operator commands against a real 3-node cluster: `get config --format`, `apply --dry-run`,
-//! `config diff`, `top` under real HTTP traffic, `events --follow` while a backend dies; and the shell
+//! `config diff`, `top` under real HTTP traffic, `drain --wait` on a terminal and in a pipe, `events
+//! --follow` while a backend dies; and the shell
 //! completions and manual pages of the real binary.
 //!
 //! Addresses: nodes on 127.0.203.11..13 (the harness's layout), demo backends on 127.0.203.101:9001
@@ -260,6 +261,46 @@ async fn operator_commands_against_a_real_cluster() -> Result<()> {
     assert!(text.lines().any(|l| l.starts_with("POOL  BACKEND")), "{text}");
     assert!(text.lines().any(|l| l.starts_with("web   127.0.203.101:9001") && l.ends_with("up")), "{text}");
     println!("top: {sent} requests sent; peak rates {:.1} and {:.1} requests/s", rate(B1), rate(B2));
+
+    // drain --wait with requests in flight: a progress bar on a terminal, nothing otherwise. Two slow
+    // requests through node 1 (round robin: one on each backend).
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let web = web.clone();
+            tokio::spawn(async move { http_get(&web, "/sleep/3000", &[]).await.map(|r| r.0) })
+        })
+        .collect();
+    wait_until("both slow requests in flight", SERVE, || async {
+        let v = json(&["--endpoint", via, "top", "--once", "--interval", "100ms", "--json"]).await?;
+        let busy = v["backends"].as_array().unwrap().iter().filter(|r| r["in_flight"] == 1).count();
+        ensure!(busy == 2, "{v}");
+        Ok(())
+    })
+    .await?;
+    let out = lbfleet_tests::lbctl_on_terminal(
+        &["--endpoint", via, "drain", "web", B2, "--wait", "--timeout", "20s"],
+        CMD,
+    )
+    .await?;
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert!(shown.contains("1 in flight (3/3 nodes answered)") && shown.contains("[#"), "a bar: {shown}");
+    assert!(shown.contains(&format!("drained: nothing in flight to {B2}")), "{shown}");
+    let (code, out, err) =
+        run(&["--endpoint", via, "drain", "web", B1, "--wait", "--timeout", "20s"]).await?;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains("nodes answered") && !err.contains("nodes answered"),
+        "no bar in a pipe: {out}{err}"
+    );
+    assert!(out.contains(&format!("drained: nothing in flight to {B1}")), "{out}");
+    for s in slow {
+        assert_eq!(s.await?.ok(), Some(200), "a drained backend finishes its requests");
+    }
+    for b in [B1, B2] {
+        let (code, _, err) = run(&["--endpoint", via, "undrain", "web", b]).await?;
+        assert_eq!(code, 0, "{err}");
+    }
 
     // events --follow: the events so far, then a new one as it is committed.
     let so_far = json(&["--endpoint", via, "events", "--json"]).await?;

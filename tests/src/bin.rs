@@ -62,3 +62,20 @@ pub async fn lbctl_bare(args: &[&str], deadline: Duration) -> Result<Output> {
     cmd.args(args).env_remove("LBCTL_ENDPOINT").env_remove("LBCTL_CA").env_remove("LBCTL_TOKEN");
     output_within(&mut cmd, deadline).await
 }
+
+/// [`lbctl`] on a terminal: run through `script(1)`, which gives it a pseudo-terminal as standard input,
+/// output and error; what it showed there is the returned stdout (stderr is empty).
+pub async fn lbctl_on_terminal(args: &[&str], deadline: Duration) -> Result<Output> {
+    let creds = crate::creds::creds();
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let line: Vec<String> = std::iter::once(bin("lbctl").display().to_string())
+        .chain(args.iter().map(|a| a.to_string()))
+        .collect();
+    let line = line.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ");
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"])
+        .env_remove("LBCTL_ENDPOINT")
+        .env("LBCTL_CA", creds.ca())
+        .env("LBCTL_TOKEN", &creds.admin_token);
+    output_within(&mut cmd, deadline).await
+}

@@ -6,7 +6,8 @@
 //! Layout:
 //! - [`wait`]: [`wait_until`], the one way to wait for a condition: poll with a deadline, fail naming what
 //!   was awaited and what was seen last (tests never sleep and hope).
-//! - [`bin`]: finds (and if needed builds) the workspace binaries; [`lbctl`] runs lbctl with a deadline.
+//! - [`bin`]: finds (and if needed builds) the workspace binaries; [`lbctl`] runs lbctl with a deadline
+//!   ([`lbctl_on_terminal`]: on a pseudo-terminal, through `script`).
 //! - [`process`]: liveness, signals and exits of processes.
 //! - [`cluster`]: [`Cluster`] / [`NodeProc`], lbnode processes with their own data dirs and loopback IPs,
 //!   killed on drop (their logs are printed when a test panics).
@@ -34,7 +35,7 @@ pub mod process;
 pub mod wait;
 
 pub use backend::BackendProc;
-pub use bin::{bin, lbctl, lbctl_bare};
+pub use bin::{bin, lbctl, lbctl_bare, lbctl_on_terminal};
 pub use cluster::{loopback_ok, Cluster, ClusterBuilder, NodeProc};
 pub use config::{marked_config, marker_of};
 pub use creds::creds;
