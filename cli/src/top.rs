@@ -6,7 +6,8 @@
 //! errors (5xx responses of a backend and `lbfleet_upstream_connect_failures_total`) as rates per second
 //! between two reads, and what is in flight now (`lbfleet_backend_in_flight`). The state is the
 //! committed one (`backends --stale` of the node asked) and, from `lbfleet_backend_usable`, the nodes
-//! that eject the backend on their own. The members come from `status` on every refresh.
+//! that eject the backend on their own. The members come from `status` on every refresh; a refresh that
+//! fails is shown and retried.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -300,7 +301,10 @@ async fn scrape(http_addr: &str, wait: Duration) -> Result<BTreeMap<BackendKey, 
     Ok(counters_of(&String::from_utf8_lossy(&answer.body)))
 }
 
-/// `top`: a view every `interval` until Ctrl-C, or `--once` / `--iterations N`.
+/// `top`: a view every `interval` until Ctrl-C, or `--once` / `--iterations N`. Until Ctrl-C, a refresh
+/// that fails (the node asked is gone, the cluster has no leader for `status`) is shown in place of the
+/// view and retried at the next one; the rates resume one interval after a refresh succeeds again. With
+/// a count, the first failure ends `top` with its exit code.
 pub async fn run(g: &Global, t: &TopArgs) -> Result<(), CliError> {
     let admin = g.connect().await?;
     let mut stop = Stop::new()?;
@@ -310,28 +314,50 @@ pub async fn run(g: &Global, t: &TopArgs) -> Result<(), CliError> {
     let mut ticks = tokio::time::interval(t.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
-    let mut prev = snapshot(&admin, wait).await?;
+    let mut prev = Some(snapshot(&admin, wait).await?);
     let mut shown = 0u64;
+    let now = || humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let clear = if tty { "\x1b[H\x1b[2J" } else { "" };
     loop {
         tokio::select! {
             _ = stop.wait() => return Ok(()),
             _ = ticks.tick() => {}
         }
-        let cur = snapshot(&admin, wait).await?;
-        let v =
-            view(&prev, &cur, humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+        let cur = match snapshot(&admin, wait).await {
+            Ok(cur) => cur,
+            Err(e) if limit.is_none() => {
+                prev = None;
+                if g.json {
+                    let line = serde_json::json!({ "time": now(), "error": e.to_json() });
+                    print(&(output::to_json_line(&line) + "\n"))?;
+                } else {
+                    let why = e.render().join("; ");
+                    let every = humantime::format_duration(t.interval);
+                    print(&format!(
+                        "{clear}{}   {why}; retrying every {every}\n{}",
+                        now(),
+                        if tty { "" } else { "\n" }
+                    ))?;
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(before) = prev.take() else {
+            prev = Some(cur);
+            continue;
+        };
+        let v = view(&before, &cur, now());
         if g.json {
             print(&(output::to_json_line(&v) + "\n"))?;
-        } else if tty {
-            print(&format!("\x1b[H\x1b[2J{}", view_text(&v)))?;
         } else {
-            print(&format!("{}\n", view_text(&v)))?;
+            print(&format!("{clear}{}{}", view_text(&v), if tty { "" } else { "\n" }))?;
         }
         shown += 1;
         if limit.is_some_and(|n| shown >= n) {
             return Ok(());
         }
-        prev = cur;
+        prev = Some(cur);
     }
 }
 

@@ -326,6 +326,21 @@ async fn operator_commands_against_a_real_cluster() -> Result<()> {
     lbfleet_tests::process::signal(follow.child.id(), libc::SIGINT);
     let status = wait_exit(&mut follow.child, Duration::from_secs(10))?;
     assert_eq!(status.code(), Some(0));
+
+    // top until Ctrl-C outlives the node it asks: the failure is shown, and views resume after a restart.
+    let asked = c.grpc_addr(3);
+    let top = Streaming::spawn(&["--endpoint", &asked, "top", "--interval", "500ms", "--json"])?;
+    let field = |l: &str, f: &str| serde_json::from_str::<Value>(l).map(|v| v[f].clone()).unwrap_or_default();
+    top.until("a view", SERVE, |l| field(l, "nodes_answered") == 3)?;
+    c.node(3).kill9();
+    let lines = top.until("the failure", SERVE, |l| !field(l, "error").is_null())?;
+    let failed: Value = serde_json::from_str(lines.last().unwrap())?;
+    assert_eq!(failed["error"]["endpoint"], asked.as_str(), "{failed}");
+    c.node(3).start()?;
+    top.until("a view again", SERVE, |l| field(l, "nodes_answered") == 3)?;
+    let mut top = top;
+    lbfleet_tests::process::signal(top.child.id(), libc::SIGINT);
+    assert_eq!(wait_exit(&mut top.child, Duration::from_secs(10))?.code(), Some(0));
     Ok(())
 }
 
