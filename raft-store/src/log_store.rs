@@ -11,6 +11,8 @@
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -29,6 +31,8 @@ const LAST_PURGED: &str = "last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     engine: Engine,
+    /// Index of the last committed log id openraft saved (0 before any), shared by the clones.
+    committed: Arc<AtomicU64>,
 }
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
@@ -39,7 +43,13 @@ fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: StoreError) -> Stor
 
 impl LogStore {
     pub(crate) fn new(engine: Engine) -> Self {
-        LogStore { engine }
+        LogStore { engine, committed: Arc::default() }
+    }
+
+    /// Index of the latest committed log entry known to this node (0 before any), as openraft last
+    /// saved it: it follows the commit as the leader advances it and tells this node.
+    pub fn committed_index(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.committed)
     }
 
     /// The directory of the store.
@@ -105,7 +115,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let err = |e| io_err(ErrorSubject::Store, ErrorVerb::Write, e);
         let mut b = self.engine.batch(Space::Log);
         b.put_bytes(&meta_key(COMMITTED), self.engine.encode("committed log id", &committed).map_err(err)?);
-        self.engine.commit(b, "writing the committed log id").map_err(err)
+        self.engine.commit(b, "writing the committed log id").map_err(err)?;
+        self.committed.store(committed.map_or(0, |c| c.index), Ordering::Relaxed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>> {
@@ -113,7 +125,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .engine
             .get(Space::Log, &meta_key(COMMITTED), "committed log id")
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?;
-        Ok(got.flatten())
+        let got = got.flatten();
+        self.committed.store(got.map_or(0, |c| c.index), Ordering::Relaxed);
+        Ok(got)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<()>

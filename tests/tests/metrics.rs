@@ -13,6 +13,7 @@ const ELECTION: Duration = Duration::from_secs(20);
 const SERVE: Duration = Duration::from_secs(30);
 const WEB_PORT: u16 = 18080;
 const DEAD_PORT: u16 = 18081;
+const MIXED_PORT: u16 = 18082;
 const DEAD: &str = "127.0.57.102:9";
 
 fn config(backend: &str) -> String {
@@ -22,7 +23,10 @@ fn config(backend: &str) -> String {
          [[pool]]\nname = \"dead\"\npolicy = \"round_robin\"\n[[pool.backend]]\naddr = \"{DEAD}\"\n\
          [pool.health]\nkind = \"none\"\n\n\
          [[listener]]\nname = \"web\"\nprotocol = \"http\"\nport = {WEB_PORT}\npool = \"web\"\n\n\
-         [[listener]]\nname = \"dead\"\nprotocol = \"http\"\nport = {DEAD_PORT}\npool = \"dead\"\n"
+         [[pool]]\nname = \"mixed\"\npolicy = \"round_robin\"\n[[pool.backend]]\naddr = \"{DEAD}\"\n\
+         [[pool.backend]]\naddr = \"{backend}\"\n[pool.health]\nkind = \"none\"\n\n\
+         [[listener]]\nname = \"dead\"\nprotocol = \"http\"\nport = {DEAD_PORT}\npool = \"dead\"\n\n\
+         [[listener]]\nname = \"mixed\"\nprotocol = \"http\"\nport = {MIXED_PORT}\npool = \"mixed\"\n"
     )
 }
 
@@ -44,6 +48,28 @@ fn check_durations(text: &str, b: &str, ok: f64) -> Result<()> {
     ensure!(sum.is_some_and(|s| (0.3..30.0).contains(&s)), "{name}_sum of {web} is {sum:?} in\n{text}");
     let dead = format!("{name}_count{{node=\"1\",listener=\"dead\",pool=\"dead\",backend=\"\"}}");
     ensure!(value(text, &dead) == Some(1.0), "{dead} should be 1 in\n{text}");
+    Ok(())
+}
+
+/// Bytes, retries, the ring digest and the Raft indexes after the traffic of the test.
+fn check_traffic_and_raft(text: &str, b: &str) -> Result<()> {
+    let web = format!("{{node=\"1\",listener=\"web\",pool=\"web\",backend=\"{b}\"}}");
+    let received = value(text, &format!("lbfleet_received_bytes_total{web}"));
+    ensure!(received.is_some_and(|v| v >= 1000.0), "received bytes of {web}: {received:?} in\n{text}");
+    // Each demo answer names its backend: at least "backend-1" per response.
+    let sent = value(text, &format!("lbfleet_sent_bytes_total{web}"));
+    ensure!(sent.is_some_and(|v| v >= 6.0 * 9.0), "sent bytes of {web}: {sent:?} in\n{text}");
+    let retries =
+        "lbfleet_retries_total{node=\"1\",listener=\"mixed\",pool=\"mixed\",reason=\"connect_failure\"}";
+    ensure!(value(text, retries).is_some_and(|v| v >= 1.0), "{retries} should be at least 1 in\n{text}");
+    let ring = text
+        .lines()
+        .find_map(|l| l.strip_prefix("lbfleet_ring_info{node=\"1\",digest=\"")?.strip_suffix("\"} 1"))
+        .with_context(|| format!("no lbfleet_ring_info in\n{text}"))?;
+    ensure!(!ring.is_empty(), "an empty ring digest in\n{text}");
+    let commit = value(text, "lbfleet_raft_commit_index{node=\"1\"}").unwrap_or(0.0);
+    let last = value(text, "lbfleet_raft_last_log_index{node=\"1\"}").unwrap_or(0.0);
+    ensure!(commit >= 2.0 && commit <= last, "commit index {commit} (last log {last}) in\n{text}");
     Ok(())
 }
 
@@ -82,10 +108,42 @@ async fn metrics_count_a_nodes_responses_and_show_its_backends_and_listeners() -
     // One request the backend holds for 300 ms: its duration must land above the 0.25 s bucket.
     let (status, _, _) = http_get(&web, "/sleep/300", &[]).await?;
     ensure!(status == 200, "{web}/sleep/300 answered {status}");
+    // Round robin over a dead and a live backend: one of two requests retries after a connect failure.
+    let mixed = format!("{ip}:{MIXED_PORT}");
+    for _ in 0..2 {
+        let (status, _, _) = http_get(&mixed, "/", &[]).await?;
+        ensure!(status == 200, "{mixed} answered {status}");
+    }
+    // A request body of 1000 bytes, sent by curl.
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--data-binary", &"x".repeat(1000)])
+        .arg(format!("http://{web}/"))
+        .output()
+        .context("run curl")?;
+    ensure!(
+        out.stdout == b"200",
+        "curl POST {web}: {:?} {}",
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One connection held open: the listener's open-connection gauge sees it.
+    let held = tokio::net::TcpStream::connect(&web).await.context("connect to hold")?;
     let (status, _, body) = http_get(&dead, "/", &[]).await?;
     ensure!(status == 503, "{dead} answered {status}: {}", String::from_utf8_lossy(&body));
 
-    let text = http_get(&c.nodes[0].http_addr(), "/metrics", &[]).await?.2;
+    let admin = c.nodes[0].http_addr();
+    let open = "lbfleet_listener_connections{node=\"1\",listener=\"web\"}";
+    wait_until("the held connection in lbfleet_listener_connections", SERVE, || {
+        let admin = admin.clone();
+        async move {
+            let text = String::from_utf8_lossy(&http_get(&admin, "/metrics", &[]).await?.2).into_owned();
+            ensure!(value(&text, open) == Some(1.0), "{open} is not 1 in\n{text}");
+            Ok(())
+        }
+    })
+    .await?;
+    drop(held);
+    let text = http_get(&admin, "/metrics", &[]).await?.2;
     let text = String::from_utf8_lossy(&text).into_owned();
     let b = &backend.addr;
     let ok = format!(
@@ -95,8 +153,9 @@ async fn metrics_count_a_nodes_responses_and_show_its_backends_and_listeners() -
         "lbfleet_http_requests_total{node=\"1\",listener=\"dead\",pool=\"dead\",backend=\"\",code_class=\"5xx\"}";
     let failures =
         format!("lbfleet_upstream_connect_failures_total{{node=\"1\",pool=\"dead\",backend=\"{DEAD}\"}}");
-    ensure!(value(&text, &ok).is_some_and(|v| v >= 5.0), "{ok} should be at least 5 in\n{text}");
+    ensure!(value(&text, &ok).is_some_and(|v| v >= 6.0), "{ok} should be at least 6 in\n{text}");
     check_durations(&text, b, value(&text, &ok).unwrap_or(0.0))?;
+    check_traffic_and_raft(&text, b)?;
     ensure!(value(&text, unavailable) == Some(1.0), "{unavailable} should be 1 in\n{text}");
     ensure!(value(&text, &failures) == Some(1.0), "{failures} should be 1 in\n{text}");
     for (series, want) in [

@@ -157,7 +157,10 @@ fn handle(cluster: &Cluster, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/metrics" => {
             let backends = backend_views(&cluster.raft.model());
             let healthy = backends.iter().filter(|b| b.healthy).count();
-            let voters = cluster.raft.metrics().membership_config.membership().voter_ids().count();
+            let raft = super::metrics::RaftExtra {
+                voters: cluster.raft.metrics().membership_config.membership().voter_ids().count(),
+                committed_index: cluster.raft.committed_index(),
+            };
             let routing = cluster.dataplane.routing.load();
             let listeners = cluster.listener_statuses();
             let dataplane = super::metrics::Dataplane {
@@ -172,7 +175,7 @@ fn handle(cluster: &Cluster, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             text(
                 StatusCode::OK,
                 super::metrics::CONTENT_TYPE,
-                super::metrics::render(&view, voters, backends.len(), healthy, &dataplane),
+                super::metrics::render(&view, &raft, backends.len(), healthy, &dataplane),
             )
         }
         _ => text(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD.to_string()),

@@ -12,6 +12,13 @@ use crate::proxy::counters::{register_gauges, DataplaneMetrics, GaugeSources};
 use lbfleet_api::view::NodeStatus as LocalView;
 
 /// The data plane's part of the text: its counters and what its gauges are read from.
+/// The Raft figures of [`render`] that are not in the local view.
+pub struct RaftExtra {
+    pub voters: usize,
+    /// Index of the latest committed log entry this node knows.
+    pub committed_index: u64,
+}
+
 pub struct Dataplane<'a> {
     pub counters: &'a DataplaneMetrics,
     pub gauges: GaugeSources<'a>,
@@ -29,7 +36,7 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
 /// The metrics text of one node.
 pub fn render(
     v: &LocalView,
-    voters: usize,
+    raft: &RaftExtra,
     backends: usize,
     healthy_backends: usize,
     dataplane: &Dataplane<'_>,
@@ -72,7 +79,13 @@ pub fn render(
         "Node id of the leader this node knows (0 when none)",
         v.leader.unwrap_or(0),
     );
-    gauge(&mut registry, "raft_voters", "Voting members in the current membership", voters as u64);
+    gauge(&mut registry, "raft_voters", "Voting members in the current membership", raft.voters as u64);
+    gauge(
+        &mut registry,
+        "raft_commit_index",
+        "Index of the latest log entry this node knows to be committed",
+        raft.committed_index,
+    );
     gauge(&mut registry, "config_version", "Version of the cluster config in force", v.config_version);
     gauge(&mut registry, "backends", "Backends in the config, all pools", backends as u64);
     gauge(
@@ -126,7 +139,7 @@ mod tests {
             counters: &counters,
             gauges: GaugeSources { routing: &routing, backends: &[], outlier: &outlier, listeners: &[] },
         };
-        let text = render(&v, 3, 4, 3, &dataplane);
+        let text = render(&v, &RaftExtra { voters: 3, committed_index: 44 }, 4, 3, &dataplane);
         for line in [
             "lbfleet_node_up{node=\"2\"} 1",
             "lbfleet_raft_term{node=\"2\"} 7",
@@ -135,6 +148,7 @@ mod tests {
             "lbfleet_raft_last_log_index{node=\"2\"} 43",
             "lbfleet_raft_snapshot_index{node=\"2\"} 40",
             "lbfleet_raft_purged_index{node=\"2\"} 30",
+            "lbfleet_raft_commit_index{node=\"2\"} 44",
             "lbfleet_config_version{node=\"2\"} 3",
             "lbfleet_backends_healthy{node=\"2\"} 3",
         ] {
@@ -151,7 +165,7 @@ mod tests {
         use std::sync::Arc;
         use std::time::Duration;
 
-        use crate::proxy::counters::{AddrLabel, Name, RequestLabels};
+        use crate::proxy::counters::{AddrLabel, Name, OpenConnection, RequestLabels};
 
         let config = parse(
             "[[pool]]\nname = \"web\"\npolicy = \"maglev\"\n[[pool.backend]]\naddr = \"127.0.0.1:9001\"\n\
@@ -175,11 +189,20 @@ mod tests {
         counters.http_response(&to(Some(b1)), 200, Duration::from_millis(3));
         counters.http_response(&to(Some(b1)), 204, Duration::from_micros(200));
         counters.http_response(&to(None), 503, Duration::from_secs(20));
+        counters.traffic(&to(Some(b1)), 10, 2000);
+        counters.traffic(&to(Some(b1)), 5, 0);
+        counters.retry(&Name(Arc::from("front")), &Name(Arc::from("web")), "connect_failure");
+        let open = counters.listener_connections("front");
+        let _two = (OpenConnection::new(&open), OpenConnection::new(&open));
+        drop(OpenConnection::new(&open));
+        counters.access_log_dropped().inc();
         counters.connect_failure("web", b2);
         counters.tcp_connection("l4", "web", b2);
         counters.udp_flow("dns", "web", b1);
         counters.udp_drop_counter("dns", "table_full").inc();
         let outlier = crate::balance::OutlierTracker::new();
+        outlier.update(state.config.as_ref());
+        outlier.set_active("web", b1, crate::balance::LocalState::Up);
         let mut backends = lbfleet_api::view::backend_views(&state);
         backends[1].healthy = false;
         let listeners = [ListenerStatus {
@@ -198,7 +221,7 @@ mod tests {
                 listeners: &listeners,
             },
         };
-        let text = render(&view(), 3, 2, 1, &dataplane);
+        let text = render(&view(), &RaftExtra { voters: 3, committed_index: 42 }, 2, 1, &dataplane);
         for line in [
             "lbfleet_http_requests_total{node=\"2\",listener=\"front\",pool=\"web\",backend=\"127.0.0.1:9001\",code_class=\"2xx\"} 2",
             "lbfleet_http_requests_total{node=\"2\",listener=\"front\",pool=\"web\",backend=\"\",code_class=\"5xx\"} 1",
@@ -213,15 +236,26 @@ mod tests {
             "lbfleet_backend_usable{node=\"2\",pool=\"web\",backend=\"127.0.0.1:9001\"} 1",
             "lbfleet_listener_bound{node=\"2\",listener=\"front\"} 1",
             "lbfleet_raft_term{node=\"2\"} 7",
+            "lbfleet_received_bytes_total{node=\"2\",listener=\"front\",pool=\"web\",backend=\"127.0.0.1:9001\"} 15",
+            "lbfleet_sent_bytes_total{node=\"2\",listener=\"front\",pool=\"web\",backend=\"127.0.0.1:9001\"} 2000",
+            "lbfleet_retries_total{node=\"2\",listener=\"front\",pool=\"web\",reason=\"connect_failure\"} 1",
+            "lbfleet_listener_connections{node=\"2\",listener=\"front\"} 2",
+            "lbfleet_access_log_dropped_total{node=\"2\"} 1",
+            "lbfleet_ring_info{node=\"2\",digest=\"DIGEST\"} 1",
+            "lbfleet_backend_ejections_total{node=\"2\",pool=\"web\",backend=\"127.0.0.1:9001\"} 0",
+            "lbfleet_backend_check_up{node=\"2\",pool=\"web\",backend=\"127.0.0.1:9001\"} 1",
+            "lbfleet_backend_ejected{node=\"2\",pool=\"web\",backend=\"127.0.0.1:9001\"} 0",
             "lbfleet_http_request_duration_seconds_count{node=\"2\",listener=\"front\",pool=\"web\",backend=\"127.0.0.1:9001\"} 2",
             "lbfleet_http_request_duration_seconds_bucket{node=\"2\",le=\"0.0005\",listener=\"front\",pool=\"web\",backend=\"127.0.0.1:9001\"} 1",
             "lbfleet_http_request_duration_seconds_bucket{node=\"2\",le=\"0.005\",listener=\"front\",pool=\"web\",backend=\"127.0.0.1:9001\"} 2",
             "lbfleet_http_request_duration_seconds_bucket{node=\"2\",le=\"10.0\",listener=\"front\",pool=\"web\",backend=\"\"} 0",
             "lbfleet_http_request_duration_seconds_bucket{node=\"2\",le=\"+Inf\",listener=\"front\",pool=\"web\",backend=\"\"} 1",
         ] {
+            let line = line.replace("DIGEST", routing.ring_digest());
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }
         assert!(text.contains("# TYPE lbfleet_http_requests counter"), "{text}");
+        assert!(text.contains("# UNIT lbfleet_received_bytes bytes"), "{text}");
         assert!(text.contains("# TYPE lbfleet_http_request_duration_seconds histogram"), "{text}");
         assert!(text.contains("# UNIT lbfleet_http_request_duration_seconds seconds"), "{text}");
         assert_eq!(text.matches("# EOF").count(), 1, "{text}");

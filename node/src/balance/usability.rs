@@ -40,6 +40,8 @@ struct BackendEntry {
     ejected_until_ms: AtomicU64,
     /// The active check's view ([`LocalState`] as 0 unknown, 1 up, 2 down).
     active: AtomicU8,
+    /// Passive ejections on this node since the backend joined its pool's config (never reset).
+    ejections_total: AtomicU64,
 }
 
 fn encode(s: LocalState) -> u8 {
@@ -76,6 +78,8 @@ pub struct LocalBackendHealth {
     /// Passively ejected on this node for this many more milliseconds.
     pub ejected_ms: Option<u64>,
     pub ejections: u32,
+    /// Passive ejections on this node since the backend joined its pool (never reset).
+    pub ejections_total: u64,
     pub consecutive_5xx: u32,
     pub consecutive_connect_failures: u32,
     /// Whether this node's proxies pick it (given that it is eligible fleet-wide).
@@ -215,6 +219,7 @@ impl OutlierTracker {
         match book.try_eject(addr, now, &p.cfg, p.size) {
             Some(until) => {
                 b.ejected_until_ms.store(self.now_ms(until) + 1, Ordering::Relaxed);
+                b.ejections_total.fetch_add(1, Ordering::Relaxed);
                 reset(&b.consecutive_5xx);
                 reset(&b.consecutive_connect_failures);
                 tracing::warn!(
@@ -262,6 +267,7 @@ impl OutlierTracker {
                     active: decode(b.active.load(Ordering::Relaxed)).as_str(),
                     ejected_ms,
                     ejections: book.ejections(*addr),
+                    ejections_total: b.ejections_total.load(Ordering::Relaxed),
                     consecutive_5xx: b.consecutive_5xx.load(Ordering::Relaxed),
                     consecutive_connect_failures: b.consecutive_connect_failures.load(Ordering::Relaxed),
                     usable: self.is_usable(name, *addr),

@@ -7,8 +7,10 @@
 //! on its own: `malformed`, `head_too_large`, `header_timeout`, and the body faults `bad_body`,
 //! `body_too_large`); connections refused by a cap or a rate limit, HTTP requests refused by a rate
 //! limit, and picks that skipped a backend at its connection limit; PROXY protocol headers read by
-//! listeners with `accept_proxy_protocol`, by result. The gauges (in-flight requests, fleet-wide
-//! health, this node's usability of each backend, bound listeners) are not kept here:
+//! listeners with `accept_proxy_protocol`, by result; bytes received from and sent to clients per
+//! listener, pool and backend; retries; open connections per listener; dropped access log lines.
+//! The other gauges (in-flight requests, fleet-wide health, this node's check, ejection and usability
+//! of each backend, bound listeners, the ring digest as an info metric) are not kept here:
 //! [`register_gauges`] reads them at scrape time from the routing snapshot, the committed state and the
 //! outlier tracker.
 //!
@@ -35,6 +37,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use super::listeners::ListenerStatus;
@@ -153,6 +156,34 @@ pub struct ListenerLabels {
     pub listener: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub listener: Name,
+    pub pool: Name,
+    /// `connect_failure` (the next backend is tried), `closed_unsent` (a pooled connection closed
+    /// before the request was written: sent again on a new one), `replay` (an idempotent bodiless
+    /// request sent once more after its pooled connection failed).
+    pub reason: &'static str,
+}
+
+/// One open client connection (UDP: flow) of a listener, counted in `lbfleet_listener_connections`
+/// while it is held.
+#[derive(Debug)]
+pub struct OpenConnection(Gauge);
+
+impl OpenConnection {
+    pub fn new(gauge: &Gauge) -> OpenConnection {
+        gauge.inc();
+        OpenConnection(gauge.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The counters every proxy task of a node shares.
 #[derive(Debug, Default)]
 pub struct DataplaneMetrics {
@@ -168,6 +199,11 @@ pub struct DataplaneMetrics {
     backend_at_limit: Family<BackendLabels, Counter>,
     proxy_protocol_headers: Family<HeaderLabels, Counter>,
     tls_handshake_failures: Family<ListenerLabels, Counter>,
+    received_bytes: Family<RequestLabels, Counter>,
+    sent_bytes: Family<RequestLabels, Counter>,
+    listener_connections: Family<ListenerLabels, Gauge>,
+    retries: Family<RetryLabels, Counter>,
+    access_log_dropped: Counter,
 }
 
 /// `2xx`, `5xx`, …: the label of a status code's class.
@@ -193,6 +229,35 @@ impl DataplaneMetrics {
             code_class: code_class(status),
         };
         self.http_requests.get_or_create(&labels).inc();
+    }
+
+    /// Bytes received from a client (`received`) and sent to it (`sent`) through `labels`' backend:
+    /// HTTP message bodies, TCP stream bytes, UDP datagram payloads.
+    pub fn traffic(&self, labels: &RequestLabels, received: u64, sent: u64) {
+        self.received_bytes.get_or_create(labels).inc_by(received);
+        self.sent_bytes.get_or_create(labels).inc_by(sent);
+    }
+
+    /// The counters of [`Self::traffic`] for `labels` (received, sent), to keep and bump without a lookup.
+    pub fn traffic_counters(&self, labels: &RequestLabels) -> (Counter, Counter) {
+        (self.received_bytes.get_or_create(labels).clone(), self.sent_bytes.get_or_create(labels).clone())
+    }
+
+    /// The gauge of `listener`'s open client connections (UDP: flows), for [`OpenConnection`].
+    pub fn listener_connections(&self, listener: &str) -> Gauge {
+        self.listener_connections.get_or_create(&ListenerLabels { listener: listener.to_string() }).clone()
+    }
+
+    /// One more attempt for a request (TCP: a connection) of `listener` in `pool`, for `reason` (see
+    /// [`RetryLabels`]).
+    pub fn retry(&self, listener: &Name, pool: &Name, reason: &'static str) {
+        let labels = RetryLabels { listener: listener.clone(), pool: pool.clone(), reason };
+        self.retries.get_or_create(&labels).inc();
+    }
+
+    /// The count of access log lines dropped because the writer fell behind.
+    pub fn access_log_dropped(&self) -> &Counter {
+        &self.access_log_dropped
     }
 
     /// An HTTP request (or a connection, for what hyper refuses before a request exists) of `listener`
@@ -321,6 +386,33 @@ impl DataplaneMetrics {
             "PROXY protocol headers read on listeners with accept_proxy_protocol: accepted, or why the connection was closed",
             self.proxy_protocol_headers.clone(),
         );
+        registry.register_with_unit(
+            "received",
+            "Bytes received from clients (HTTP: request bodies; TCP: stream; UDP: datagram payloads), by listener, pool and backend",
+            prometheus_client::registry::Unit::Bytes,
+            self.received_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "sent",
+            "Bytes sent to clients (HTTP: response bodies; TCP: stream; UDP: datagram payloads), by listener, pool and backend",
+            prometheus_client::registry::Unit::Bytes,
+            self.sent_bytes.clone(),
+        );
+        registry.register(
+            "listener_connections",
+            "Client connections open on the listener (UDP: flows), on this node",
+            self.listener_connections.clone(),
+        );
+        registry.register(
+            "retries",
+            "Further backend attempts for one request or TCP connection, by listener, pool and reason",
+            self.retries.clone(),
+        );
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer fell behind (its queue was full)",
+            self.access_log_dropped.clone(),
+        );
         registry.register(
             "tls_handshake_failures",
             "Client TLS handshakes that failed, timed out, or found no usable certificate, by listener",
@@ -373,6 +465,24 @@ pub fn register_gauges(registry: &mut Registry, src: &GaugeSources<'_>) {
             usable.get_or_create(&labels).set(i64::from(src.outlier.is_usable(&b.pool, addr)));
         }
     }
+    // This node's own view: its active check (absent while unknown) and passive ejection.
+    let check_up: Family<BackendLabels, Gauge> = Family::default();
+    let ejected: Family<BackendLabels, Gauge> = Family::default();
+    let ejections: Family<BackendLabels, Counter> = Family::default();
+    for b in src.outlier.snapshot() {
+        let labels = BackendLabels { pool: b.pool, backend: b.addr };
+        let up = match b.active {
+            "up" => Some(1),
+            "down" => Some(0),
+            _ => None,
+        };
+        if let Some(up) = up {
+            check_up.get_or_create(&labels).set(up);
+        }
+        ejected.get_or_create(&labels).set(i64::from(b.ejected_ms.is_some()));
+        ejections.get_or_create(&labels).inc_by(b.ejections_total);
+    }
+    let ring = Info::new(vec![("digest".to_string(), src.routing.ring_digest().to_string())]);
     let bound: Family<ListenerLabels, Gauge> = Family::default();
     for l in src.listeners {
         bound.get_or_create(&ListenerLabels { listener: l.name.clone() }).set(i64::from(l.bound));
@@ -388,5 +498,21 @@ pub fn register_gauges(registry: &mut Registry, src: &GaugeSources<'_>) {
         "1 if this node may send to the backend (its own checks and passive ejection)",
         usable,
     );
+    registry.register(
+        "backend_check_up",
+        "This node's active health check of the backend: 1 up, 0 down (absent while unknown or unchecked)",
+        check_up,
+    );
+    registry.register("backend_ejected", "1 while the backend is passively ejected on this node", ejected);
+    registry.register(
+        "backend_ejections",
+        "Passive ejections of the backend on this node (consecutive 5xx or connect failures)",
+        ejections,
+    );
     registry.register("listener_bound", "1 if the listener's socket is bound on this node", bound);
+    registry.register(
+        "ring",
+        "Digest of this node's routing tables (every pool's ring or eligible set): equal on nodes that route alike",
+        ring,
+    );
 }

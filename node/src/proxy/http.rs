@@ -90,11 +90,12 @@ use self::activity::{Activity, IdleIo, TaskGuard, Tasks};
 use self::headers::Scheme;
 use self::upstream::{PoolLimits, Upstreams};
 use super::admission::Admission;
-use super::counters::{AddrLabel, Name, RequestLabels};
+use super::counters::{AddrLabel, Name, OpenConnection, RequestLabels};
 use super::proxy_protocol::accept::accept_counted;
 use super::ProxyContext;
 use crate::accept::{Acceptor, CapSlot, OverCap};
 use crate::shutdown::Shutdown;
+use prometheus_client::metrics::gauge::Gauge;
 
 /// Longest wait for open connections to finish after `stop`, before they are closed: the whole
 /// shutdown (grace, then [`FORCE_WAIT`]) fits in the listener manager's own wait.
@@ -133,6 +134,8 @@ pub(crate) struct Shared {
     name: String,
     /// `name`, shared: the `listener` label of the request counters.
     label: Arc<str>,
+    /// `lbfleet_listener_connections` of this listener.
+    connections: Gauge,
     ctx: Arc<ProxyContext>,
     /// The listener's address: the `Host` given to backends for an HTTP/1.0 request without one.
     local_host: Option<HeaderValue>,
@@ -178,6 +181,7 @@ pub async fn serve_with(
     let shared = Arc::new(Shared {
         name: name.clone(),
         label: Arc::from(&*name),
+        connections: ctx.metrics.listener_connections(&name),
         ctx,
         local_host: listener.local_addr().ok().and_then(|a| HeaderValue::from_str(&a.to_string()).ok()),
         upstreams: Arc::clone(&upstreams),
@@ -211,8 +215,8 @@ pub async fn serve_with(
                     limits.map_or((None, None), |l| (l.max_connections, l.max_connections_per_source));
                 match shared.admission.caps.admit(peer.ip(), max, per_source) {
                     Ok(slot) => {
-                        let guard = tasks.enter();
-                        tokio::spawn(serve_conn(stream, peer, Arc::clone(&shared), stop.clone(), (guard, slot)));
+                        let held = (tasks.enter(), slot, OpenConnection::new(&shared.connections));
+                        tokio::spawn(serve_conn(stream, peer, Arc::clone(&shared), stop.clone(), held));
                     }
                     Err(over) => refuse_conn(stream, peer, over, &shared),
                 }
@@ -274,7 +278,7 @@ async fn serve_conn(
     peer: SocketAddr,
     shared: Arc<Shared>,
     stop: Shutdown,
-    _held: (TaskGuard, CapSlot),
+    _held: (TaskGuard, CapSlot, OpenConnection),
 ) {
     // Timeouts as of the accept; if the listener is gone, its requests get 503 "listener removed".
     // Clamped: hyper adds the header timeout to an `Instant`, which a huge one overflows.

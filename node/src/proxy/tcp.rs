@@ -32,6 +32,7 @@
 //! Each connection costs one task, two sockets and 2 × [`BUF_SIZE`] of buffers; `admission.max_connections`
 //! bounds them (unlimited by default, then only the process's descriptors do).
 
+use crate::proxy::counters::{AddrLabel, Name, OpenConnection, RequestLabels};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,6 +89,7 @@ pub(crate) async fn serve_with(
     let mut acceptor = Acceptor::new(format!("tcp listener {name}"), listener);
     let refusals = Arc::new(RefusalLog::new());
     let admission = Admission::default();
+    let open = ctx.metrics.listener_connections(&name);
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -97,8 +99,9 @@ pub(crate) async fn serve_with(
                 match admit(&name, peer, &ctx, &admission) {
                     Ok(slot) => {
                         let (name, ctx, refusals) = (Arc::clone(&name), Arc::clone(&ctx), Arc::clone(&refusals));
+                        let held = (slot, OpenConnection::new(&open));
                         conns.spawn(async move {
-                            let _slot = slot;
+                            let _held = held;
                             handle(&name, stream, peer, &ctx, &refusals).await
                         });
                     }
@@ -218,6 +221,7 @@ enum ClientIo {
 struct Outcome {
     /// The client: the socket's peer, or the one the front's PROXY protocol header named.
     client: SocketAddr,
+    pool: Arc<str>,
     backend: SocketAddr,
     end: End,
     to_backend: u64,
@@ -225,12 +229,26 @@ struct Outcome {
 }
 
 /// One accepted connection, from lookup to close.
-async fn handle(name: &str, client: TcpStream, peer: SocketAddr, ctx: &ProxyContext, refusals: &RefusalLog) {
+async fn handle(
+    name: &Arc<str>,
+    client: TcpStream,
+    peer: SocketAddr,
+    ctx: &ProxyContext,
+    refusals: &RefusalLog,
+) {
     match proxy(name, client, peer, ctx).await {
-        Ok(o) => debug!(
-            listener = %name, %peer, client = %o.client, backend = %o.backend, end = ?o.end,
-            to_backend = o.to_backend, to_client = o.to_client, "tcp connection closed"
-        ),
+        Ok(o) => {
+            debug!(
+                listener = %name, %peer, client = %o.client, backend = %o.backend, end = ?o.end,
+                to_backend = o.to_backend, to_client = o.to_client, "tcp connection closed"
+            );
+            let labels = RequestLabels {
+                listener: Name(Arc::clone(name)),
+                pool: Some(Name(Arc::clone(&o.pool))),
+                backend: AddrLabel(Some(o.backend)),
+            };
+            ctx.metrics.traffic(&labels, o.to_backend, o.to_client);
+        }
         Err(r) => {
             debug!(listener = %name, %peer, "tcp connection refused: {r}");
             if let Some(suppressed) = refusals.should_log() {
@@ -273,7 +291,7 @@ impl RefusalLog {
 }
 
 async fn proxy(
-    name: &str,
+    name: &Arc<str>,
     mut client: TcpStream,
     mut peer: SocketAddr,
     ctx: &ProxyContext,
@@ -316,7 +334,7 @@ async fn proxy(
     };
     // Everything read from the snapshot is copied out before the first await, so a config change during
     // this connection's life never holds an old snapshot alive.
-    let (listener, pool_name, candidates, max_per_backend) = {
+    let (listener, pool_label, candidates, max_per_backend) = {
         let routing = ctx.routing.load();
         let listener = routing.listener(name).cloned().ok_or(Refused::ListenerRemoved)?;
         let pool_name = sni_pool.unwrap_or_else(|| listener.pool.clone());
@@ -328,19 +346,21 @@ async fn proxy(
         };
         let max_per_backend = routing.pool_config(&pool_name).and_then(|p| p.max_connections_per_backend);
         let candidates = candidates(ctx, &pool_name, pool, key, max_per_backend);
-        (listener, pool_name, candidates, max_per_backend)
+        (listener, routing.pool_label(&pool_name), candidates, max_per_backend)
     };
+    let pool_name = &*pool_label;
     if candidates.is_empty() {
-        return Err(Refused::NoBackend(pool_name));
+        return Err(Refused::NoBackend(pool_name.to_string()));
     }
 
     let timeouts = listener.timeouts.clamped();
     let connect_timeout = timeouts.connect;
     let mut last = String::new();
     let mut connected = None;
+    let mut failed_before = false;
     for backend in &candidates {
         let Some(inflight) = backend.try_track(max_per_backend) else {
-            ctx.metrics.backend_at_limit(&pool_name, backend.addr());
+            ctx.metrics.backend_at_limit(pool_name, backend.addr());
             last = format!(
                 "backend {} at its connection limit {}",
                 backend.addr(),
@@ -349,18 +369,22 @@ async fn proxy(
             debug!(listener = %name, %peer, "{last}");
             continue;
         };
+        if failed_before {
+            ctx.metrics.retry(&Name(Arc::clone(name)), &Name(Arc::clone(&pool_label)), "connect_failure");
+        }
         match tokio::time::timeout(connect_timeout, connect_tcp(ctx.bind_ip, backend.addr())).await {
             Ok(Ok(stream)) => {
-                ctx.outlier.record_success(&pool_name, backend.addr());
-                ctx.metrics.tcp_connection(name, &pool_name, backend.addr());
+                ctx.outlier.record_success(pool_name, backend.addr());
+                ctx.metrics.tcp_connection(name, pool_name, backend.addr());
                 connected = Some((stream, Arc::clone(backend), inflight));
                 break;
             }
             Ok(Err(e)) => last = format!("connect to {}: {e}", backend.addr()),
             Err(_) => last = format!("connect to {}: timed out after {connect_timeout:?}", backend.addr()),
         }
-        ctx.outlier.record_connect_failure(&pool_name, backend.addr());
-        ctx.metrics.connect_failure(&pool_name, backend.addr());
+        ctx.outlier.record_connect_failure(pool_name, backend.addr());
+        ctx.metrics.connect_failure(pool_name, backend.addr());
+        failed_before = true;
         debug!(listener = %name, %peer, backend = %backend.addr(), error = %last, "backend connect failed");
     }
     let Some((mut upstream, backend, _inflight)) = connected else {
@@ -381,6 +405,7 @@ async fn proxy(
         if let Err(e) = upstream.write_all(&header).await {
             return Ok(Outcome {
                 client: peer,
+                pool: pool_label,
                 backend: backend.addr(),
                 end: End::Error(e.to_string()),
                 to_backend: 0,
@@ -393,7 +418,14 @@ async fn proxy(
         // Passthrough: the ClientHello read to route, as the client sent it.
         if let Err(e) = upstream.write_all(&prefix).await {
             let end = End::Error(e.to_string());
-            return Ok(Outcome { client: peer, backend: backend.addr(), end, to_backend: 0, to_client: 0 });
+            return Ok(Outcome {
+                client: peer,
+                pool: pool_label,
+                backend: backend.addr(),
+                end,
+                to_backend: 0,
+                to_client: 0,
+            });
         }
     }
     let idle = timeouts.idle;
@@ -407,7 +439,7 @@ async fn proxy(
         }
     };
     let to_backend = to_backend + prefix.len() as u64;
-    Ok(Outcome { client: peer, backend: backend.addr(), end, to_backend, to_client })
+    Ok(Outcome { client: peer, pool: pool_label, backend: backend.addr(), end, to_backend, to_client })
 }
 
 /// How [`splice`] ended.

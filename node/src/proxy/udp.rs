@@ -50,12 +50,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::UdpSocket;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::counters::DataplaneMetrics;
+use super::counters::{AddrLabel, DataplaneMetrics, Name, OpenConnection, RequestLabels};
 use super::tcp::candidates;
 use super::ProxyContext;
 use crate::accept::{CapSlot, ConnCaps};
@@ -124,7 +125,9 @@ pub(crate) async fn serve_with(
     };
     info!(listener = %name, addr = %local, "udp listener serving");
     let dropped = DropCounters::new(&ctx.metrics, &name);
+    let open = ctx.metrics.listener_connections(&name);
     let mut proxy = UdpProxy {
+        open,
         dropped,
         name,
         local,
@@ -194,6 +197,8 @@ struct UdpProxy {
     flows: HashMap<SocketAddr, Flow>,
     /// Flows per listener and per client IP, for the listener's caps.
     caps: Arc<ConnCaps>,
+    /// `lbfleet_listener_connections` of this listener (its flows).
+    open: Gauge,
     /// Origin of the flows' activity clocks.
     epoch: Instant,
     /// The routing snapshot seen last and a counter bumped whenever it changes, so flows are re-checked
@@ -219,8 +224,11 @@ struct Flow {
     /// Routing generation at which the flow was last found valid.
     generation: u64,
     replies: AbortHandle,
+    /// `lbfleet_received_bytes_total` of the flow's listener, pool and backend.
+    received: Counter,
     _inflight: InFlight,
     _slot: CapSlot,
+    _open: OpenConnection,
 }
 
 impl Drop for Flow {
@@ -323,6 +331,7 @@ impl UdpProxy {
         }
         let Some(flow) = self.flows.get(&client) else { return };
         flow.last.store(now, Ordering::Relaxed);
+        flow.received.inc_by(data.len() as u64);
         match send_now(&flow.upstream, data) {
             Ok(_) => {}
             // A refusal reported by an earlier datagram's ICMP error; this one may still go through.
@@ -415,12 +424,17 @@ impl UdpProxy {
         let upstream = Arc::new(upstream);
         let last = Arc::new(AtomicU64::new(self.now_nanos()));
         let dead = Arc::new(AtomicBool::new(false));
+        let labels = RequestLabels {
+            listener: Name(Arc::from(self.name.as_str())),
+            pool: Some(Name(Arc::from(pool))),
+            backend: AddrLabel(Some(backend.addr())),
+        };
+        let (received, sent) = self.ctx.metrics.traffic_counters(&labels);
         let task = tokio::spawn(relay_replies(
             Arc::clone(&upstream),
             Arc::clone(&self.socket),
             client,
-            Arc::clone(&last),
-            Arc::clone(&dead),
+            (Arc::clone(&last), Arc::clone(&dead), sent),
             self.epoch,
         ));
         debug!(listener = %self.name, %client, backend = %backend.addr(), "udp flow started");
@@ -433,8 +447,10 @@ impl UdpProxy {
             dead,
             generation: self.generation,
             replies: task.abort_handle(),
+            received,
             _inflight: inflight,
             _slot: slot,
+            _open: OpenConnection::new(&self.open),
         }
     }
 
@@ -508,8 +524,7 @@ async fn relay_replies(
     upstream: Arc<UdpSocket>,
     listener: Arc<UdpSocket>,
     client: SocketAddr,
-    last: Arc<AtomicU64>,
-    dead: Arc<AtomicBool>,
+    (last, dead, sent): (Arc<AtomicU64>, Arc<AtomicBool>, Counter),
     epoch: Instant,
 ) {
     loop {
@@ -522,7 +537,10 @@ async fn relay_replies(
             let mut buf = cell.borrow_mut();
             match upstream.try_recv(&mut buf[..]) {
                 Ok(n) => match send_to_now(&listener, &buf[..n], client) {
-                    Ok(_) => Step::Sent,
+                    Ok(_) => {
+                        sent.inc_by(n as u64);
+                        Step::Sent
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Blocked(buf[..n].to_vec()),
                     // The client is unreachable for now (e.g. an ICMP error); drop this reply.
                     Err(_) => Step::Nothing,
@@ -540,6 +558,7 @@ async fn relay_replies(
                 if listener.send_to(&reply, client).await.is_err() {
                     continue;
                 }
+                sent.inc_by(reply.len() as u64);
             }
             Step::Failed(e) => {
                 debug!(%client, error = %e, "udp upstream receive failed; the flow will be re-opened");

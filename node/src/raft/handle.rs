@@ -3,6 +3,7 @@
 //! Nothing outside `crate::raft` names the storage crate; the model leaves as
 //! `Arc<lbfleet_api::state::ClusterState>`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use lbfleet_api::state::{ClusterState, Committed, LbNode};
@@ -26,11 +27,26 @@ pub struct RaftNode {
     raft: Raft,
     store: StateMachineStore,
     proposer: Proposer,
+    /// The log store's committed index (see [`Self::committed_index`]).
+    committed: Arc<AtomicU64>,
 }
 
 impl RaftNode {
-    pub fn new(id: NodeId, me: LbNode, raft: Raft, store: StateMachineStore, proposer: Proposer) -> Self {
-        RaftNode { id, me, raft, store, proposer }
+    /// `committed`: the log store's committed index, shared.
+    pub fn new(
+        id: NodeId,
+        me: LbNode,
+        raft: Raft,
+        (store, committed): (StateMachineStore, Arc<AtomicU64>),
+        proposer: Proposer,
+    ) -> Self {
+        RaftNode { id, me, raft, store, proposer, committed }
+    }
+
+    /// Index of the latest committed log entry this node knows (0 before any; openraft 0.9's metrics
+    /// do not carry it, the log store sees it saved).
+    pub fn committed_index(&self) -> u64 {
+        self.committed.load(Ordering::Relaxed)
     }
 
     /// The openraft instance (membership changes, shutdown).

@@ -122,9 +122,10 @@ pub async fn start(config: &NodeConfig, channels: crate::channels::ChannelCache)
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
     let (log_store, sm_store) = lbfleet_raft_store::open(&config.data_dir)?;
+    let committed = log_store.committed_index();
     let raft = new_raft(config, log_store, sm_store.clone(), channels.fresh()).await?;
     let proposer = Proposer::new(config.id, raft.clone(), config.write_timeout, channels);
-    Ok(RaftNode::new(config.id, config.advertised(), raft, sm_store, proposer))
+    Ok(RaftNode::new(config.id, config.advertised(), raft, (sm_store, committed), proposer))
 }
 
 /// Create the openraft instance over the given storage and a gRPC network on `channels`.

@@ -12,6 +12,7 @@
 //!   in-flight count until then.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
@@ -31,8 +32,28 @@ pub enum BodyFault {
     Client(String),
 }
 
-/// Where a [`ReqBody`] records its [`BodyFault`], for the proxy to read after the send failed.
-pub type FaultCell = Arc<OnceLock<BodyFault>>;
+/// Where a [`ReqBody`] records its [`BodyFault`], for the proxy to read after the send failed, and
+/// the bytes of it read so far (for the counters and the access log).
+#[derive(Debug, Default)]
+pub struct BodyCell {
+    fault: OnceLock<BodyFault>,
+    read: AtomicU64,
+}
+
+impl BodyCell {
+    /// Why the client's body failed, if it did.
+    pub fn fault(&self) -> Option<&BodyFault> {
+        self.fault.get()
+    }
+
+    /// Body bytes read from the client so far.
+    pub fn read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
+    }
+}
+
+/// A [`BodyCell`], shared by the body and the proxy.
+pub type FaultCell = Arc<BodyCell>;
 
 /// The error a [`ReqBody`] gives hyper's client when the client's body failed.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +98,7 @@ impl ReqBody {
     fn fail(&mut self, fault: BodyFault) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.sent = None;
         self.inner = None;
-        let _ = self.fault.set(fault.clone());
+        let _ = self.fault.fault.set(fault.clone());
         Poll::Ready(Some(Err(Box::new(ClientBodyError(fault)))))
     }
 }
@@ -120,6 +141,7 @@ impl Body for ReqBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.read += data.len() as u64;
+                    this.fault.read.store(this.read, Ordering::Relaxed);
                     if let Some(max) = this.max.filter(|max| this.read > *max) {
                         // The frame that crosses the limit is not forwarded.
                         return this.fail(BodyFault::TooLarge(max));
@@ -186,6 +208,72 @@ impl Body for RespBody {
             RespBody::Text(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             RespBody::Upstream(u) => u.size_hint(),
         }
+    }
+}
+
+/// What is done once a response body has gone to the client (or was dropped): its bytes counted, and
+/// whatever [`Finish::done`] does with them (the access log).
+pub trait Finish: Send + 'static {
+    /// `sent`: body bytes handed to the client; `complete`: the body reached its end.
+    fn done(self, sent: u64, complete: bool);
+}
+
+/// A response body that counts what it sends and calls its [`Finish`] once, at its end or drop.
+pub struct Tracked<F: Finish> {
+    inner: RespBody,
+    sent: u64,
+    finish: Option<F>,
+}
+
+impl<F: Finish> Tracked<F> {
+    pub fn new(inner: RespBody, finish: F) -> Self {
+        Tracked { inner, sent: 0, finish: Some(finish) }
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if let Some(f) = self.finish.take() {
+            f.done(self.sent, complete);
+        }
+    }
+}
+
+impl<F: Finish> Drop for Tracked<F> {
+    fn drop(&mut self) {
+        let complete = self.inner.is_end_stream();
+        self.finish(complete);
+    }
+}
+
+impl<F: Finish + Unpin> Body for Tracked<F> {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.sent += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if this.inner.is_end_stream() {
+                    this.finish(true);
+                }
+            }
+            Poll::Ready(None) => this.finish(true),
+            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -39,7 +39,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 
 use super::activity::{Activity, TaskGuard};
-use super::body::{BodyFault, Release, ReqBody, RespBody, UpstreamBody};
+use super::body::{BodyFault, FaultCell, Finish, Release, ReqBody, RespBody, Tracked, UpstreamBody};
 use super::guard::{self, Refusal};
 use super::headers::{
     add_forwarding_as, add_via, cookie, request_host, requested_upgrade, sticky_set_cookie, strip_hop_by_hop,
@@ -48,7 +48,7 @@ use super::upstream::{BackendTls, Pooled};
 use super::{ConnInfo, Shared};
 use crate::balance::key::{candidates, request_key, route_index, sticky_backend};
 use crate::balance::{BackendHandle, InFlight};
-use crate::proxy::counters::{AddrLabel, Name, RequestLabels};
+use crate::proxy::counters::{AddrLabel, DataplaneMetrics, Name, RequestLabels};
 use crate::shutdown::Shutdown;
 
 /// Most backend attempts per request (connect failures and retries together).
@@ -56,7 +56,11 @@ pub const MAX_ATTEMPTS: usize = 3;
 
 /// Answer a request of a client connection, and count the answer and its duration (from here, where
 /// the request head has been received, to the response head handed back to the connection).
-pub(crate) async fn handle(req: Request<Incoming>, conn: &ConnInfo, shared: &Shared) -> Response<RespBody> {
+pub(crate) async fn handle(
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    shared: &Shared,
+) -> Response<Tracked<Exchange>> {
     let started = Instant::now();
     let mut seen = Seen::default();
     let resp = respond(req, conn, shared, &mut seen).await;
@@ -69,7 +73,23 @@ pub(crate) async fn handle(req: Request<Incoming>, conn: &ConnInfo, shared: &Sha
     if let Some(reason) = seen.refused {
         shared.ctx.metrics.http_refused(&shared.name, reason);
     }
-    resp
+    let exchange = Exchange { metrics: Arc::clone(&shared.ctx.metrics), labels, request_body: seen.body };
+    resp.map(|body| Tracked::new(body, exchange))
+}
+
+/// One request and its response, once the response body has gone to the client: its bytes counted.
+pub(crate) struct Exchange {
+    metrics: Arc<DataplaneMetrics>,
+    labels: RequestLabels,
+    /// The request body forwarded to a backend, if one was.
+    request_body: Option<FaultCell>,
+}
+
+impl Finish for Exchange {
+    fn done(self, sent: u64, _complete: bool) {
+        let received = self.request_body.as_ref().map_or(0, |b| b.read());
+        self.metrics.traffic(&self.labels, received, sent);
+    }
 }
 
 /// Which pool and backend a request went to, for the counters.
@@ -81,6 +101,10 @@ struct Seen {
     backend: Option<SocketAddr>,
     /// Why the proxy refused the request, if it did (the `reason` of `lbfleet_http_refused_total`).
     refused: Option<&'static str>,
+    /// The request body as forwarded, to count its bytes.
+    body: Option<FaultCell>,
+    /// Backend attempts after the first.
+    retries: u32,
 }
 
 impl Seen {
@@ -133,7 +157,8 @@ async fn respond(
         }
     }
     let pool_name = route.map_or(listener.pool.as_str(), |i| listener.route[i].pool.as_str());
-    seen.pool = Some(Name(routing.pool_label(pool_name)));
+    let pool_label = Name(routing.pool_label(pool_name));
+    seen.pool = Some(pool_label.clone());
     let Some(selector) = routing.pool(pool_name).cloned() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, format!("unknown pool \"{pool_name}\""), node);
     };
@@ -257,6 +282,7 @@ async fn respond(
     let replayable = is_idempotent(&parts.method) && hyper::body::Body::is_end_stream(&body);
     let body = if replayable { ReqBody::empty() } else { ReqBody::new(body, limits.max_body) };
     let fault = body.fault();
+    seen.body = Some(Arc::clone(&fault));
     let mut pending = Some(Request::from_parts(parts, body));
 
     let timeouts = listener.timeouts.clamped();
@@ -279,6 +305,9 @@ async fn respond(
     let mut idx = 0;
     let mut fresh = false;
     let mut replayed = false;
+    let listener_label = Name(Arc::clone(&shared.label));
+    // Why the next attempt is made, once one failed (counted when it starts).
+    let mut retry: Option<&'static str> = None;
     for _ in 0..MAX_ATTEMPTS {
         let Some(backend) = cands.get(idx) else { break };
         let Some(request) = pending.take() else { break };
@@ -291,6 +320,10 @@ async fn respond(
             fresh = false;
             continue;
         };
+        if let Some(reason) = retry.take() {
+            shared.ctx.metrics.retry(&listener_label, &pool_label, reason);
+            seen.retries += 1;
+        }
         let acquired = shared
             .upstreams
             .acquire_with(backend.addr(), timeouts.connect, fresh, backend_tls.as_ref())
@@ -303,6 +336,7 @@ async fn respond(
                 outlier.record_connect_failure(pool_name, backend.addr());
                 shared.ctx.metrics.connect_failure(pool_name, backend.addr());
                 connect_errors.push(format!("{}: {e}", backend.addr()));
+                retry = Some("connect_failure");
                 pending = Some(request);
                 idx += 1;
                 fresh = false;
@@ -333,6 +367,7 @@ async fn respond(
                 tracing::debug!(backend = %backend.addr(), "pooled connection closed before the request was written");
                 pending = Some(*back);
                 fresh = true;
+                retry = Some("closed_unsent");
             }
             Err(SendError::Timeout) => {
                 // Counts as the 504 the client gets.
@@ -349,8 +384,8 @@ async fn respond(
                 );
             }
             // The client's body failed: its fault, told apart from a backend's failure.
-            Err(SendError::Failed(e)) if fault.get().is_some() => {
-                let r = body_refusal(fault.get());
+            Err(SendError::Failed(e)) if fault.fault().is_some() => {
+                let r = body_refusal(fault.fault());
                 tracing::debug!(peer = %conn.peer, backend = %backend.addr(), "{}; backend request aborted: {e}", r.message);
                 return seen.refuse(r, version, node);
             }
@@ -360,6 +395,7 @@ async fn respond(
                     replayed = true;
                     pending = Some(again);
                     fresh = true;
+                    retry = Some("replay");
                 }
                 None => {
                     // Counts as the 502 the client gets.
