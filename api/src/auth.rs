@@ -141,7 +141,7 @@ pub fn requirement(path: &str) -> Option<Requirement> {
         }
         "lbfleet.v1.Admin" => match method {
             "Status" | "LocalStatus" | "GetConfig" | "ListNodes" | "ListBackends" | "Watch" | "Events"
-            | "LocalLoad" => Some(Requirement::Read),
+            | "LocalLoad" | "LocalDashboard" => Some(Requirement::Read),
             "ApplyConfig" | "AddNode" | "RemoveNode" | "SetDrain" => Some(Requirement::Admin),
             "ReportLoad" | "SubmitHealthVote" => Some(Requirement::Node),
             _ => None,

@@ -13,6 +13,7 @@ use crate::proxy::listeners::{ListenerStatus, ListenerStatuses};
 use crate::proxy::ProxyContext;
 use crate::raft::RaftNode;
 use crate::shutdown::Shutdown;
+use crate::traffic::SharedTrafficBook;
 
 /// Everything the servers of one node share. Cheap to clone.
 #[derive(Clone)]
@@ -33,6 +34,8 @@ pub struct Cluster {
     pub tokens: Arc<lbfleet_api::auth::TokenSet>,
     /// The scale hooks of this node's local config: a config naming another is refused here.
     pub hooks: Arc<Hooks>,
+    /// This node's recent traffic, sampled from its counters (for the dashboard).
+    pub traffic: SharedTrafficBook,
 }
 
 impl Cluster {

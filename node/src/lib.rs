@@ -5,7 +5,8 @@
 //!   - [`node`]: [`node::Node`], starting and stopping everything below.
 //!   - [`cluster`]: [`cluster::Cluster`], what the admin servers share.
 //!   - [`admin`]: the `Admin` gRPC service ([`admin::grpc`]), the admin HTTP server ([`admin::http`])
-//!     and its Prometheus metrics ([`admin::metrics`]).
+//!     with its Prometheus metrics ([`admin::metrics`]) and the cluster dashboard's data
+//!     ([`admin::dashboard`]).
 //! - I/O:
 //!   - [`proxy`]: the listener manager and the HTTP, TCP and UDP proxies, PROXY protocol, counters.
 //!   - [`health`]: active health checks from this node and its health votes.
@@ -13,6 +14,8 @@
 //!     backends, with their pure decision functions.
 //!   - [`load`]: the report of per-backend in-flight counts each node sends the leader every second,
 //!     and the leader's board of the latest reports.
+//!   - [`traffic`]: this node's recent request and error rates and latency per backend and listener,
+//!     sampled every second from its counters, for the dashboard.
 //!   - [`front`]: the VIP of the front: BIRD beside the node (its child), announcing the VIP over
 //!     BGP while the node can serve and withdrawing it first at shutdown.
 //!   - [`raft`]: openraft configuration, bootstrap, the gRPC network, the Raft service, the one write
@@ -57,3 +60,4 @@ pub mod proxy;
 pub mod raft;
 pub mod shutdown;
 pub mod tls;
+pub mod traffic;

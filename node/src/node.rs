@@ -111,6 +111,7 @@ impl Node {
             loads: crate::load::LoadBoard::default(),
             tokens: Arc::clone(&tls.tokens),
             hooks: Arc::new(config.hooks.clone()),
+            traffic: Default::default(),
         };
         let dataplane = tokio::spawn(crate::proxy::listeners::run(
             Arc::clone(&cluster.dataplane),
@@ -130,6 +131,12 @@ impl Node {
             node.clone(),
             Arc::clone(&cluster.dataplane),
             cluster.loads.clone(),
+            shutdown_rx.clone(),
+        ));
+        tokio::spawn(crate::traffic::run_sampler(
+            node.clone(),
+            Arc::clone(&cluster.dataplane),
+            Arc::clone(&cluster.traffic),
             shutdown_rx.clone(),
         ));
         tokio::spawn(crate::leader::run(crate::leader::Duties {

@@ -1,7 +1,7 @@
 //! The layering of `lbfleet-node`, checked from its own sources (README, "Architecture").
 //!
 //! Top-level modules form layers that import only downward:
-//! entry points (`node`, `cluster`, `admin`) → I/O (`proxy`, `health`, `leader`, `load`, `raft`, `front`) →
+//! entry points (`node`, `cluster`, `admin`) → I/O (`proxy`, `health`, `leader`, `load`, `traffic`, `raft`, `front`) →
 //! pure balancing (`balance`) → the model (`lbfleet_api`). `config`, `channels`, `net`, `shutdown`,
 //! `accept` and `limits` are leaves anyone may use; modules of one layer may import each other. These tests fail on an import cycle between top-level modules, on a
 //! layer imported upward, on `balance` importing anything of the crate but itself, and on any module
@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 const ENTRY: &[&str] = &["node", "cluster", "admin"];
-const IO: &[&str] = &["proxy", "health", "leader", "load", "raft", "front"];
+const IO: &[&str] = &["proxy", "health", "leader", "load", "traffic", "raft", "front"];
 const PURE: &[&str] = &["balance"];
 const LEAVES: &[&str] = &["config", "channels", "net", "shutdown", "tls", "auth", "accept", "limits"];
 

@@ -565,6 +565,13 @@ impl Admin for AdminService {
         Ok(Response::new(crate::load::local_report(self.id(), &routing, crate::load::now_ms())))
     }
 
+    async fn local_dashboard(
+        &self,
+        _request: Request<pb::LocalDashboardRequest>,
+    ) -> Result<Response<pb::LocalDashboardReport>, Status> {
+        Ok(Response::new(super::dashboard::local_report(&self.cluster)))
+    }
+
     async fn report_load(
         &self,
         request: Request<pb::LoadReport>,

@@ -5,16 +5,18 @@
 //! | `GET /healthz` | `200 ok <role>` while the node serves |
 //! | `GET /api/v1/state` | JSON: node id, role, leader, term, applied index, config version, config, backends, nodes, ring digest, this node's `local_health`, committed `health_votes` |
 //! | `GET /metrics` | Prometheus / OpenMetrics text (see [`super::metrics`]) |
-//! | `GET /` | a self-contained HTML dashboard that polls `/api/v1/state` |
+//! | `GET /api/v1/cluster` | JSON: the whole cluster as the dashboard shows it, gathered from every member (see [`super::dashboard`]) |
+//! | `GET /` | a self-contained HTML dashboard (assets in the binary) that polls `/api/v1/cluster` |
 //!
-//! `/healthz` and `/metrics` are open; `/api/v1/state` and the dashboard need an operator token (any
+//! `/healthz` and `/metrics` are open; `/api/v1/state`, `/api/v1/cluster` and the dashboard need an operator token (any
 //! role): `Authorization: Bearer <token>`, or once from a browser `/?token=<token>`, which answers with a
 //! redirect that stores the token in an HttpOnly, SameSite=Strict cookie (see [`crate::auth::http_auth`]);
 //! without one the answer is `401` naming what is missing.
 //!
 //! Any other path is `404`; another method on a known path is `405`; a request with a body over
 //! [`limits::ADMIN_HTTP_MAX_BODY_BYTES`] is `413`. Everything is answered from this node's local
-//! view, without contacting other nodes.
+//! view, without contacting other nodes, except `/api/v1/cluster`, which asks every other member
+//! (each bounded by `STATUS_TIMEOUT`, all at once).
 //!
 //! Connections come from [`Acceptor`] (a connection cap, back-off when out of descriptors); each
 //! is bounded by a header read timeout (HTTP/1), an idle timeout (no bytes either way, both
@@ -71,8 +73,20 @@ pub async fn serve(mut acceptor: Acceptor, cluster: Cluster, mut shutdown: Shutd
             (conn, peer) = acceptor.accept() => {
                 let cluster = cluster.clone();
                 let service = hyper::service::service_fn(move |req| {
-                    let response = body_too_large(&req).unwrap_or_else(|| handle(&cluster, &req));
-                    async move { Ok::<_, Infallible>(response) }
+                    let answer = match body_too_large(&req) {
+                        Some(r) => Answer::Now(r),
+                        None => handle(&cluster, &req),
+                    };
+                    let cluster = cluster.clone();
+                    async move {
+                        Ok::<_, Infallible>(match answer {
+                            Answer::Now(r) => r,
+                            Answer::Cluster => {
+                                let doc = super::dashboard::cluster_json(&cluster).await;
+                                text(StatusCode::OK, "application/json", format!("{doc:#}\n"))
+                            }
+                        })
+                    }
                 });
                 let activity = Arc::new(Activity::default());
                 let io = TokioIo::new(IdleIo::new(conn, Arc::clone(&activity)));
@@ -120,11 +134,22 @@ fn body_too_large<B>(req: &Request<B>) -> Option<Response<Full<Bytes>>> {
     Some(r)
 }
 
-fn handle(cluster: &Cluster, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// What to answer: now, or the cluster document (which asks the other members first).
+enum Answer {
+    Now(Response<Full<Bytes>>),
+    Cluster,
+}
+
+fn handle(cluster: &Cluster, req: &Request<Incoming>) -> Answer {
     let path = req.uri().path();
-    let known = matches!(path, "/" | "/index.html" | "/healthz" | "/api/v1/state" | "/metrics");
+    let known =
+        matches!(path, "/" | "/index.html" | "/healthz" | "/api/v1/state" | "/api/v1/cluster" | "/metrics");
     if !known {
-        return text(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", format!("not found: {path}\n"));
+        return Answer::Now(text(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            format!("not found: {path}\n"),
+        ));
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = text(
@@ -133,15 +158,18 @@ fn handle(cluster: &Cluster, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             format!("{} is read-only\n", path),
         );
         r.headers_mut().insert("allow", HeaderValue::from_static("GET, HEAD"));
-        return r;
+        return Answer::Now(r);
     }
-    if matches!(path, "/" | "/index.html" | "/api/v1/state") {
+    if matches!(path, "/" | "/index.html" | "/api/v1/state" | "/api/v1/cluster") {
         if let Some(refusal) = needs_token(cluster, req) {
-            return refusal;
+            return Answer::Now(refusal);
         }
     }
+    if path == "/api/v1/cluster" {
+        return Answer::Cluster;
+    }
     let view = cluster.local_view();
-    match path {
+    Answer::Now(match path {
         "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", format!("ok {}\n", view.role)),
         "/api/v1/state" => {
             let metrics = cluster.raft.metrics();
@@ -179,7 +207,7 @@ fn handle(cluster: &Cluster, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             )
         }
         _ => text(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD.to_string()),
-    }
+    })
 }
 
 /// `None` when the request carries a valid token; else the answer: a redirect that stores a token
@@ -304,7 +332,7 @@ mod tests {
 
     #[test]
     fn the_dashboard_is_self_contained() {
-        assert!(DASHBOARD.contains("/api/v1/state"));
+        assert!(DASHBOARD.contains("/api/v1/cluster"));
         assert!(!DASHBOARD.contains("http://") && !DASHBOARD.contains("https://"), "no external assets");
     }
 }

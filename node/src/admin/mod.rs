@@ -1,5 +1,6 @@
 //! The admin surfaces of a node: the gRPC `Admin` service that `lbctl` speaks ([`grpc`]) and the
-//! admin HTTP server with health, state JSON, Prometheus metrics and a dashboard ([`http`]).
+//! admin HTTP server with health, state JSON, Prometheus metrics and the cluster dashboard ([`http`],
+//! its data in [`dashboard`]).
 //!
 //! This module holds what both need and that has no I/O of its own: how proposal and Raft errors
 //! become gRPC statuses ([`propose_failure`], [`write_failure`]) and the `Watch` events. The views
@@ -10,6 +11,7 @@
 //! forwarded request carries [`HOPS_HEADER`] so that a request cannot bounce between nodes while
 //! leadership moves.
 
+pub mod dashboard;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
