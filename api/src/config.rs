@@ -14,10 +14,13 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub mod schema;
 pub mod tls;
 
+use self::schema::{HOST_PATTERN, NAME_PATTERN, PATH_PATTERN, TOKEN_PATTERN};
 pub use self::tls::{ListenerTls, PoolTls, SniRoute, TlsCertificate, TlsMode};
 use self::tls::{RawListenerTls, RawPoolTls, RawSniRoute};
 
@@ -644,135 +647,316 @@ impl ClusterConfig {
 // Raw model and validation
 // ---------------------------------------------------------------------------------------------
 
-/// The config as written by an operator, before validation.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The cluster config as written by an operator (TOML, or JSON over the API), before validation:
+/// `[[pool]]` tables of backends and `[[listener]]` tables that feed them. The doc comment of each
+/// field states its default and the bounds the validator enforces; they are the descriptions of the
+/// JSON Schema (`lbctl config schema`, `docs/cluster-config.schema.json`).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "lbfleet cluster config")]
 pub struct RawConfig {
+    /// The pools: sets of interchangeable backends with one selection policy. At most 2000 pools
+    /// (`MAX_POOLS`) and 20000 backends over all pools (`MAX_TOTAL_BACKENDS`); names unique.
     #[serde(default)]
+    #[schemars(length(max = MAX_POOLS))]
     pub pool: Vec<RawPool>,
+    /// The data-plane listeners, bound on every node at `<node bind ip>:port`. At most 1000
+    /// (`MAX_LISTENERS`) and 10000 routes over all listeners (`MAX_TOTAL_ROUTES`); names unique, one
+    /// listener per transport and port.
     #[serde(default)]
+    #[schemars(length(max = MAX_LISTENERS))]
     pub listener: Vec<RawListener>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// A set of interchangeable backends with one selection policy.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPool {
+    /// The pool's name, referred to by listeners and routes. Required: 1 to 64 of A-Z a-z 0-9 - _ .
+    /// (`MAX_NAME_LEN`).
+    #[schemars(length(min = 1, max = MAX_NAME_LEN), pattern(NAME_PATTERN))]
     pub name: Option<String>,
-    pub policy: Option<String>,
-    pub hash_key: Option<String>,
-    pub table_size: Option<u64>,
-    pub sticky_cookie: Option<String>,
-    pub health: Option<RawHealth>,
-    pub outlier: Option<RawOutlier>,
-    pub scale: Option<RawScale>,
+    /// How a backend is picked. Default `round_robin`. Hash policies (`source_hash`, `ring_hash`,
+    /// `maglev`) send a key to the same backend on every node; the others decide per node.
     #[serde(default)]
+    #[schemars(schema_with = "schema::policy")]
+    pub policy: Option<String>,
+    /// What a hash policy hashes: `source_ip`, `source_addr`, `header:NAME`, `cookie:NAME` (NAME an
+    /// HTTP token of at most 128 bytes; both need an http listener), `path` (http), or `flow` (the UDP
+    /// 5-tuple; needs a udp listener). Default `source_ip` for hash policies, else `source_addr`.
+    #[serde(default)]
+    #[schemars(schema_with = "schema::hash_key")]
+    pub hash_key: Option<String>,
+    /// Maglev table size (ring_hash: unused). Default 65537; a prime in 101..=16777213, at least 10
+    /// slots per backend (`MIN_TABLE_SIZE`, `MAX_TABLE_SIZE`, `MIN_SLOTS_PER_BACKEND`); all pools'
+    /// tables together at most 2^26 slots (`MAX_TOTAL_TABLE_SLOTS`).
+    #[schemars(range(min = MIN_TABLE_SIZE, max = MAX_TABLE_SIZE))]
+    pub table_size: Option<u64>,
+    /// HTTP: pin a client to a backend with a cookie of this name, honoured by every node. Default:
+    /// none. An HTTP token of at most 128 bytes (`MAX_HEADER_NAME_LEN`).
+    #[schemars(length(min = 1, max = MAX_HEADER_NAME_LEN), pattern(TOKEN_PATTERN))]
+    pub sticky_cookie: Option<String>,
+    /// Active health checks by every node; the fleet-wide verdict is the vote of the live nodes.
+    /// Default: `kind = "tcp"` with the defaults of each field.
+    pub health: Option<RawHealth>,
+    /// Passive ejection from live traffic, by each node on its own. Default: the defaults of each
+    /// field.
+    pub outlier: Option<RawOutlier>,
+    /// Autoscaling of standby backends by the leader. Default: none (standbys stay as configured).
+    pub scale: Option<RawScale>,
+    /// The backends. At most 1000 per pool (`MAX_BACKENDS_PER_POOL`); addresses unique.
+    #[serde(default)]
+    #[schemars(length(max = MAX_BACKENDS_PER_POOL))]
     pub backend: Vec<RawBackend>,
+    /// Most connections (TCP, UDP flows) or in-flight requests (HTTP) each node sends to one backend
+    /// of the pool; a backend at it is skipped. Default: unlimited; 1..=1000000
+    /// (`MAX_CONNECTIONS_LIMIT`).
+    #[schemars(range(min = 1, max = MAX_CONNECTIONS_LIMIT))]
     pub max_connections_per_backend: Option<i64>,
+    /// TLS towards the backends (and their health checks). Default: none (plaintext).
     pub tls: Option<RawPoolTls>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[pool.outlier]`: passive ejection, per node, from live traffic (Envoy's defaults).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawOutlier {
+    /// Eject a backend after this many 5xx responses in a row; 0 disables. Default 5; 0..=1000
+    /// (`MAX_OUTLIER_COUNT`).
+    #[schemars(range(min = 0, max = MAX_OUTLIER_COUNT))]
     pub consecutive_5xx: Option<i64>,
+    /// Eject a backend after this many failed connects in a row; 0 disables. Default 5; 0..=1000
+    /// (`MAX_OUTLIER_COUNT`).
+    #[schemars(range(min = 0, max = MAX_OUTLIER_COUNT))]
     pub consecutive_connect_failures: Option<i64>,
+    /// How long the first ejection lasts; each repeat adds as much again, up to `max_ejection`.
+    /// Default "30s"; a duration ("500ms", "30s", "5m") in 1ms..=1day (`MAX_EJECTION`), at most
+    /// `max_ejection`.
+    #[schemars(length(min = 1))]
     pub base_ejection: Option<String>,
+    /// The longest ejection. Default "300s"; a duration in 1ms..=1day (`MAX_EJECTION`).
+    #[schemars(length(min = 1))]
     pub max_ejection: Option<String>,
+    /// Never eject more than this share of the pool's backends, in percent. Default 50; 0..=100.
+    #[schemars(range(min = 0, max = 100))]
     pub max_ejection_percent: Option<i64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[pool.scale]`: the leader activates standby backends when the load per active backend, summed
+/// over every node, stays above `high_watermark` for `window`, and drains them when it stays below
+/// `low_watermark`. The pool needs at least one `standby = true` backend.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawScale {
+    /// Fewest active backends. Required; 0..=1000 (`MAX_BACKENDS_PER_POOL`), at most `max_active`.
+    #[schemars(range(min = 0, max = MAX_BACKENDS_PER_POOL))]
     pub min_active: Option<i64>,
+    /// Most active backends. Required; 0..=1000, at most the pool's primary and standby backends.
+    #[schemars(range(min = 0, max = MAX_BACKENDS_PER_POOL))]
     pub max_active: Option<i64>,
+    /// In-flight requests plus open connections per active backend above which one more is
+    /// activated. Required; 0..=1000000 (`MAX_WATERMARK`), above `low_watermark`.
+    #[schemars(range(min = 0, max = MAX_WATERMARK))]
     pub high_watermark: Option<i64>,
+    /// Load per active backend below which one is drained. Required; 0..=1000000, below
+    /// `high_watermark`.
+    #[schemars(range(min = 0, max = MAX_WATERMARK))]
     pub low_watermark: Option<i64>,
+    /// How long the load must stay past a watermark. Default "30s"; a duration in 1s..=1h
+    /// (`MIN_SCALE_WINDOW`, `MAX_SCALE_WINDOW`).
+    #[schemars(length(min = 1))]
     pub window: Option<String>,
+    /// A hook (`[hooks.NAME]` of every node's local config) the leader runs after activating a
+    /// standby. Default: none. A name of 1 to 64 of A-Z a-z 0-9 - _ . that the node receiving the
+    /// config defines.
+    #[schemars(length(min = 1, max = MAX_NAME_LEN), pattern(NAME_PATTERN))]
     pub scale_out_hook: Option<String>,
+    /// A hook the leader runs after draining a standby. Default: none. A name as for
+    /// `scale_out_hook`.
+    #[schemars(length(min = 1, max = MAX_NAME_LEN), pattern(NAME_PATTERN))]
     pub scale_in_hook: Option<String>,
     /// Retired: read only to reject it with a message saying what to do instead.
+    #[schemars(skip)]
     pub scale_out_cmd: Option<serde::de::IgnoredAny>,
     /// Retired, like `scale_out_cmd`.
+    #[schemars(skip)]
     pub scale_in_cmd: Option<serde::de::IgnoredAny>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[[pool.backend]]`: one backend server.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBackend {
+    /// `IP:PORT` (IPv6 as `[addr]:port`, no zone), port 1..=65535. Required; at most 64 bytes
+    /// (`MAX_ADDR_LEN`).
+    #[schemars(length(min = 1, max = MAX_ADDR_LEN))]
     pub addr: Option<String>,
+    /// Relative share of the traffic (weighted policies, hash tables). Default 1; 1..=1000
+    /// (`WEIGHT_RANGE`).
+    #[schemars(range(min = *WEIGHT_RANGE.start(), max = *WEIGHT_RANGE.end()))]
     pub weight: Option<i64>,
+    /// Serves only while no primary backend of the pool is healthy. Default false; not with
+    /// `standby`.
     #[serde(default)]
     pub backup: bool,
+    /// Kept inactive until the leader's autoscaler (`[pool.scale]`) activates it. Default false; not
+    /// with `backup`.
     #[serde(default)]
     pub standby: bool,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[pool.health]`: the active health check every node runs against each backend.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealth {
+    /// `http` (a GET of `path`), `tcp` (a connect) or `none`. Default `tcp`.
+    #[serde(default)]
+    #[schemars(schema_with = "schema::health_kind")]
     pub kind: Option<String>,
+    /// HTTP: the path requested. Default "/health"; starts with `/`, no spaces or control
+    /// characters, at most 1024 bytes (`MAX_PATH_LEN`).
+    #[schemars(length(min = 1, max = MAX_PATH_LEN), pattern(PATH_PATTERN))]
     pub path: Option<String>,
+    /// Time between probes. Default "1s"; a duration in 100ms..=1h (`MIN_HEALTH_INTERVAL`,
+    /// `MAX_HEALTH_INTERVAL`).
+    #[schemars(length(min = 1))]
     pub interval: Option<String>,
+    /// How long one probe may take. Default "500ms"; a duration in 1ms..=1h, at most `interval`.
+    #[schemars(length(min = 1))]
     pub timeout: Option<String>,
+    /// Probes in a row that must pass before a backend is seen up. Default 2; 1..=100
+    /// (`MAX_HEALTH_COUNT`).
+    #[schemars(range(min = 1, max = MAX_HEALTH_COUNT))]
     pub rise: Option<i64>,
+    /// Probes in a row that must fail before a backend is seen down. Default 2; 1..=100.
+    #[schemars(range(min = 1, max = MAX_HEALTH_COUNT))]
     pub fall: Option<i64>,
+    /// HTTP: the accepted status codes, `[low, high]` inclusive. Default [200, 399]; within
+    /// 100..=599, low at most high.
+    #[schemars(length(equal = 2), inner(range(min = 100, max = 599)))]
     pub expect_status: Option<[i64; 2]>,
+    /// Down votes needed to mark a backend down fleet-wide. Default: a majority of the live voters;
+    /// 1..=100.
+    #[schemars(range(min = 1, max = MAX_HEALTH_COUNT))]
     pub quorum: Option<i64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[[listener]]`: a data-plane listener, bound on every node at `<node bind ip>:port`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
+    /// The listener's name. Required: 1 to 64 of A-Z a-z 0-9 - _ . (`MAX_NAME_LEN`).
+    #[schemars(length(min = 1, max = MAX_NAME_LEN), pattern(NAME_PATTERN))]
     pub name: Option<String>,
+    /// `http` (HTTP/1.1 and h2c; HTTP/2 over TLS), `tcp` or `udp`. Required.
+    #[serde(default)]
+    #[schemars(schema_with = "schema::protocol")]
     pub protocol: Option<String>,
+    /// The port on every node. Required; 1..=65535, not 7400 or 7401 over TCP (`RESERVED_PORTS`).
+    #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i64>,
+    /// The pool that gets what no route matches. Required; a pool of this config.
+    #[schemars(length(min = 1, max = MAX_NAME_LEN), pattern(NAME_PATTERN))]
     pub pool: Option<String>,
+    /// HTTP only: answer 307 pointing at the chosen backend instead of proxying. Default false.
     #[serde(default)]
     pub redirect: bool,
+    /// TCP only: send a PROXY protocol header of this version (1 or 2) to the backends. Default:
+    /// none.
+    #[schemars(range(min = 1, max = 2))]
     pub proxy_protocol: Option<i64>,
+    /// HTTP and TCP: read a PROXY protocol header (v1 or v2) from trusted fronts before anything
+    /// else. Default: none.
     pub accept_proxy_protocol: Option<RawAcceptProxyProtocol>,
+    /// Timeouts of the listener's connections. Default: the defaults of each field.
     pub timeouts: Option<RawTimeouts>,
+    /// HTTP only: routes by host and path prefix; the first match wins, no match goes to `pool`. At
+    /// most 2000 per listener (`MAX_ROUTES_PER_LISTENER`).
     #[serde(default)]
+    #[schemars(length(max = MAX_ROUTES_PER_LISTENER))]
     pub route: Vec<RawRoute>,
+    /// HTTP only: request limits (other protocols accept only the defaults). Default: the defaults
+    /// of each field.
     pub limits: Option<RawHttpLimits>,
+    /// Connection caps and the rate limit, each node on its own connections. Default: none.
     pub admission: Option<RawListenerLimits>,
+    /// HTTP and TCP: terminate TLS (TCP: or pass it through). Default: none (cleartext).
     pub tls: Option<RawListenerTls>,
+    /// TCP passthrough only: the pool chosen by the ClientHello's SNI, first match; no match goes to
+    /// `pool`. At most 256 (`tls::MAX_SNI_ROUTES`).
     #[serde(default)]
+    #[schemars(length(max = tls::MAX_SNI_ROUTES))]
     pub sni_route: Vec<RawSniRoute>,
 }
 
-/// `[listener.limits]` as written; sizes in bytes.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[listener.limits]`: what an HTTP request may weigh; sizes in bytes.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHttpLimits {
+    /// Request line and headers (HTTP/2: the header list size); above it: 431. Default 32768;
+    /// 1024..=1048576 (`MAX_REQUEST_HEAD_RANGE`).
+    #[schemars(range(min = *MAX_REQUEST_HEAD_RANGE.start(), max = *MAX_REQUEST_HEAD_RANGE.end()))]
     pub max_request_head: Option<i64>,
+    /// Header lines; above it: 431. Default 100; 1..=1000 (`MAX_HEADERS_RANGE`).
+    #[schemars(range(min = *MAX_HEADERS_RANGE.start(), max = *MAX_HEADERS_RANGE.end()))]
     pub max_headers: Option<i64>,
+    /// Method, target and version; above it: 414. Default 8192; 64..=65536
+    /// (`MAX_REQUEST_LINE_RANGE`), at most `max_request_head`.
+    #[schemars(range(min = *MAX_REQUEST_LINE_RANGE.start(), max = *MAX_REQUEST_LINE_RANGE.end()))]
     pub max_request_line: Option<i64>,
+    /// The body; above it: 413. Default: no limit; 1..=1099511627776 (1 TiB, `MAX_BODY_RANGE`).
+    #[schemars(range(min = *MAX_BODY_RANGE.start(), max = *MAX_BODY_RANGE.end()))]
     pub max_body: Option<i64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[listener.accept_proxy_protocol]`: connections start with a PROXY protocol header from a front.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAcceptProxyProtocol {
+    /// The sources allowed to send the header: IP addresses or networks without host bits
+    /// ("10.0.0.0/8", "2001:db8::/32"; ["0.0.0.0/0", "::/0"] trusts everyone). Required, 1 to 256
+    /// entries (`MAX_PROXY_PROTOCOL_FROM`).
+    #[schemars(length(min = 1, max = MAX_PROXY_PROTOCOL_FROM))]
     pub from: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[listener.timeouts]`: durations ("500ms", "2s", "1m").
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
+    /// Connecting to a backend. Default "2s"; 1ms..=5m (`MAX_CONNECT_TIMEOUT`).
+    #[schemars(length(min = 1))]
     pub connect: Option<String>,
+    /// HTTP: receiving one request head (slowloris), then the connection closes. Default "10s";
+    /// 1ms..=1h (`MAX_REQUEST_HEADER_TIMEOUT`).
+    #[schemars(length(min = 1))]
     pub request_header: Option<String>,
+    /// No byte either way. Default "60s"; 1ms..=1day (`MAX_IDLE_TIMEOUT`).
+    #[schemars(length(min = 1))]
     pub idle: Option<String>,
+    /// HTTP: the backend's response head. Default "30s"; 1ms..=1day
+    /// (`MAX_UPSTREAM_RESPONSE_TIMEOUT`).
+    #[schemars(length(min = 1))]
     pub upstream_response: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[[listener.route]]`: requests matching `host` and `path_prefix` (both, when both are given) go
+/// to `pool`. At least one of the two.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
+    /// The request's host (case-insensitive), without port. Default: any host. 1 to 253 bytes
+    /// (`MAX_HOST_LEN`), no spaces or `/`.
+    #[schemars(length(min = 1, max = MAX_HOST_LEN), pattern(HOST_PATTERN))]
     pub host: Option<String>,
+    /// The start of the request's path. Default: any path. Starts with `/`, at most 1024 bytes
+    /// (`MAX_PATH_LEN`).
+    #[schemars(length(min = 1, max = MAX_PATH_LEN), pattern("^/"))]
     pub path_prefix: Option<String>,
+    /// The pool the matching requests go to. Required; a pool of this config.
+    #[schemars(length(min = 1, max = MAX_NAME_LEN), pattern(NAME_PATTERN))]
     pub pool: Option<String>,
+    /// The requests this route takes, on top of the listener's rate limit. Default: none.
     pub rate_limit: Option<RawRateLimit>,
 }
 
@@ -1797,20 +1981,42 @@ pub enum RateScope {
     Fleet,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[listener.admission]`: connection caps and the rate limit, each node on its own connections.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawListenerLimits {
+    /// Client connections (UDP: flows) open at once on this listener, on each node. Default:
+    /// unlimited; 1..=1000000 (`MAX_CONNECTIONS_LIMIT`).
+    #[schemars(range(min = 1, max = MAX_CONNECTIONS_LIMIT))]
     pub max_connections: Option<i64>,
+    /// Client connections (UDP: flows) open at once from one source IP, on each node. Default:
+    /// unlimited; 1..=1000000.
+    #[schemars(range(min = 1, max = MAX_CONNECTIONS_LIMIT))]
     pub max_connections_per_source: Option<i64>,
+    /// HTTP: requests; TCP: new connections (not for UDP). Default: none.
     pub rate_limit: Option<RawRateLimit>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// A token bucket: `rate` tokens a second, at most `burst` saved up; each HTTP request or new TCP
+/// connection takes one.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
+    /// Tokens per second. Required; 1..=1000000 (`MAX_RATE`).
+    #[schemars(range(min = 1, max = MAX_RATE))]
     pub rate: Option<i64>,
+    /// Tokens saved up. Default: `rate`; 1..=1000000 (`MAX_BURST`).
+    #[schemars(range(min = 1, max = MAX_BURST))]
     pub burst: Option<i64>,
+    /// `source_ip`: one bucket per client IP; `listener`: one bucket for every client. Default
+    /// `source_ip`.
+    #[serde(default)]
+    #[schemars(schema_with = "schema::rate_key")]
     pub per: Option<String>,
+    /// `node`: each node enforces `rate` and `burst` by itself; `fleet`: they are the fleet's budget,
+    /// each node enforcing its share. Default `node`.
+    #[serde(default)]
+    #[schemars(schema_with = "schema::rate_scope")]
     pub scope: Option<String>,
 }
 

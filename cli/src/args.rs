@@ -167,6 +167,9 @@ pub enum ConfigAction {
     /// Pools, backends, listeners and routes that applying FILE would add, remove or change, field by
     /// field (the node asked validates FILE as `apply` would). Exit 0: no difference, 10: differences.
     Diff(ConfigDiffArgs),
+    /// Print the JSON Schema of the cluster config (what `apply -f` takes, TOML or JSON), for editors;
+    /// offline.
+    Schema,
 }
 
 #[derive(Debug, Args)]

@@ -50,6 +50,9 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
     let done = match &cli.command {
         Command::Config(c) => match &c.action {
             ConfigAction::Diff(d) => return commands::config_diff(&g, d).await,
+            ConfigAction::Schema => {
+                commands::print(&lbfleet_api::config::schema::cluster_config_schema_json())
+            }
         },
         Command::Top(t) => top::run(&g, t).await,
         Command::Completions(c) => commands::completions(&g, c.shell),

@@ -15,6 +15,7 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{bounded_duration, shown, Problems, Protocol, MAX_HOST_LEN, MAX_PATH_LEN};
@@ -152,44 +153,95 @@ pub struct PoolTls {
     pub server_name: Option<String>,
 }
 
-/// `[listener.tls]` as written.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[listener.tls]`: terminate TLS (http and tcp listeners) or pass it through (tcp only).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = super::schema::certificates_alias)]
 pub struct RawListenerTls {
+    /// `terminate` (the node holds the certificates) or `passthrough` (tcp only: the bytes go to
+    /// the backend untouched, picked by SNI with `sni_route`). Default `terminate`.
+    #[serde(default)]
+    #[schemars(schema_with = "super::schema::tls_mode")]
     pub mode: Option<String>,
+    /// How long a client has for its handshake (passthrough: its ClientHello). Default "10s"; a
+    /// duration in 100ms..=5m (`HANDSHAKE_TIMEOUT_RANGE`).
+    #[schemars(length(min = 1))]
     pub handshake_timeout: Option<String>,
+    /// Terminate: the certificates, picked by SNI; also written `[[listener.tls.cert]]`. At least
+    /// one, at most 64 (`MAX_CERTIFICATES`); passthrough takes none.
     #[serde(default, alias = "cert")]
+    #[schemars(length(max = MAX_CERTIFICATES))]
     pub certificates: Vec<RawTlsCertificate>,
+    /// Terminate: the ALPN protocols offered, in preference order. Default ["h2", "http/1.1"] for
+    /// http (only these two are allowed there), none for tcp; at most 8 (`MAX_ALPN`) of 1 to 32
+    /// ASCII bytes (`MAX_ALPN_LEN`). Passthrough takes none.
+    #[schemars(length(max = MAX_ALPN), inner(length(min = 1, max = MAX_ALPN_LEN)))]
     pub alpn: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[[listener.tls.certificates]]`: `cert_file` and `key_file` (read on every node, re-read every
+/// 5 s) or `cert_pem` and `key_pem` (inline, in the replicated config).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTlsCertificate {
+    /// The names it is served for: exact, or `*.example.com` for one label. Default: the DNS names
+    /// of the certificate itself. At most 100 (`MAX_SERVER_NAMES`) of at most 253 bytes.
     #[serde(default)]
+    #[schemars(length(max = MAX_SERVER_NAMES), inner(length(min = 1, max = MAX_HOST_LEN)))]
     pub server_names: Vec<String>,
+    /// Served when no name matches or the client sends no SNI. Default false (then the first
+    /// certificate is the default); at most one per listener.
     #[serde(default)]
     pub default: bool,
+    /// The chain (PEM, leaf first), read on every node. 1 to 1024 bytes of path (`MAX_PATH_LEN`);
+    /// the file at most 64 KiB (`MAX_PEM_BYTES`). With `key_file`.
+    #[schemars(length(min = 1, max = MAX_PATH_LEN))]
     pub cert_file: Option<String>,
+    /// The private key (PEM) matching `cert_file`. A path as for `cert_file`.
+    #[schemars(length(min = 1, max = MAX_PATH_LEN))]
     pub key_file: Option<String>,
+    /// The chain inline (PEM, leaf first), at most 64 KiB (`MAX_PEM_BYTES`). With `key_pem`.
+    #[schemars(length(min = 1, max = MAX_PEM_BYTES))]
     pub cert_pem: Option<String>,
+    /// The private key inline (PEM), at most 64 KiB: a secret, shown back as "<redacted>" (which is
+    /// refused when applied).
+    #[schemars(length(min = 1, max = MAX_PEM_BYTES))]
     pub key_pem: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[[listener.sni_route]]` (tcp passthrough): a ClientHello naming one of `server_names` goes to
+/// `pool`; the first match wins.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSniRoute {
+    /// Names as in a certificate's `server_names` (exact or `*.example.com`). Required: 1 to 100
+    /// (`MAX_SERVER_NAMES`).
     #[serde(default)]
+    #[schemars(length(min = 1, max = MAX_SERVER_NAMES), inner(length(min = 1, max = MAX_HOST_LEN)))]
     pub server_names: Vec<String>,
+    /// The pool those connections go to. Required; a pool of this config.
+    #[schemars(length(min = 1))]
     pub pool: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[pool.tls]`: TLS 1.2/1.3 towards the pool's backends (and their health checks), verified
+/// against a CA bundle.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPoolTls {
+    /// Default true once the table is there.
     pub enabled: Option<bool>,
+    /// The CA bundle (PEM) backends are verified against, read on every node: the only roots
+    /// trusted. 1 to 1024 bytes of path, the file at most 64 KiB. One of `ca_file` and `ca_pem` is
+    /// required.
+    #[schemars(length(min = 1, max = MAX_PATH_LEN))]
     pub ca_file: Option<String>,
+    /// The CA bundle inline (PEM), at most 64 KiB (`MAX_PEM_BYTES`).
+    #[schemars(length(min = 1, max = MAX_PEM_BYTES))]
     pub ca_pem: Option<String>,
+    /// The SNI sent and the name verified. Default: the backend's IP address (which its certificate
+    /// must then name). A DNS name or IP, not a wildcard, at most 253 bytes.
+    #[schemars(length(min = 1, max = MAX_HOST_LEN))]
     pub server_name: Option<String>,
 }
 
