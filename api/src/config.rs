@@ -861,8 +861,8 @@ pub struct RawListener {
     /// HTTP only: answer 307 pointing at the chosen backend instead of proxying. Default false.
     #[serde(default)]
     pub redirect: bool,
-    /// TCP only: send a PROXY protocol header of this version (1 or 2) to the backends. Default:
-    /// none.
+    /// TCP only: send a PROXY protocol header of this version to the backends, 1..=2 (v1 or v2).
+    /// Default: none.
     #[schemars(range(min = 1, max = 2))]
     pub proxy_protocol: Option<i64>,
     /// HTTP and TCP: read a PROXY protocol header (v1 or v2) from trusted fronts before anything

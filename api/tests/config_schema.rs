@@ -155,3 +155,25 @@ fn the_schema_and_the_validator_agree_on_each_bound() {
         assert_eq!(by_validator.is_ok(), accepted, "{what}: the validator says {by_validator:?}");
     }
 }
+
+/// The numbers a description states are the schema's bounds (which are the validator's constants):
+/// every field with a `minimum` and `maximum` says `MIN..=MAX` in its description.
+#[test]
+fn each_description_states_the_bounds_the_schema_enforces() {
+    let schema = serde_json::to_value(schema::cluster_config_schema()).unwrap();
+    let mut checked = 0;
+    for (name, def) in schema["definitions"].as_object().expect("definitions") {
+        for (field, prop) in def["properties"].as_object().into_iter().flatten() {
+            let (Some(min), Some(max)) = (prop["minimum"].as_u64(), prop["maximum"].as_u64()) else {
+                continue;
+            };
+            let text = prop["description"].as_str().unwrap_or_default();
+            assert!(
+                text.contains(&format!("{min}..={max}")),
+                "{name}.{field}: the schema says {min}..={max}, the description {text:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} bounded fields found");
+}
