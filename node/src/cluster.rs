@@ -9,6 +9,7 @@ use lbfleet_api::view::NodeStatus;
 use crate::channels::ChannelCache;
 use crate::config::Hooks;
 use crate::load::LoadBoard;
+use crate::observed::SharedObserver;
 use crate::proxy::listeners::{ListenerStatus, ListenerStatuses};
 use crate::proxy::ProxyContext;
 use crate::raft::RaftNode;
@@ -36,6 +37,8 @@ pub struct Cluster {
     pub hooks: Arc<Hooks>,
     /// This node's recent traffic, sampled from its counters (for the dashboard).
     pub traffic: SharedTrafficBook,
+    /// The elections and drains this node saw (for the dashboard's events).
+    pub observed: SharedObserver,
 }
 
 impl Cluster {

@@ -27,7 +27,8 @@
 //!   shutdown primitive), [`tls`] (the cluster CA, this node's certificate, the operators' hashed
 //!   tokens), [`auth`] (the gate every gRPC call passes: who is calling, and may they), [`accept`]
 //!   (the accept loop of every server: connection cap, back-off when out of descriptors) and
-//!   [`limits`] (every limit of the gRPC and admin HTTP servers, with defaults).
+//!   [`limits`] (every limit of the gRPC and admin HTTP servers, with defaults), [`observed`] (the
+//!   elections and drains a node saw, for the dashboard).
 //!
 //! The model itself (config, commands, `ClusterState` and its `apply`, views) is `lbfleet_api`.
 //!
@@ -56,6 +57,7 @@ pub mod limits;
 pub mod load;
 pub mod net;
 pub mod node;
+pub mod observed;
 pub mod proxy;
 pub mod raft;
 pub mod shutdown;

@@ -112,6 +112,7 @@ impl Node {
             tokens: Arc::clone(&tls.tokens),
             hooks: Arc::new(config.hooks.clone()),
             traffic: Default::default(),
+            observed: Default::default(),
         };
         let dataplane = tokio::spawn(crate::proxy::listeners::run(
             Arc::clone(&cluster.dataplane),
@@ -137,6 +138,7 @@ impl Node {
             node.clone(),
             Arc::clone(&cluster.dataplane),
             Arc::clone(&cluster.traffic),
+            Arc::clone(&cluster.observed),
             shutdown_rx.clone(),
         ));
         tokio::spawn(crate::leader::run(crate::leader::Duties {

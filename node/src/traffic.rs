@@ -7,7 +7,7 @@
 //! over the last [`WINDOW_POINTS`] intervals, one rate point per interval for the sparklines, and the
 //! request durations observed in the window (bucket counts of `lbfleet_http_request_duration_seconds`,
 //! when the node has that histogram). The parsing and the window arithmetic are plain functions over
-//! plain data, tested below.
+//! plain data, tested below. The same task feeds this node's [`crate::observed::Observer`].
 //!
 //! What counts: requests are HTTP responses (`lbfleet_http_requests_total`) plus TCP connections and UDP
 //! flows (`lbfleet_tcp_connections_total`, `lbfleet_udp_flows_total`); errors are 5xx responses plus
@@ -26,8 +26,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lbfleet_api::config::ClusterConfig;
+use lbfleet_api::view::backend_views;
 use prometheus_client::registry::Registry;
 
+use crate::observed::{Facts, SharedObserver};
 use crate::proxy::counters::DataplaneMetrics;
 use crate::raft::RaftNode;
 use crate::shutdown::Shutdown;
@@ -313,6 +315,7 @@ pub async fn run_sampler(
     raft: RaftNode,
     metrics: Arc<crate::proxy::ProxyContext>,
     book: SharedTrafficBook,
+    observer: SharedObserver,
     mut shutdown: Shutdown,
 ) {
     let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
@@ -322,9 +325,25 @@ pub async fn run_sampler(
             _ = tick.tick() => {}
             _ = shutdown.wait() => return,
         }
-        let tracked = tracked_keys(raft.model().config.as_ref());
+        let model = raft.model();
+        let tracked = tracked_keys(model.config.as_ref());
         let totals = parse(&counters_text(&metrics.metrics), Some(&tracked));
         book.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Instant::now(), totals);
+        let m = raft.metrics();
+        let facts = Facts {
+            leader: m.current_leader,
+            term: m.current_term,
+            applied_index: raft.applied_index(),
+            draining: backend_views(&model)
+                .into_iter()
+                .filter(|b| b.draining)
+                .map(|b| (b.pool, b.addr))
+                .collect(),
+        };
+        observer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .observe(crate::load::now_ms(), facts);
     }
 }
 

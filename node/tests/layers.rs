@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 const ENTRY: &[&str] = &["node", "cluster", "admin"];
 const IO: &[&str] = &["proxy", "health", "leader", "load", "traffic", "raft", "front"];
 const PURE: &[&str] = &["balance"];
-const LEAVES: &[&str] = &["config", "channels", "net", "shutdown", "tls", "auth", "accept", "limits"];
+const LEAVES: &[&str] =
+    &["config", "channels", "net", "shutdown", "tls", "auth", "accept", "limits", "observed"];
 
 fn layer(module: &str) -> usize {
     if ENTRY.contains(&module) {

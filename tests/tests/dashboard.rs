@@ -84,8 +84,9 @@ fn attr_after(dom: &str, marker: &str, attr: &str) -> Option<String> {
     Some(tag[start..start + len].to_string())
 }
 
-/// Every node card is there and reachable, every backend row shows `state` fleet-wide.
-fn check_page(dom: &str, backends: &[(&str, &str)]) -> Result<()> {
+/// Every node card is there and reachable, every backend row shows `state` fleet-wide, and the events
+/// list has an entry with each of `events`.
+fn check_page(dom: &str, backends: &[(&str, &str)], events: &[&str]) -> Result<()> {
     ensure!(dom.contains("data-loaded=\"yes\""), "the page never loaded the cluster view:\n{dom}");
     for id in 1..=3 {
         let marker = format!("class=\"card\" data-node=\"{id}\"");
@@ -100,6 +101,10 @@ fn check_page(dom: &str, backends: &[(&str, &str)]) -> Result<()> {
             committed.as_deref() == Some(*state),
             "backend {addr}: fleet-wide {committed:?}, not {state}"
         );
+    }
+    let list = dom.find("id=\"events\"").map(|at| &dom[at..]).unwrap_or("");
+    for e in events {
+        ensure!(list.contains(e), "no event with {e:?} in the page's events list");
     }
     Ok(())
 }
@@ -172,28 +177,81 @@ async fn the_dashboard_shows_every_node_and_a_dead_backend_within_seconds() -> R
     let (status, _, raw) = http_get(&http, "/", &[("authorization", &creds().read_bearer())]).await?;
     assert_eq!(status, 200);
     assert!(
-        check_page(&String::from_utf8_lossy(&raw), &[]).is_err(),
+        check_page(&String::from_utf8_lossy(&raw), &[], &[]).is_err(),
         "the checks pass on a page with no script run"
     );
 
     let profile = tempfile::tempdir()?;
     let url = format!("http://{http}/?token={}", creds().read_token);
-    let healthy = [(b1.as_str(), "healthy"), (b2.as_str(), "healthy")];
-    wait_until("the page to show the cluster", Duration::from_secs(60), || {
+    // Render the page until it passes `check_page` with `backends` and `events`.
+    let page_shows = |what: &'static str,
+                      timeout: Duration,
+                      backends: Vec<(String, &'static str)>,
+                      events: Vec<String>| {
         let (chromium, profile, url) = (chromium.clone(), profile.path().to_path_buf(), url.clone());
-        async move { check_page(&rendered(&chromium, &profile, &url).await?, &healthy) }
-    })
+        async move {
+            wait_until(what, timeout, || {
+                let (chromium, profile, url) = (chromium.clone(), profile.clone(), url.clone());
+                let (backends, events) = (backends.clone(), events.clone());
+                async move {
+                    let dom = rendered(&chromium, &profile, &url).await?;
+                    let backends: Vec<(&str, &str)> =
+                        backends.iter().map(|(b, s)| (b.as_str(), *s)).collect();
+                    let events: Vec<&str> = events.iter().map(String::as_str).collect();
+                    check_page(&dom, &backends, &events)
+                }
+            })
+            .await
+        }
+    };
+    let leader_event = "is the leader of term".to_string();
+    page_shows(
+        "the page to show the cluster",
+        Duration::from_secs(60),
+        vec![(b1.clone(), "healthy"), (b2.clone(), "healthy")],
+        vec![leader_event],
+    )
     .await?;
 
     backend1.kill9();
     let killed = Instant::now();
-    let down = [(b1.as_str(), "down"), (b2.as_str(), "healthy")];
-    wait_until("the page to show backend 1 down", SHOWS_DOWN, || {
-        let (chromium, profile, url) = (chromium.clone(), profile.path().to_path_buf(), url.clone());
-        async move { check_page(&rendered(&chromium, &profile, &url).await?, &down) }
-    })
+    page_shows(
+        "the page to show backend 1 down",
+        SHOWS_DOWN,
+        vec![(b1.clone(), "down"), (b2.clone(), "healthy")],
+        vec![format!("backend {b1} of pool \"web\" is down")],
+    )
     .await?;
     println!("the page showed {b1} down {:?} after it was killed", killed.elapsed());
+
+    // A drain shows in the backend's row and, as the nodes saw it, in the events.
+    let mut client = admin::connect(&c.nodes[0].grpc_addr()).await?;
+    let drain =
+        lbfleet_tests::pb::SetDrainRequest { pool: "web".into(), backend: b2.clone(), draining: true };
+    client.set_drain(drain).await?;
+    page_shows(
+        "the page to show backend 2 draining",
+        SHOWS_DOWN,
+        vec![(b1.clone(), "down"), (b2.clone(), "draining")],
+        vec![format!("backend {b2} of pool \"web\" is draining")],
+    )
+    .await?;
+
+    // A dead node is shown unreachable, and the answer does not wait for it longer than its bound.
+    c.node(3).kill9();
+    wait_until("node 3 unreachable in /api/v1/cluster, answered within 2 s", Duration::from_secs(20), || {
+        let http = http.clone();
+        async move {
+            let asked = Instant::now();
+            let doc = cluster_doc(&http).await?;
+            let took = asked.elapsed();
+            let n3 = &doc["nodes"][2];
+            ensure!(n3["id"] == 3 && n3["reachable"] == false, "node 3: {n3}");
+            ensure!(took < Duration::from_secs(2), "the answer took {took:?}");
+            Ok(())
+        }
+    })
+    .await?;
 
     let dir = artifacts();
     std::fs::create_dir_all(&dir)?;

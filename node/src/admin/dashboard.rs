@@ -15,7 +15,8 @@
 //!   errors per second over the recent window, latency `p50_ms` / `p99_ms` from the merged duration
 //!   buckets (`null` when no node reports durations or nothing was observed), and one rate point per
 //!   second (`history`, oldest first, summed position by position);
-//! - `events`: the newest [`MAX_EVENTS`] entries of the replicated event log, newest first.
+//! - `events`: the newest [`MAX_EVENTS`] of the replicated event log's entries and of the elections and
+//!   drains the nodes saw ([`crate::observed`]; those merged over the nodes), newest first.
 //!
 //! Limits: at most [`MAX_EVENTS`] events; history points, tracked backends and listeners are those of
 //! [`crate::traffic`] (the counts left out are in `omitted`).
@@ -84,7 +85,77 @@ pub fn local_report(cluster: &Cluster) -> pb::LocalDashboardReport {
         sample_interval_ms: traffic::SAMPLE_INTERVAL.as_millis() as u32,
         traffic_ready: book.ready(),
         latency_available: book.has_latency(),
+        observed: cluster
+            .observed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .events()
+            .map(|e| pb::EventRecord {
+                index: e.index,
+                at_ms: e.at_ms,
+                leader: e.leader,
+                term: e.term,
+                what: e.what.clone(),
+                why: e.kind.to_string(),
+            })
+            .collect(),
     }
+}
+
+/// Two nodes' sightings of one drain are at most this far apart.
+const SAME_DRAIN_MS: u64 = 10_000;
+
+/// An event seen by nodes, and which.
+struct Sighting {
+    event: pb::EventRecord,
+    by: Vec<NodeId>,
+}
+
+/// The replicated events and the nodes' sightings merged (an election is one event per term, a drain
+/// one event when its sightings are within [`SAME_DRAIN_MS`]), newest first, at most [`MAX_EVENTS`].
+/// A sighting has `source` "seen by node 1, 2"; a replicated event `source` "event log".
+fn merged_events(model: &ClusterState, answered: &[(NodeId, &pb::LocalDashboardReport)]) -> Vec<Value> {
+    let mut seen: Vec<Sighting> = Vec::new();
+    for (id, r) in answered {
+        for e in &r.observed {
+            let same = |s: &&mut Sighting| {
+                s.event.what == e.what
+                    && (e.why == crate::observed::ELECTION
+                        || s.event.at_ms.abs_diff(e.at_ms) <= SAME_DRAIN_MS)
+            };
+            match seen.iter_mut().find(same) {
+                Some(s) => {
+                    if e.at_ms < s.event.at_ms {
+                        s.event = e.clone();
+                    }
+                    if !s.by.contains(id) {
+                        s.by.push(*id);
+                    }
+                }
+                None => seen.push(Sighting { event: e.clone(), by: vec![*id] }),
+            }
+        }
+    }
+    let mut all: Vec<(u64, u64, Value)> = model
+        .events
+        .iter()
+        .map(|e| {
+            let mut v = serde_json::to_value(EventView::from(e)).unwrap_or(Value::Null);
+            v["source"] = json!("event log");
+            (e.at_ms, e.index, v)
+        })
+        .collect();
+    for mut s in seen {
+        s.by.sort_unstable();
+        let by: Vec<String> = s.by.iter().map(|id| id.to_string()).collect();
+        let kind = std::mem::take(&mut s.event.why);
+        let mut v = serde_json::to_value(EventView::from(&s.event)).unwrap_or(Value::Null);
+        v["kind"] = json!(kind);
+        v["source"] = json!(format!("seen by node {}", by.join(", ")));
+        all.push((s.event.at_ms, s.event.index, v));
+    }
+    all.sort_by_key(|e| std::cmp::Reverse((e.0, e.1)));
+    all.into_iter().take(MAX_EVENTS).map(|(_, _, v)| v).collect()
 }
 
 /// One node's view of a backend in one word.
@@ -316,7 +387,7 @@ pub fn assemble(
             })
         })
         .collect();
-    let events: Vec<EventView> = model.events.iter().rev().take(MAX_EVENTS).map(EventView::from).collect();
+    let events = merged_events(model, &answered);
     let first = answered.first().map(|(_, r)| *r);
     json!({
         "answered_by": me,
@@ -414,6 +485,22 @@ mod tests {
             sample_interval_ms: 1000,
             traffic_ready: true,
             latency_available: true,
+            observed: vec![
+                pb::EventRecord {
+                    at_ms: 1000 + id,
+                    term: 2,
+                    leader: Some(1),
+                    what: "node 1 is the leader of term 2".into(),
+                    why: "election".into(),
+                    ..Default::default()
+                },
+                pb::EventRecord {
+                    at_ms: 5000 + id * 20_000,
+                    what: "backend a of pool \"web\" is draining".into(),
+                    why: "drain".into(),
+                    ..Default::default()
+                },
+            ],
         }
     }
 
@@ -454,7 +541,20 @@ mod tests {
         assert_eq!(v["listeners"][0]["name"], "front");
         assert_eq!(v["listeners"][0]["traffic"]["requests_per_s"], 0.0, "no node saw traffic on it");
         assert_eq!(v["listeners"][0]["traffic"]["p50_ms"], Value::Null);
-        assert!(v["events"].as_array().is_some());
+        let events = v["events"].as_array().unwrap();
+        let whats: Vec<(&str, &str)> =
+            events.iter().map(|e| (e["what"].as_str().unwrap(), e["source"].as_str().unwrap())).collect();
+        assert_eq!(
+            whats,
+            [
+                ("backend a of pool \"web\" is draining", "seen by node 2"),
+                ("backend a of pool \"web\" is draining", "seen by node 1"),
+                ("node 1 is the leader of term 2", "seen by node 1, 2"),
+            ],
+            "one election per term; sightings of a drain 20 s apart are two drains; newest first"
+        );
+        assert_eq!(events[2]["at_ms"], 1001, "the first sighting's time");
+        assert_eq!(events[2]["kind"], "election");
     }
 
     #[test]
