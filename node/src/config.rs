@@ -103,6 +103,13 @@ pub struct Cli {
     /// Log filter when RUST_LOG is not set (error, warn, info, debug, trace or a filter) [default: info].
     #[arg(long)]
     pub log_level: Option<String>,
+    /// Log line format on stderr: text, or json (one JSON object per line) [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Where the access log of listeners with `access_log = true` goes: stdout, a file path
+    /// (appended to), or off [default: stdout].
+    #[arg(long, value_name = "stdout|PATH|off")]
+    pub access_log: Option<String>,
     /// Raft heartbeat interval in milliseconds [default: 100].
     #[arg(long)]
     pub heartbeat_ms: Option<u64>,
@@ -163,6 +170,44 @@ pub struct Cli {
     pub bgp_withdraw_grace_ms: Option<u64>,
 }
 
+/// How `lbnode` writes its log lines on stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (tracing's default format).
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields` (`message` among them), `span`s.
+    Json,
+}
+
+/// Where the access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    /// A file, created if missing and appended to.
+    File(PathBuf),
+}
+
+/// Longest `access_log` path accepted.
+pub const MAX_ACCESS_LOG_PATH: usize = 4096;
+
+impl AccessLogTarget {
+    /// `stdout` (also the default, `None`), `off`, or a file path.
+    pub fn parse(text: Option<&str>) -> Result<Option<AccessLogTarget>, String> {
+        match text.map(str::trim) {
+            None | Some("stdout") => Ok(Some(AccessLogTarget::Stdout)),
+            Some("off") => Ok(None),
+            Some("") => Err("must be \"stdout\", \"off\" or a file path, not empty".into()),
+            Some(p) if p.len() > MAX_ACCESS_LOG_PATH => Err(format!(
+                "a path of {} bytes is longer than the maximum of {MAX_ACCESS_LOG_PATH}",
+                p.len()
+            )),
+            Some(p) => Ok(Some(AccessLogTarget::File(PathBuf::from(p)))),
+        }
+    }
+}
+
 /// The TOML file: the same fields as [`Cli`], all optional.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -175,6 +220,8 @@ pub struct FileConfig {
     pub http_port: Option<u16>,
     pub admin_http: Option<String>,
     pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub access_log: Option<String>,
     pub heartbeat_ms: Option<u64>,
     pub election_min_ms: Option<u64>,
     pub election_max_ms: Option<u64>,
@@ -308,6 +355,9 @@ pub struct NodeConfig {
     /// Where the admin HTTP server listens.
     pub admin_http: SocketAddr,
     pub log_level: String,
+    pub log_format: LogFormat,
+    /// Where access log lines go; `None`: nowhere (`access_log = "off"`).
+    pub access_log: Option<AccessLogTarget>,
     pub raft: RaftTiming,
     pub write_timeout: Duration,
     /// Worker threads of the data-plane runtime.
@@ -462,6 +512,15 @@ impl NodeConfig {
         if log_level.trim().is_empty() {
             bad("log_level", "must not be empty".into());
         }
+        let log_format = cli.log_format.or(file.log_format).unwrap_or_default();
+        let access_log =
+            match AccessLogTarget::parse(cli.access_log.as_deref().or(file.access_log.as_deref())) {
+                Ok(t) => t,
+                Err(e) => {
+                    bad("access_log", e);
+                    None
+                }
+            };
 
         let d = RaftTiming::default();
         let raft = RaftTiming {
@@ -575,6 +634,8 @@ impl NodeConfig {
             http_port,
             admin_http,
             log_level,
+            log_format,
+            access_log,
             raft,
             write_timeout: Duration::from_millis(write_timeout_ms),
             dataplane_threads,

@@ -6,7 +6,7 @@
 //! exits 0. A bad config exits 2 with every bad field named; a failure at start or while running
 //! exits 1 — including a fatal Raft or storage error, after which the node would only serve frozen
 //! state: it stops so that a supervisor restarts it. Logs go to stderr (`RUST_LOG` wins over
-//! `--log-level`).
+//! `--log-level`), as text or, with `--log-format json`, one JSON object per line.
 //!
 //! At start the soft limit of open files is raised to the hard limit (every connection, peer
 //! channel and store file is a descriptor), and both are logged.
@@ -14,7 +14,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use lbfleet_node::config::{Cli, NodeConfig};
+use lbfleet_node::config::{Cli, LogFormat, NodeConfig};
 use lbfleet_node::node::Node;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
@@ -53,7 +53,11 @@ fn main() -> ExitCode {
         }
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => logs.with_ansi(ansi).init(),
+        LogFormat::Json => logs.json().init(),
+    }
 
     match lbfleet_node::accept::raise_nofile_limit() {
         Ok((before, after)) if before != after => {

@@ -60,6 +60,13 @@ http_port = {DEFAULT_HTTP_PORT}
 # ("info,openraft=warn"). Not empty.
 log_level = "info"
 
+# Log line format on stderr: "text" (human-readable) or "json" (one JSON object per line).
+log_format = "text"
+
+# Where the access log of listeners with `access_log = true` (cluster config) goes: "stdout",
+# a file path (created if missing, appended to; at most 4096 bytes), or "off" for none on this node.
+access_log = "stdout"
+
 # Raft heartbeat interval, milliseconds, {hb_lo}..={hb_hi}.
 heartbeat_ms = {heartbeat}
 

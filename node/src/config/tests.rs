@@ -476,3 +476,37 @@ fn the_printed_bounds_are_the_enforced_ones() {
         assert!(problems(err).iter().any(|p| p.field == field), "{field} = {value} accepted");
     }
 }
+
+#[test]
+fn log_format_and_access_log_default_to_text_and_stdout() {
+    let c = NodeConfig::resolve(FileConfig::default(), &cli(&["--id", "1"])).unwrap();
+    assert_eq!(c.log_format, LogFormat::Text);
+    assert_eq!(c.access_log, Some(AccessLogTarget::Stdout));
+}
+
+#[test]
+fn log_format_and_access_log_come_from_the_file_and_the_flags_win() {
+    let f = file("log_format = \"json\"\naccess_log = \"/var/log/lbfleet/access.log\"\n");
+    let c = NodeConfig::resolve(f.clone(), &cli(&["--id", "1"])).unwrap();
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert_eq!(c.access_log, Some(AccessLogTarget::File("/var/log/lbfleet/access.log".into())));
+    let c =
+        NodeConfig::resolve(f, &cli(&["--id", "1", "--log-format", "text", "--access-log", "off"])).unwrap();
+    assert_eq!(c.log_format, LogFormat::Text);
+    assert_eq!(c.access_log, None);
+}
+
+#[test]
+fn a_bad_log_format_or_access_log_is_refused_by_name() {
+    assert!(Cli::try_parse_from(["lbnode", "--log-format", "xml"]).is_err());
+    let err = toml::from_str::<FileConfig>("log_format = \"xml\"\n").unwrap_err().to_string();
+    assert!(err.contains("xml") && err.contains("json"), "{err}");
+    let long = "a".repeat(MAX_ACCESS_LOG_PATH + 1);
+    for bad in ["  ", long.as_str()] {
+        let p = problems(
+            NodeConfig::resolve(FileConfig::default(), &cli(&["--id", "1", "--access-log", bad]))
+                .unwrap_err(),
+        );
+        assert!(p.iter().any(|p| p.field == "access_log"), "{bad:?}: {p:?}");
+    }
+}
