@@ -460,6 +460,10 @@ pub struct Listener {
     /// TCP passthrough only: the pool chosen by the ClientHello's SNI (first match; none: `pool`).
     #[serde(default)]
     pub sni_route: Vec<SniRoute>,
+    /// One access log line per request (HTTP) or connection/flow (TCP, UDP), to each node's
+    /// `access_log` destination. Off by default.
+    #[serde(default)]
+    pub access_log: bool,
 }
 
 /// A listener whose connections start with a PROXY protocol header (v1 or v2) from a front (an L4
@@ -887,6 +891,8 @@ pub struct RawListener {
     #[serde(default)]
     #[schemars(length(max = tls::MAX_SNI_ROUTES))]
     pub sni_route: Vec<RawSniRoute>,
+    #[serde(default)]
+    pub access_log: bool,
 }
 
 /// `[listener.limits]`: what an HTTP request may weigh; sizes in bytes.
@@ -1817,6 +1823,7 @@ fn validate_listener(p: &mut Problems, place: &str, rl: &RawListener) -> Option<
         admission,
         tls,
         sni_route,
+        access_log: rl.access_log,
     })
 }
 

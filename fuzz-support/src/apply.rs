@@ -358,6 +358,7 @@ impl GenListener {
             admission: None,
             tls: None,
             sni_route: Vec::new(),
+            access_log: false,
         }
     }
 }

@@ -37,15 +37,19 @@ use crate::tls::NodeTls;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The data plane's shared context: listeners on the wildcard address when the node has a VIP.
-fn proxy_context(config: &NodeConfig) -> ProxyContext {
+fn proxy_context(config: &NodeConfig) -> anyhow::Result<ProxyContext> {
     let mut ctx = ProxyContext::new(config.id, config.bind);
+    if let Some(target) = &config.access_log {
+        let dropped = ctx.metrics.access_log_dropped().clone();
+        ctx.access_log = Some(Arc::new(crate::proxy::access_log::AccessLog::start(target, dropped)?));
+    }
     if config.front.vip.is_some() {
         ctx.listen_ip = match config.bind {
             std::net::IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
             std::net::IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
         };
     }
-    ctx
+    Ok(ctx)
 }
 
 /// A running lbnode.
@@ -106,7 +110,7 @@ impl Node {
             raft: node.clone(),
             admin_channels: channels.clone(),
             shutdown: shutdown_rx.clone(),
-            dataplane: Arc::new(proxy_context(&config)),
+            dataplane: Arc::new(proxy_context(&config)?),
             listeners: ListenerStatuses::default(),
             loads: crate::load::LoadBoard::default(),
             tokens: Arc::clone(&tls.tokens),

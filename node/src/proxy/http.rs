@@ -150,11 +150,21 @@ pub(crate) struct Shared {
     refusing: Arc<Semaphore>,
 }
 
+/// What the access log tells of a connection's TLS.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsInfo {
+    /// `TLSv1_3`, `TLSv1_2`.
+    pub version: Option<&'static str>,
+    pub sni: Option<Arc<str>>,
+}
+
 /// One client connection.
 pub(crate) struct ConnInfo {
     peer: SocketAddr,
     /// `https` when the listener terminated TLS on it.
     scheme: Scheme,
+    /// The TLS the listener terminated, for the access log.
+    tls: Option<TlsInfo>,
     activity: Arc<Activity>,
     idle: Duration,
 }
@@ -307,13 +317,18 @@ async fn serve_conn(
     }
     let _ = stream.set_nodelay(true);
     match tls {
-        None => serve_io(stream, peer, Scheme::Http, shared, stop, timeouts, limits).await,
+        None => serve_io(stream, peer, (Scheme::Http, None), shared, stop, timeouts, limits).await,
         Some(handshake) => {
             let Some(stream) = super::tls::accept(stream, peer, &shared.name, handshake, &shared.ctx).await
             else {
                 return;
             };
-            serve_io(stream, peer, Scheme::Https, shared, stop, timeouts, limits).await
+            let (_, tls) = stream.get_ref();
+            let info = TlsInfo {
+                version: tls.protocol_version().and_then(|v| v.as_str()),
+                sni: tls.server_name().map(Arc::from),
+            };
+            serve_io(stream, peer, (Scheme::Https, Some(info)), shared, stop, timeouts, limits).await
         }
     }
 }
@@ -323,7 +338,7 @@ async fn serve_conn(
 async fn serve_io<S>(
     stream: S,
     peer: SocketAddr,
-    scheme: Scheme,
+    (scheme, tls): (Scheme, Option<TlsInfo>),
     shared: Arc<Shared>,
     mut stop: Shutdown,
     timeouts: lbfleet_api::config::Timeouts,
@@ -333,7 +348,7 @@ async fn serve_io<S>(
 {
     let activity = Arc::new(Activity::default());
     let io = TokioIo::new(IdleIo::new(stream, Arc::clone(&activity)));
-    let info = Arc::new(ConnInfo { peer, scheme, activity: Arc::clone(&activity), idle: timeouts.idle });
+    let info = Arc::new(ConnInfo { peer, scheme, tls, activity: Arc::clone(&activity), idle: timeouts.idle });
     let mut force = shared.force.clone();
     let svc_shared = Arc::clone(&shared);
     let service = service_fn(move |req| {

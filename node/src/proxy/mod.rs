@@ -11,12 +11,15 @@
 //! - [`tls`]: TLS termination, passthrough by SNI, TLS towards backends; the certificates of each
 //!   listener, reloaded when the config or their files change.
 //! - [`counters`]: the data-plane counters and scrape-time gauges of `/metrics`.
+//! - [`access_log`]: the per-request and per-session JSON lines of listeners with `access_log`,
+//!   written by a thread of their own behind a bounded queue.
 //! - `testkit` (tests only): the one kit the proxy tests share; `limits_tests` (tests only): caps,
 //!   per-backend limits and rate limits through the real HTTP and TCP proxies.
 //!
 //! Data enters as client connections and datagrams on the listener sockets and leaves towards the
 //! backends that [`crate::balance`] picks, from this node's IP ([`crate::net`]).
 
+pub mod access_log;
 pub mod admission;
 pub mod counters;
 pub mod http;
@@ -56,6 +59,8 @@ pub struct ProxyContext {
     pub metrics: Arc<counters::DataplaneMetrics>,
     /// The TLS configs of the listeners and pools, kept current by [`listeners::run`].
     pub tls: Arc<tls::TlsStore>,
+    /// Where listeners with `access_log = true` send their entries; `None`: this node logs none.
+    pub access_log: Option<Arc<access_log::AccessLog>>,
 }
 
 impl ProxyContext {
@@ -68,6 +73,7 @@ impl ProxyContext {
             outlier: Arc::new(OutlierTracker::new()),
             metrics: Default::default(),
             tls: Default::default(),
+            access_log: None,
         }
     }
 }

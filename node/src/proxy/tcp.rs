@@ -32,6 +32,7 @@
 //! Each connection costs one task, two sockets and 2 × [`BUF_SIZE`] of buffers; `admission.max_connections`
 //! bounds them (unlimited by default, then only the process's descriptors do).
 
+use crate::proxy::access_log::Entry;
 use crate::proxy::counters::{AddrLabel, Name, OpenConnection, RequestLabels};
 use std::io;
 use std::net::SocketAddr;
@@ -223,6 +224,8 @@ struct Outcome {
     client: SocketAddr,
     pool: Arc<str>,
     backend: SocketAddr,
+    /// The listener logs its connections.
+    log: bool,
     end: End,
     to_backend: u64,
     to_client: u64,
@@ -236,8 +239,23 @@ async fn handle(
     ctx: &ProxyContext,
     refusals: &RefusalLog,
 ) {
+    let (time, started) = (std::time::SystemTime::now(), Instant::now());
     match proxy(name, client, peer, ctx).await {
         Ok(o) => {
+            if let (true, Some(sink)) = (o.log, &ctx.access_log) {
+                sink.send(Entry {
+                    time,
+                    kind: "tcp",
+                    client: o.client,
+                    listener: Arc::clone(name),
+                    pool: Some(Arc::clone(&o.pool)),
+                    backend: Some(o.backend),
+                    bytes_in: o.to_backend,
+                    bytes_out: o.to_client,
+                    duration: started.elapsed().as_secs_f64(),
+                    http: None,
+                });
+            }
             debug!(
                 listener = %name, %peer, client = %o.client, backend = %o.backend, end = ?o.end,
                 to_backend = o.to_backend, to_client = o.to_client, "tcp connection closed"
@@ -349,6 +367,7 @@ async fn proxy(
         (listener, routing.pool_label(&pool_name), candidates, max_per_backend)
     };
     let pool_name = &*pool_label;
+    let log = listener.access_log;
     if candidates.is_empty() {
         return Err(Refused::NoBackend(pool_name.to_string()));
     }
@@ -406,6 +425,7 @@ async fn proxy(
             return Ok(Outcome {
                 client: peer,
                 pool: pool_label,
+                log,
                 backend: backend.addr(),
                 end: End::Error(e.to_string()),
                 to_backend: 0,
@@ -421,6 +441,7 @@ async fn proxy(
             return Ok(Outcome {
                 client: peer,
                 pool: pool_label,
+                log,
                 backend: backend.addr(),
                 end,
                 to_backend: 0,
@@ -439,7 +460,7 @@ async fn proxy(
         }
     };
     let to_backend = to_backend + prefix.len() as u64;
-    Ok(Outcome { client: peer, pool: pool_label, backend: backend.addr(), end, to_backend, to_client })
+    Ok(Outcome { client: peer, pool: pool_label, log, backend: backend.addr(), end, to_backend, to_client })
 }
 
 /// How [`splice`] ended.

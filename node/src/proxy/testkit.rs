@@ -83,6 +83,7 @@ pub(crate) fn context(bind_ip: IpAddr, routing: &SharedRouting) -> Arc<ProxyCont
         outlier: Default::default(),
         metrics: Default::default(),
         tls: Default::default(),
+        access_log: None,
     })
 }
 

@@ -56,6 +56,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::access_log::{AccessLog, Entry};
 use super::counters::{AddrLabel, DataplaneMetrics, Name, OpenConnection, RequestLabels};
 use super::tcp::candidates;
 use super::ProxyContext;
@@ -63,6 +64,7 @@ use crate::accept::{CapSlot, ConnCaps};
 use crate::balance::key::l4_key;
 use crate::balance::{hash_ip, BackendHandle, InFlight, Routing};
 use crate::shutdown::Shutdown;
+use lbfleet_api::config::Listener;
 
 /// Most flows one listener tracks at once.
 pub const MAX_FLOWS: usize = 65_536;
@@ -226,6 +228,8 @@ struct Flow {
     replies: AbortHandle,
     /// `lbfleet_received_bytes_total` of the flow's listener, pool and backend.
     received: Counter,
+    /// The access log entry of the flow, sent when it ends (listeners with `access_log`).
+    log: Option<FlowLog>,
     _inflight: InFlight,
     _slot: CapSlot,
     _open: OpenConnection,
@@ -234,7 +238,34 @@ struct Flow {
 impl Drop for Flow {
     fn drop(&mut self) {
         self.replies.abort();
+        if let Some(l) = self.log.take() {
+            l.sink.send(Entry {
+                time: l.time,
+                kind: "udp",
+                client: l.client,
+                listener: l.listener,
+                pool: Some(l.pool),
+                backend: Some(self.backend),
+                bytes_in: l.bytes_in,
+                bytes_out: l.bytes_out.load(Ordering::Relaxed),
+                duration: l.started.elapsed().as_secs_f64(),
+                http: None,
+            });
+        }
     }
+}
+
+/// What the access log line of a flow needs.
+struct FlowLog {
+    sink: Arc<AccessLog>,
+    time: std::time::SystemTime,
+    started: Instant,
+    client: SocketAddr,
+    listener: Arc<str>,
+    pool: Arc<str>,
+    /// Payload bytes from the client and (counted by the reply task) to it.
+    bytes_in: u64,
+    bytes_out: Arc<AtomicU64>,
 }
 
 /// Datagrams dropped since the last warning.
@@ -329,9 +360,12 @@ impl UdpProxy {
                 None => return,
             }
         }
-        let Some(flow) = self.flows.get(&client) else { return };
+        let Some(flow) = self.flows.get_mut(&client) else { return };
         flow.last.store(now, Ordering::Relaxed);
         flow.received.inc_by(data.len() as u64);
+        if let Some(l) = &mut flow.log {
+            l.bytes_in += data.len() as u64;
+        }
         match send_now(&flow.upstream, data) {
             Ok(_) => {}
             // A refusal reported by an earlier datagram's ICMP error; this one may still go through.
@@ -397,7 +431,8 @@ impl UdpProxy {
             };
             match connect_upstream(self.ctx.bind_ip, backend.addr()) {
                 Ok(upstream) => {
-                    return Some(self.spawn_flow(&listener.pool, backend, upstream, client, (inflight, slot)))
+                    let held = (inflight, slot);
+                    return Some(self.spawn_flow(listener, backend, upstream, client, held));
                 }
                 Err(e) => {
                     self.ctx.metrics.connect_failure(&listener.pool, backend.addr());
@@ -415,7 +450,7 @@ impl UdpProxy {
 
     fn spawn_flow(
         &self,
-        pool: &str,
+        listener: &Listener,
         backend: &Arc<BackendHandle>,
         upstream: UdpSocket,
         client: SocketAddr,
@@ -424,6 +459,20 @@ impl UdpProxy {
         let upstream = Arc::new(upstream);
         let last = Arc::new(AtomicU64::new(self.now_nanos()));
         let dead = Arc::new(AtomicBool::new(false));
+        let pool = listener.pool.as_str();
+        let log = match &self.ctx.access_log {
+            Some(sink) if listener.access_log => Some(FlowLog {
+                sink: Arc::clone(sink),
+                time: std::time::SystemTime::now(),
+                started: Instant::now(),
+                client,
+                listener: Arc::from(self.name.as_str()),
+                pool: Arc::from(pool),
+                bytes_in: 0,
+                bytes_out: Arc::default(),
+            }),
+            _ => None,
+        };
         let labels = RequestLabels {
             listener: Name(Arc::from(self.name.as_str())),
             pool: Some(Name(Arc::from(pool))),
@@ -434,7 +483,7 @@ impl UdpProxy {
             Arc::clone(&upstream),
             Arc::clone(&self.socket),
             client,
-            (Arc::clone(&last), Arc::clone(&dead), sent),
+            (Arc::clone(&last), Arc::clone(&dead), sent, log.as_ref().map(|l| Arc::clone(&l.bytes_out))),
             self.epoch,
         ));
         debug!(listener = %self.name, %client, backend = %backend.addr(), "udp flow started");
@@ -448,6 +497,7 @@ impl UdpProxy {
             generation: self.generation,
             replies: task.abort_handle(),
             received,
+            log,
             _inflight: inflight,
             _slot: slot,
             _open: OpenConnection::new(&self.open),
@@ -524,7 +574,7 @@ async fn relay_replies(
     upstream: Arc<UdpSocket>,
     listener: Arc<UdpSocket>,
     client: SocketAddr,
-    (last, dead, sent): (Arc<AtomicU64>, Arc<AtomicBool>, Counter),
+    (last, dead, sent, logged): (Arc<AtomicU64>, Arc<AtomicBool>, Counter, Option<Arc<AtomicU64>>),
     epoch: Instant,
 ) {
     loop {
@@ -539,6 +589,9 @@ async fn relay_replies(
                 Ok(n) => match send_to_now(&listener, &buf[..n], client) {
                     Ok(_) => {
                         sent.inc_by(n as u64);
+                        if let Some(l) = &logged {
+                            l.fetch_add(n as u64, Ordering::Relaxed);
+                        }
                         Step::Sent
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Blocked(buf[..n].to_vec()),
@@ -559,6 +612,9 @@ async fn relay_replies(
                     continue;
                 }
                 sent.inc_by(reply.len() as u64);
+                if let Some(l) = &logged {
+                    l.fetch_add(reply.len() as u64, Ordering::Relaxed);
+                }
             }
             Step::Failed(e) => {
                 debug!(%client, error = %e, "udp upstream receive failed; the flow will be re-opened");

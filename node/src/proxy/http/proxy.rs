@@ -48,6 +48,7 @@ use super::upstream::{BackendTls, Pooled};
 use super::{ConnInfo, Shared};
 use crate::balance::key::{candidates, request_key, route_index, sticky_backend};
 use crate::balance::{BackendHandle, InFlight};
+use crate::proxy::access_log::{bounded_path, AccessLog, Entry, HttpFields};
 use crate::proxy::counters::{AddrLabel, DataplaneMetrics, Name, RequestLabels};
 use crate::shutdown::Shutdown;
 
@@ -62,19 +63,50 @@ pub(crate) async fn handle(
     shared: &Shared,
 ) -> Response<Tracked<Exchange>> {
     let started = Instant::now();
+    let time = std::time::SystemTime::now();
     let mut seen = Seen::default();
     let resp = respond(req, conn, shared, &mut seen).await;
+    let status = resp.status().as_u16();
     let labels = RequestLabels {
         listener: Name(Arc::clone(&shared.label)),
         pool: seen.pool,
         backend: AddrLabel(seen.backend),
     };
-    shared.ctx.metrics.http_response(&labels, resp.status().as_u16(), started.elapsed());
+    shared.ctx.metrics.http_response(&labels, status, started.elapsed());
     if let Some(reason) = seen.refused {
         shared.ctx.metrics.http_refused(&shared.name, reason);
     }
-    let exchange = Exchange { metrics: Arc::clone(&shared.ctx.metrics), labels, request_body: seen.body };
+    let log = match (seen.log.take(), &shared.ctx.access_log) {
+        (Some((method, path)), Some(sink)) => Some(Box::new(PendingLog {
+            sink: Arc::clone(sink),
+            time,
+            started,
+            client: conn.peer,
+            fields: HttpFields {
+                method,
+                path,
+                status,
+                backend_head: seen.backend_head.map(|t| t.saturating_duration_since(started).as_secs_f64()),
+                retries: seen.retries,
+                complete: false,
+                tls_version: conn.tls.as_ref().and_then(|t| t.version),
+                tls_sni: conn.tls.as_ref().and_then(|t| t.sni.clone()),
+            },
+        })),
+        _ => None,
+    };
+    let exchange =
+        Exchange { metrics: Arc::clone(&shared.ctx.metrics), labels, request_body: seen.body, log };
     resp.map(|body| Tracked::new(body, exchange))
+}
+
+/// An access log entry waiting for its response body to end.
+pub(crate) struct PendingLog {
+    sink: Arc<AccessLog>,
+    time: std::time::SystemTime,
+    started: Instant,
+    client: SocketAddr,
+    fields: HttpFields,
 }
 
 /// One request and its response, once the response body has gone to the client: its bytes counted.
@@ -83,12 +115,30 @@ pub(crate) struct Exchange {
     labels: RequestLabels,
     /// The request body forwarded to a backend, if one was.
     request_body: Option<FaultCell>,
+    /// The listener logs its requests.
+    log: Option<Box<PendingLog>>,
 }
 
 impl Finish for Exchange {
-    fn done(self, sent: u64, _complete: bool) {
+    fn done(self, sent: u64, complete: bool) {
         let received = self.request_body.as_ref().map_or(0, |b| b.read());
         self.metrics.traffic(&self.labels, received, sent);
+        if let Some(log) = self.log {
+            let PendingLog { sink, time, started, client, mut fields } = *log;
+            fields.complete = complete;
+            sink.send(Entry {
+                time,
+                kind: "http",
+                client,
+                listener: self.labels.listener.0,
+                pool: self.labels.pool.map(|p| p.0),
+                backend: self.labels.backend.0,
+                bytes_in: received,
+                bytes_out: sent,
+                duration: started.elapsed().as_secs_f64(),
+                http: Some(fields),
+            });
+        }
     }
 }
 
@@ -105,6 +155,10 @@ struct Seen {
     body: Option<FaultCell>,
     /// Backend attempts after the first.
     retries: u32,
+    /// When the backend's response head arrived.
+    backend_head: Option<Instant>,
+    /// Method and (bounded) path, when the listener logs its requests.
+    log: Option<(String, String)>,
 }
 
 impl Seen {
@@ -127,6 +181,10 @@ async fn respond(
         return text(StatusCode::SERVICE_UNAVAILABLE, format!("listener \"{}\" removed", shared.name), node);
     };
     let version = req.version();
+    if listener.access_log && shared.ctx.access_log.is_some() {
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        seen.log = Some((req.method().as_str().to_string(), bounded_path(path)));
+    }
     let live_nodes = routing.live_nodes();
     let now = std::time::Instant::now();
     let listener_rate = listener.admission.as_ref().and_then(|l| l.rate_limit.as_ref());
@@ -346,6 +404,7 @@ async fn respond(
         let replay = (up.reused && replayable && !replayed).then(|| copy_head(&request));
         match send(&mut up.sender, request, &conn.activity, timeouts.upstream_response).await {
             Ok(resp) => {
+                seen.backend_head = Some(Instant::now());
                 let answered = up.addr;
                 seen.backend = Some(answered);
                 outlier.record_response(pool_name, answered, resp.status().as_u16());

@@ -292,6 +292,7 @@ impl Proxy {
             outlier: Default::default(),
             metrics: Default::default(),
             tls: Default::default(),
+            access_log: None,
         });
         let (stop, stop_rx) = crate::shutdown::channel();
         let task = tokio::spawn(serve_with("web".into(), listener, Arc::clone(&ctx), stop_rx, opts));
