@@ -891,6 +891,8 @@ pub struct RawListener {
     #[serde(default)]
     #[schemars(length(max = tls::MAX_SNI_ROUTES))]
     pub sni_route: Vec<RawSniRoute>,
+    /// One access log line per HTTP request (TCP, UDP: per connection or flow), written where each
+    /// node's `access_log` says. Default false.
     #[serde(default)]
     pub access_log: bool,
 }
