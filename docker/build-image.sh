@@ -23,11 +23,12 @@ for b in lbnode lbctl; do
   strip --strip-debug "$root/usr/local/bin/$b" 2>/dev/null || true
 done
 # The front: BIRD 2 (the BGP speaker beside each lbnode and on the router) and iproute2's `ip`, the
-# binaries of this machine's Debian packages bird2 and iproute2.
-system_bins="/usr/sbin/bird /usr/sbin/birdcl /usr/sbin/ip"
+# binaries of this machine's Debian packages bird2 and iproute2; and Prometheus (the compose files'
+# `prometheus` service), Debian's package prometheus.
+system_bins="/usr/sbin/bird /usr/sbin/birdcl /usr/sbin/ip /usr/bin/prometheus"
 for b in $system_bins; do
   if [ ! -x "$b" ]; then
-    echo "build-image.sh: $b is missing: apt-get install -y bird2 iproute2" >&2
+    echo "build-image.sh: $b is missing: apt-get install -y bird2 iproute2 prometheus" >&2
     exit 1
   fi
   mkdir -p "$root$(dirname "$b")"
@@ -35,6 +36,13 @@ for b in $system_bins; do
 done
 mkdir -p "$root/run/bird" "$root/etc/bird"
 cp docker/front/router.conf docker/front/node.conf "$root/etc/bird/"
+mkdir -p "$root/etc/prometheus"
+cp docker/prometheus/compose-3.yml docker/prometheus/compose-5.yml "$root/etc/prometheus/"
+# Debian's Prometheus reads its web UI's templates and assets from here.
+if [ -d /usr/share/prometheus/web ]; then
+  mkdir -p "$root/usr/share/prometheus"
+  cp -r /usr/share/prometheus/web "$root/usr/share/prometheus/"
+fi
 # The dynamic loader and every shared library the binaries need, at the same paths.
 libs=$(for b in "$bindir/lbnode" "$bindir/lbctl" $system_bins; do
   ldd "$b" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'
