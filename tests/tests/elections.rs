@@ -119,7 +119,7 @@ async fn a_busy_machine_holds_no_election_while_the_leader_lives() -> Result<()>
     while started.elapsed() < BURN {
         // A commit through the leader and one forwarded by a follower, alternately: replication and
         // log flushes run under the same load as the heartbeats.
-        let via = if writes % 2 == 0 { &leader_addr } else { &follower };
+        let via = if writes.is_multiple_of(2) { &leader_addr } else { &follower };
         if let Err(e) = admin::apply_toml(via, &marked_config(writes)).await {
             bail!("write {writes} via {via} failed under load: {e}\n{}", c.logs());
         }
