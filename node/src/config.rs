@@ -343,7 +343,7 @@ impl Peer {
 ///
 /// So failover after a crash takes about `election_max_ms` + the first survivor's `t` (+ up to a tick),
 /// and a live leader is deposed only if a follower misses every heartbeat for at least
-/// `election_min_ms + election_max_ms`. The defaults (50 / 250 / 400) give a failover of about 0.7 s
+/// `election_min_ms + election_max_ms`. The defaults (50 / 250 / 400) give a failover of about 0.75 s
 /// and need 650 ms without a single heartbeat (about 8 heartbeats in a row lost) before a spurious
 /// election; `tests/tests/elections.rs` checks that a fully loaded 2-core machine holds none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
