@@ -30,8 +30,8 @@ fn printed_default_config_loads_at_start_as_the_defaults() {
     assert_eq!(loaded, NodeConfig::load(&flags).unwrap());
 
     // Round trip: the flag overrides the file, and the file still loads with a changed field.
-    let changed = text.replace("\nheartbeat_ms = 100\n", "\nheartbeat_ms = 150\n");
-    assert_ne!(changed, text, "heartbeat_ms = 100 is in the printed config");
+    let changed = text.replace("\nheartbeat_ms = 50\n", "\nheartbeat_ms = 150\n");
+    assert_ne!(changed, text, "heartbeat_ms = 50 is in the printed config");
     std::fs::write(&path, changed).unwrap();
     let loaded = NodeConfig::load(&Cli { config: Some(path), ..Cli::default() }).unwrap();
     assert_eq!(loaded.raft.heartbeat_ms, 150);

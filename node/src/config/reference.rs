@@ -67,7 +67,10 @@ log_format = "text"
 # a file path (created if missing, appended to; at most 4096 bytes), or "off" for none on this node.
 access_log = "stdout"
 
-# Raft heartbeat interval, milliseconds, {hb_lo}..={hb_hi}.
+# Raft heartbeat interval, milliseconds, {hb_lo}..={hb_hi}. With openraft 0.9 a leader's crash is
+# detected after election_max_ms (its lease) plus the election timeout each node draws once in
+# election_min_ms..election_max_ms; a follower that misses every heartbeat for election_min_ms +
+# election_max_ms campaigns against a live leader.
 heartbeat_ms = {heartbeat}
 
 # Lower bound of the election timeout, milliseconds: above heartbeat_ms, at most {MAX_ELECTION_MS}.

@@ -182,9 +182,9 @@ mod tests {
     #[test]
     fn raft_config_uses_the_timing_and_keeps_few_logs() {
         let c = raft_config(&RaftTiming::default()).unwrap();
-        assert_eq!(c.heartbeat_interval, 100);
-        assert_eq!(c.election_timeout_min, 500);
-        assert_eq!(c.election_timeout_max, 1000);
+        assert_eq!(c.heartbeat_interval, 50);
+        assert_eq!(c.election_timeout_min, 250);
+        assert_eq!(c.election_timeout_max, 400);
         assert!(matches!(c.snapshot_policy, SnapshotPolicy::LogsSinceLast(500)));
         assert_eq!(c.max_in_snapshot_log_to_keep, LOGS_KEPT_AFTER_SNAPSHOT);
         assert!(c.install_snapshot_timeout >= 1000);
