@@ -122,3 +122,41 @@ async fn every_node_sends_a_key_to_the_same_backend_and_honours_every_sticky_coo
     }
     Ok(())
 }
+
+/// `--dataplane-threads 1` runs the proxies on a current-thread runtime on a thread of its own: it
+/// proxies like the multi-thread one and stops with the node (SIGTERM, exit 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_data_plane_thread_proxies_and_stops_with_the_node() -> Result<()> {
+    const ONE_NET: u8 = 65;
+    const PORT: u16 = 18082;
+    if !loopback_ok(Cluster::ip(ONE_NET, 1).into()) {
+        println!("NOTICE: 127.0.{ONE_NET}.0/24 is not usable here; skipping");
+        return Ok(());
+    }
+    let mut c = Cluster::start(ONE_NET, 1, &["--dataplane-threads", "1"])?;
+    c.wait_for_leader(ELECTION).await?;
+    let backend = BackendProc::start("backend-1", &format!("127.0.{ONE_NET}.101:9001")).await?;
+    let cfg = format!(
+        "[[pool]]\nname = \"web\"\npolicy = \"round_robin\"\n[[pool.backend]]\naddr = \"{}\"\n\
+         [pool.health]\nkind = \"none\"\n\n[[listener]]\nname = \"web\"\nprotocol = \"http\"\n\
+         port = {PORT}\npool = \"web\"\n",
+        backend.addr
+    );
+    admin::apply_toml(&c.nodes[0].grpc_addr(), &cfg).await.context("apply config")?;
+    let addr = format!("{}:{PORT}", c.nodes[0].ip);
+    wait_until(&format!("the listener on {addr} to proxy"), SERVE, || async {
+        let (status, _, _) = http_get(&addr, "/", &[]).await?;
+        ensure!(status == 200, "status {status}");
+        Ok(())
+    })
+    .await
+    .map_err(|e| anyhow!("{e:#}\n{}", c.logs()))?;
+    for i in 0..50 {
+        let (status, headers, _) = http_get(&addr, "/", &[]).await?;
+        ensure!(status == 200, "request {i}: status {status}");
+        ensure!(backend_of(&headers) == "backend-1", "request {i} answered by {:?}", backend_of(&headers));
+    }
+    let code = c.nodes[0].terminate(Duration::from_secs(15)).await?;
+    ensure!(code == Some(0), "the node exited with {code:?}\n{}", c.logs());
+    Ok(())
+}
