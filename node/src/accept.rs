@@ -419,6 +419,16 @@ impl Drop for CapSlot {
     }
 }
 
+/// This process's soft limit of open files (`RLIMIT_NOFILE`).
+pub fn open_file_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct passed to it.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(lim.rlim_cur)
+}
+
 /// Raise this process's soft limit of open files to its hard limit; returns `(before, after)`.
 pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };

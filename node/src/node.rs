@@ -39,6 +39,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 /// The data plane's shared context: listeners on the wildcard address when the node has a VIP.
 fn proxy_context(config: &NodeConfig) -> anyhow::Result<ProxyContext> {
     let mut ctx = ProxyContext::new(config.id, config.bind);
+    tracing::info!(flows = ctx.udp_flows.max(), "udp flows over all listeners at most (half the file limit)");
     if let Some(target) = &config.access_log {
         let dropped = ctx.metrics.access_log_dropped().clone();
         ctx.access_log = Some(Arc::new(crate::proxy::access_log::AccessLog::start(target, dropped)?));

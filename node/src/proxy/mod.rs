@@ -61,6 +61,8 @@ pub struct ProxyContext {
     pub tls: Arc<tls::TlsStore>,
     /// Where listeners with `access_log = true` send their entries; `None`: this node logs none.
     pub access_log: Option<Arc<access_log::AccessLog>>,
+    /// The flow sockets all UDP listeners of this node may hold ([`udp::flow_file_budget`]).
+    pub udp_flows: Arc<udp::FlowBudget>,
 }
 
 impl ProxyContext {
@@ -74,6 +76,7 @@ impl ProxyContext {
             metrics: Default::default(),
             tls: Default::default(),
             access_log: None,
+            udp_flows: Default::default(),
         }
     }
 }

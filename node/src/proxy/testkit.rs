@@ -84,6 +84,7 @@ pub(crate) fn context(bind_ip: IpAddr, routing: &SharedRouting) -> Arc<ProxyCont
         metrics: Default::default(),
         tls: Default::default(),
         access_log: None,
+        udp_flows: Default::default(),
     })
 }
 

@@ -23,6 +23,16 @@
 //!   Maglev paper); a drained backend's flows move at once, since a UDP flow never finishes by itself;
 //! - the table holds at most [`MAX_FLOWS`] flows; when it is full, datagrams that would start a new flow
 //!   are dropped (counted, logged at most once per [`LOG_EVERY`]) until idle flows expire;
+//! - all UDP listeners of the node together hold at most [`flow_file_budget`] flows (half the
+//!   node's open-file limit, [`FlowBudget`]): each flow holds a socket for up to its idle timeout,
+//!   and one datagram from each of as many sources (spoofable) must not take every descriptor the
+//!   node's client connections, backend connections, Raft network and admin servers need; a new flow
+//!   over it is dropped as `file_limit`;
+//! - each flow's socket takes an ephemeral port of the node's IP (UDP has no port sharing per
+//!   4-tuple), so on Linux's default `ip_local_port_range` (32768–60999) one node IP holds at most
+//!   28,232 flows over all its UDP listeners; a socket the kernel refuses (no free port, no
+//!   descriptor, no memory) drops the datagram as `no_socket`, without counting a connect failure
+//!   against the backend or trying the next one;
 //! - the listener's `admission.max_connections` and `admission.max_connections_per_source` cap its flows in
 //!   all and per client IP ([`crate::accept::ConnCaps`]): a datagram that would start a flow over a cap
 //!   is dropped and counted in `lbfleet_connections_refused_total{reason}`; a pool's
@@ -45,7 +55,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,7 +76,7 @@ use crate::balance::{hash_ip, BackendHandle, InFlight, Routing};
 use crate::shutdown::Shutdown;
 use lbfleet_api::config::Listener;
 
-/// Most flows one listener tracks at once.
+/// Most flows one listener tracks at once (all UDP listeners together: also [`flow_file_budget`]).
 pub const MAX_FLOWS: usize = 65_536;
 /// Largest datagram relayed (the UDP length field's limit).
 pub const MAX_DATAGRAM: usize = 64 * 1024;
@@ -88,6 +98,80 @@ const RECV_ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// The idle timeout of a UDP flow on a listener configured with `configured`.
 pub fn effective_idle(configured: Duration) -> Duration {
     configured.min(UDP_IDLE_CAP)
+}
+
+/// Flows (each one socket) all UDP listeners of a node with this open-file limit may hold at once:
+/// half of it, so that flows alone never take the descriptors everything else needs.
+pub fn flow_file_budget(open_file_limit: u64) -> usize {
+    usize::try_from(open_file_limit / 2).unwrap_or(usize::MAX)
+}
+
+/// Whether opening a flow's socket failed for want of something on this node (a free local port, a
+/// file descriptor, memory) rather than because of the backend: the next backend would fail alike.
+pub fn refused_locally(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EADDRINUSE
+                | libc::EADDRNOTAVAIL
+                | libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOBUFS
+                | libc::ENOMEM
+        )
+    )
+}
+
+/// The node-wide count of flow sockets against [`flow_file_budget`], shared by every UDP listener of
+/// the node ([`ProxyContext::udp_flows`]).
+#[derive(Debug)]
+pub struct FlowBudget {
+    max: usize,
+    used: AtomicUsize,
+}
+
+impl FlowBudget {
+    pub fn new(max: usize) -> FlowBudget {
+        FlowBudget { max, used: AtomicUsize::new(0) }
+    }
+
+    /// The budget of this process's open-file limit as it is now (1,024 when it cannot be read).
+    pub fn for_this_process() -> FlowBudget {
+        let limit = crate::accept::open_file_limit().unwrap_or(1024);
+        FlowBudget::new(flow_file_budget(limit))
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Flows holding a slot now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// A slot for one more flow, or `None` when the budget is used up.
+    fn take(self: &Arc<Self>) -> Option<BudgetSlot> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1))
+            .ok()
+            .map(|_| BudgetSlot(Arc::clone(self)))
+    }
+}
+
+impl Default for FlowBudget {
+    fn default() -> Self {
+        FlowBudget::for_this_process()
+    }
+}
+
+/// One flow's share of the [`FlowBudget`], given back on drop.
+struct BudgetSlot(Arc<FlowBudget>);
+
+impl Drop for BudgetSlot {
+    fn drop(&mut self) {
+        self.0.used.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Bounds of one UDP listener (tests shrink them).
@@ -232,6 +316,7 @@ struct Flow {
     log: Option<FlowLog>,
     _inflight: InFlight,
     _slot: CapSlot,
+    _budget: BudgetSlot,
     _open: OpenConnection,
 }
 
@@ -272,6 +357,8 @@ struct FlowLog {
 #[derive(Default)]
 struct Drops {
     table_full: u64,
+    file_limit: u64,
+    no_socket: u64,
     no_backend: u64,
     listener_removed: u64,
     stopping: u64,
@@ -282,6 +369,8 @@ struct Drops {
 /// The `lbfleet_udp_dropped_total` series of one listener, one per reason.
 struct DropCounters {
     table_full: Counter,
+    file_limit: Counter,
+    no_socket: Counter,
     no_backend: Counter,
     listener_removed: Counter,
     stopping: Counter,
@@ -292,6 +381,8 @@ impl DropCounters {
     fn new(metrics: &DataplaneMetrics, listener: &str) -> Self {
         DropCounters {
             table_full: metrics.udp_drop_counter(listener, "table_full"),
+            file_limit: metrics.udp_drop_counter(listener, "file_limit"),
+            no_socket: metrics.udp_drop_counter(listener, "no_socket"),
             no_backend: metrics.udp_drop_counter(listener, "no_backend"),
             listener_removed: metrics.udp_drop_counter(listener, "listener_removed"),
             stopping: metrics.udp_drop_counter(listener, "stopping"),
@@ -302,7 +393,14 @@ impl DropCounters {
 
 impl Drops {
     fn any(&self) -> bool {
-        self.table_full + self.no_backend + self.listener_removed + self.stopping + self.send_failed > 0
+        self.table_full
+            + self.file_limit
+            + self.no_socket
+            + self.no_backend
+            + self.listener_removed
+            + self.stopping
+            + self.send_failed
+            > 0
     }
 
     /// Warn with the counts, at most once per [`LOG_EVERY`], and reset them.
@@ -313,6 +411,8 @@ impl Drops {
         warn!(
             listener,
             table_full = self.table_full,
+            file_limit = self.file_limit,
+            no_socket = self.no_socket,
             no_backend = self.no_backend,
             listener_removed = self.listener_removed,
             stopping = self.stopping,
@@ -401,6 +501,12 @@ impl UdpProxy {
             self.drops.log(&self.name);
             return None;
         }
+        let Some(budget) = self.ctx.udp_flows.take() else {
+            self.drops.file_limit += 1;
+            self.dropped.file_limit.inc();
+            self.drops.log(&self.name);
+            return None;
+        };
         let Some(pool) = routing.pool(&listener.pool) else {
             self.drops.no_backend += 1;
             self.dropped.no_backend.inc();
@@ -431,8 +537,15 @@ impl UdpProxy {
             };
             match connect_upstream(self.ctx.bind_ip, backend.addr()) {
                 Ok(upstream) => {
-                    let held = (inflight, slot);
+                    let held = (inflight, slot, budget);
                     return Some(self.spawn_flow(listener, backend, upstream, client, held));
+                }
+                Err(e) if refused_locally(&e) => {
+                    self.drops.no_socket += 1;
+                    self.dropped.no_socket.inc();
+                    self.drops.log(&self.name);
+                    debug!(listener = %self.name, %client, error = %e, "udp flow: no socket for it on this node");
+                    return None;
                 }
                 Err(e) => {
                     self.ctx.metrics.connect_failure(&listener.pool, backend.addr());
@@ -454,7 +567,7 @@ impl UdpProxy {
         backend: &Arc<BackendHandle>,
         upstream: UdpSocket,
         client: SocketAddr,
-        (inflight, slot): (InFlight, CapSlot),
+        (inflight, slot, budget): (InFlight, CapSlot, BudgetSlot),
     ) -> Flow {
         let upstream = Arc::new(upstream);
         let last = Arc::new(AtomicU64::new(self.now_nanos()));
@@ -500,6 +613,7 @@ impl UdpProxy {
             log,
             _inflight: inflight,
             _slot: slot,
+            _budget: budget,
             _open: OpenConnection::new(&self.open),
         }
     }

@@ -293,6 +293,7 @@ impl Proxy {
             metrics: Default::default(),
             tls: Default::default(),
             access_log: None,
+            udp_flows: Default::default(),
         });
         let (stop, stop_rx) = crate::shutdown::channel();
         let task = tokio::spawn(serve_with("web".into(), listener, Arc::clone(&ctx), stop_rx, opts));

@@ -16,7 +16,7 @@ use super::*;
 use crate::balance::routing::SharedRouting;
 use crate::proxy::counters::{counters_text, value_of};
 use crate::proxy::tcp::tests::config;
-use crate::proxy::testkit::{context, ip, reconfigure, routing_for, wait_for, WAIT};
+use crate::proxy::testkit::{context, ip, reconfigure, routing_for, wait_for, wait_until, WAIT};
 use crate::shutdown::Trigger;
 
 /// Largest UDP payload over IPv4.
@@ -292,6 +292,60 @@ async fn removed_listener_takes_no_new_flows_and_drops_old_ones() {
         (sel.backends()[0].inflight() == 0).then_some(())
     })
     .await;
+}
+
+/// Fixed: one datagram from each of as many sources as the node had open files made as many flows,
+/// each holding a socket for its idle timeout, until the node had no descriptor left for its admin
+/// servers, new client connections or backend connections.
+#[tokio::test]
+async fn flows_of_every_listener_stop_at_the_node_file_budget_until_one_expires() {
+    let (b, _t) = backends(1, 76, 100).await;
+    let idle = "[listener.timeouts]\nidle = \"2s\"";
+    let routing = routing_for(&config("udp", 7210, "round_robin", "source_addr", &b, idle));
+    let base = Arc::into_inner(context(ip(74, 10), &routing)).expect("one owner");
+    let ctx = Arc::new(ProxyContext { udp_flows: Arc::new(FlowBudget::new(2)), ..base });
+    let mut addrs = Vec::new();
+    let mut stops = Vec::new();
+    for host in [10, 11] {
+        let addr = SocketAddr::new(ip(74, host), 7210);
+        let sock = UdpSocket::bind(addr).await.expect("bind proxy");
+        let (stop, rx) = crate::shutdown::channel();
+        tokio::spawn(serve_with("l".into(), sock, Arc::clone(&ctx), rx, Limits::default()));
+        addrs.push(addr);
+        stops.push(stop);
+    }
+    let (c1, c2, c3) = (client(77, 100).await, client(77, 101).await, client(77, 102).await);
+    ask(&c1, addrs[0], b"1").await;
+    ask(&c2, addrs[1], b"2").await;
+    assert_eq!(ctx.udp_flows.used(), 2);
+    // Neither listener's table is full, but the node's budget is used up.
+    ask_unanswered(&c3, addrs[0], b"3", Duration::from_millis(300)).await;
+    ask_unanswered(&c3, addrs[1], b"3", Duration::from_millis(300)).await;
+    // Existing flows still work.
+    assert_eq!(ask(&c1, addrs[0], b"1").await.payload, b"1");
+    wait_no_flows(&routing).await;
+    wait_until("the flows to give their budget back", || ctx.udp_flows.used() == 0).await;
+    assert_eq!(ask(&c3, addrs[0], b"3").await.payload, b"3");
+    let text = counters_text(&ctx.metrics);
+    let over = "udp_dropped_total{listener=\"l\",reason=\"file_limit\"}";
+    assert!(value_of(&text, over).is_some_and(|n| n >= 2), "{text}");
+    assert_eq!(value_of(&text, "udp_dropped_total{listener=\"l\",reason=\"table_full\"}"), Some(0), "{text}");
+    drop(stops);
+}
+
+#[test]
+fn the_budget_is_half_the_open_files_and_a_socket_refused_for_want_of_them_is_local() {
+    assert_eq!(flow_file_budget(20_000), 10_000);
+    assert_eq!(flow_file_budget(1_048_576), 524_288);
+    assert!(FlowBudget::for_this_process().max() >= 1);
+    let local =
+        [libc::EADDRINUSE, libc::EADDRNOTAVAIL, libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM];
+    for errno in local {
+        assert!(refused_locally(&io::Error::from_raw_os_error(errno)), "{errno}");
+    }
+    for errno in [libc::ECONNREFUSED, libc::ENETUNREACH, libc::EHOSTUNREACH, libc::EACCES] {
+        assert!(!refused_locally(&io::Error::from_raw_os_error(errno)), "{errno}");
+    }
 }
 
 #[test]
