@@ -123,7 +123,7 @@ fn every_bad_field_is_reported_by_name() {
         "--heartbeat-ms",
         "600",
         "--election-max-ms",
-        "400",
+        "200",
         "--peers",
         "1=a",
         "--admin-http",
