@@ -88,18 +88,12 @@ async fn wait_announced(c: &Compose, nodes: &[usize], timeout: Duration) -> Resu
 
 /// Poll the router until `node` is no longer a next hop; the time since `since`.
 async fn time_to_withdraw(c: &Compose, node: usize, since: Instant) -> Result<Duration> {
-    let ip = node_ip(node);
-    wait_until(&format!("node {node} withdrawn from the router"), WITHDRAW_BOUND, || async {
-        let got = nexthops(c).await?;
-        ensure!(!got.contains(&ip), "next hops {got:?}");
-        Ok(())
-    })
-    .await?;
-    Ok(since.elapsed())
+    Ok(withdraw_window(c, node, since).await?.0)
 }
 
-/// Like [`time_to_withdraw`], and also when the route changed: after the start of the last poll that
-/// still saw the node's next hop and before the end of the first that did not.
+/// Poll the router until `node` is no longer a next hop: the time since `since`, and when the route
+/// changed: after the start of the last poll that still saw the node's next hop and before the end of
+/// the first that did not.
 async fn withdraw_window(c: &Compose, node: usize, since: Instant) -> Result<(Duration, Instant, Instant)> {
     let ip = node_ip(node);
     let last_present = std::sync::Mutex::new(since);
