@@ -237,17 +237,18 @@ async fn a_raw_command_or_an_unknown_hook_is_refused_and_nothing_runs() -> Resul
     drop(conns);
     // The scale machinery has run since the refused configs; the raw command never did.
     ensure!(!forbidden.exists(), "the raw command ran");
-    let events = admin::connect(&grpc)
-        .await?
-        .events(pb::EventsRequest { since_index: 0, limit: 0, stale: false })
-        .await?
-        .into_inner()
-        .events;
-    ensure!(
-        events
-            .iter()
-            .any(|e| e.what == format!("hook `add-web` for backend {s1} of pool \"web\" exited with 0")),
-        "{events:#?}"
-    );
+    // The hook's exit is recorded after its process ends, which is after it wrote the file.
+    let want = format!("hook `add-web` for backend {s1} of pool \"web\" exited with 0");
+    wait_until("the hook's exit in the event log", ELECTION, || async {
+        let events = admin::connect(&grpc)
+            .await?
+            .events(pb::EventsRequest { since_index: 0, limit: 0, stale: false })
+            .await?
+            .into_inner()
+            .events;
+        ensure!(events.iter().any(|e| e.what == want), "{events:#?}");
+        Ok(())
+    })
+    .await?;
     Ok(())
 }
