@@ -34,7 +34,7 @@ pub struct PoolLimits {
 
 impl Default for PoolLimits {
     fn default() -> Self {
-        PoolLimits { max_idle_per_backend: 64, idle_timeout: Duration::from_secs(30) }
+        PoolLimits { max_idle_per_backend: 256, idle_timeout: Duration::from_secs(30) }
     }
 }
 
