@@ -142,7 +142,9 @@ pub fn requirement(path: &str) -> Option<Requirement> {
         "lbfleet.v1.Admin" => match method {
             "Status" | "LocalStatus" | "GetConfig" | "ListNodes" | "ListBackends" | "Watch" | "Events"
             | "LocalLoad" | "LocalDashboard" => Some(Requirement::Read),
-            "ApplyConfig" | "AddNode" | "RemoveNode" | "SetDrain" => Some(Requirement::Admin),
+            "ApplyConfig" | "AddNode" | "RemoveNode" | "SetDrain" | "SetNodeDrain" => {
+                Some(Requirement::Admin)
+            }
             "ReportLoad" | "SubmitHealthVote" => Some(Requirement::Node),
             _ => None,
         },

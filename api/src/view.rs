@@ -32,6 +32,9 @@ pub struct NodeStatus {
     pub error: Option<String>,
     /// Marked down by the leader (its health votes do not count).
     pub down: bool,
+    /// Drained by an operator (`lbctl drain-node`): it withdrew its share of the VIP.
+    #[serde(default)]
+    pub drained: bool,
     pub last_log_index: u64,
     /// Last log index covered by this node's latest snapshot (0 when none).
     pub snapshot_index: u64,
@@ -56,6 +59,7 @@ impl NodeStatus {
             config_version: 0,
             error: Some(error),
             down: false,
+            drained: false,
             last_log_index: 0,
             snapshot_index: 0,
             purged_index: 0,
@@ -200,6 +204,7 @@ impl From<&NodeStatus> for pb::NodeStatus {
             config_version: v.config_version,
             error: v.error.clone().unwrap_or_default(),
             down: v.down,
+            drained: v.drained,
             snapshot_index: v.reachable.then_some(v.snapshot_index),
             purged_index: v.reachable.then_some(v.purged_index),
             last_log_index: v.reachable.then_some(v.last_log_index),
@@ -223,6 +228,7 @@ impl From<&pb::NodeStatus> for NodeStatus {
             config_version: n.config_version,
             error: non_empty(&n.error),
             down: n.down,
+            drained: n.drained,
             last_log_index: n.last_log_index.unwrap_or(0),
             snapshot_index: n.snapshot_index.unwrap_or(0),
             purged_index: n.purged_index.unwrap_or(0),
@@ -292,6 +298,7 @@ mod tests {
             config_version: 2,
             error: None,
             down: false,
+            drained: false,
             last_log_index: 11,
             snapshot_index: 4,
             purged_index: 1,

@@ -77,6 +77,12 @@ pub enum Command {
     Drain(DrainCommandArgs),
     /// Resume sending new flows to a drained backend.
     Undrain(DrainArgs),
+    /// Take the node at --endpoint out of the front: it withdraws its share of the VIP (BGP), so the
+    /// router sends it no new flows, and keeps running and serving its own address. Kept across
+    /// restarts.
+    DrainNode,
+    /// Put the node at --endpoint back into the front: it announces the VIP again once it can serve.
+    UndrainNode,
     /// Stream one line per applied change of the replicated state until Ctrl-C.
     Watch,
     /// The replicated event log: leader decisions (standbys, nodes marked down, hooks) and health changes.

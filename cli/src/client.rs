@@ -234,6 +234,12 @@ impl Admin {
         self.call(Effect::Write, |mut c| async move { c.set_drain(req).await }).await
     }
 
+    /// Drain or undrain the node this client speaks to (not replicated; idempotent).
+    pub async fn set_node_drain(&self, drained: bool) -> Result<pb::SetNodeDrainResponse, CliError> {
+        let req = self.req(pb::SetNodeDrainRequest { drained });
+        self.call(Effect::Write, |mut c| async move { c.set_node_drain(req).await }).await
+    }
+
     pub async fn events(&self, req: pb::EventsRequest) -> Result<pb::EventsResponse, CliError> {
         let req = self.req(req);
         self.call(Effect::Read, |mut c| async move { c.events(req).await }).await

@@ -203,6 +203,33 @@ pub async fn drain(g: &Global, d: &args::DrainArgs, draining: bool) -> Result<()
     }
 }
 
+/// `drain-node` / `undrain-node`: the node at --endpoint withdraws (or announces again) its share of
+/// the VIP. Only that node changes; its answer names it.
+pub async fn drain_node(g: &Global, drained: bool) -> Result<(), CliError> {
+    let r = g.connect().await?.set_node_drain(drained).await?;
+    if g.json {
+        return print(&output::to_json_pretty(&serde_json::json!({
+            "node": r.node,
+            "drained": r.drained,
+            "was_drained": r.was_drained,
+            "vip": r.vip,
+        })));
+    }
+    let text = match (drained, r.was_drained) {
+        (true, false) => format!(
+            "node {} is drained: it withdraws the VIP {} (the router sends it no new flows) and keeps \
+             running (`lbctl undrain-node` puts it back)\n",
+            r.node, r.vip
+        ),
+        (true, true) => format!("node {} was already drained (the VIP {} stays withdrawn)\n", r.node, r.vip),
+        (false, true) => {
+            format!("node {} is undrained: it announces the VIP {} again once it can serve\n", r.node, r.vip)
+        }
+        (false, false) => format!("node {} was not drained (nothing changed)\n", r.node),
+    };
+    print(&text)
+}
+
 /// How often `drain --wait` polls the nodes.
 const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 

@@ -71,6 +71,8 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         }
         Command::Drain(d) => commands::drain(&g, &d.target, true).await,
         Command::Undrain(d) => commands::drain(&g, d, false).await,
+        Command::DrainNode => commands::drain_node(&g, true).await,
+        Command::UndrainNode => commands::drain_node(&g, false).await,
         Command::Watch => commands::watch(&g).await,
         Command::Events(e) => commands::events(&g, e).await,
         Command::Local(l) => match &l.action {

@@ -65,6 +65,12 @@ pub fn status_text(r: &pb::StatusResponse) -> String {
         if let Some(e) = &n.error {
             out.push_str(&format!("node {}: {e}\n", n.id));
         }
+        if n.drained {
+            out.push_str(&format!(
+                "node {}: drained, it does not announce the VIP (`lbctl undrain-node` on it puts it back)\n",
+                n.id
+            ));
+        }
     }
     let digests: std::collections::BTreeSet<&str> = s
         .nodes
@@ -496,6 +502,7 @@ mod tests {
                 "config_version",
                 "error",
                 "down",
+                "drained",
                 "last_log_index",
                 "snapshot_index",
                 "purged_index",
@@ -528,7 +535,15 @@ mod tests {
         assert_eq!(lines[2], "1   127.0.0.11:7400  leader    yes        no    11             ab12");
         assert_eq!(lines[4], "3   127.0.0.13:7400  unknown   no         yes   13             -");
         assert_eq!(lines[5], "node 3: connection refused");
+        assert_eq!(lines.len(), 6);
         assert!(!text.contains("warning"));
+        let mut s = status();
+        s.nodes[2].drained = true;
+        let text = status_text(&s);
+        assert!(
+            text.lines().any(|l| l.starts_with("node 2: drained, it does not announce the VIP")),
+            "{text}"
+        );
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub struct Cluster {
     pub traffic: SharedTrafficBook,
     /// The elections and drains this node saw (for the dashboard's events).
     pub observed: SharedObserver,
+    /// The VIP this node announces over BGP (`vip` with a BGP speaker); `None`: it announces none.
+    pub announced_vip: Option<std::net::IpAddr>,
+    /// An operator's drain of this node (`lbctl drain-node`), which withdraws the VIP.
+    pub drain: Arc<crate::front::NodeDrain>,
 }
 
 impl Cluster {
@@ -49,7 +53,9 @@ impl Cluster {
     /// This node's view right now.
     pub fn local_view(&self) -> NodeStatus {
         let digest = self.dataplane.routing.load().ring_digest().to_string();
-        self.raft.local_view(digest)
+        let mut view = self.raft.local_view(digest);
+        view.drained = self.drain.is_drained();
+        view
     }
 
     /// The listeners as the listener manager last saw them.

@@ -149,7 +149,8 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub admin_http_max_connections: Option<usize>,
     /// The virtual IP of the front: TCP and HTTP listeners accept on it too (they bind the wildcard
-    /// address), and the BGP speaker announces it while this node can serve.
+    /// address), UDP listeners bind a second socket on it, and the BGP speaker announces it while this
+    /// node can serve.
     #[arg(long, value_name = "IP")]
     pub vip: Option<String>,
     /// Add the VIP (/32 or /128) to the loopback interface at start (needs CAP_NET_ADMIN).

@@ -44,6 +44,7 @@ fn proxy_context(config: &NodeConfig) -> anyhow::Result<ProxyContext> {
         let dropped = ctx.metrics.access_log_dropped().clone();
         ctx.access_log = Some(Arc::new(crate::proxy::access_log::AccessLog::start(target, dropped)?));
     }
+    ctx.vip = config.front.vip;
     if config.front.vip.is_some() {
         ctx.listen_ip = match config.bind {
             std::net::IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
@@ -118,7 +119,16 @@ impl Node {
             hooks: Arc::new(config.hooks.clone()),
             traffic: Default::default(),
             observed: Default::default(),
+            announced_vip: config.front.vip.filter(|_| config.front.socket.is_some()),
+            drain: Arc::new(front::NodeDrain::load(&config.data_dir)),
         };
+        if cluster.drain.is_drained() {
+            tracing::warn!(
+                "this node is drained (lbctl drain-node; {} in the data directory): it does not announce \
+                 the VIP until `lbctl undrain-node`",
+                front::DRAIN_FILE
+            );
+        }
         let dataplane = tokio::spawn(crate::proxy::listeners::run(
             Arc::clone(&cluster.dataplane),
             node.watch_model(),
@@ -165,7 +175,11 @@ impl Node {
             (Some(vip), Some(socket)) => Some(Front::start(
                 front::bird::Control::new(socket),
                 vip,
-                front::readiness(Arc::clone(&cluster.dataplane), Arc::clone(&cluster.listeners)),
+                front::readiness(
+                    Arc::clone(&cluster.dataplane),
+                    Arc::clone(&cluster.listeners),
+                    Arc::clone(&cluster.drain),
+                ),
             )),
             _ => None,
         };

@@ -3,6 +3,8 @@
 //! with BFD. This host reaches the VIP through the router (`docker/front-route.sh add`).
 //!
 //! - Requests to the VIP spread over all three nodes (each response names its node).
+//! - Datagrams to the demo config's UDP listener on the VIP are answered from the VIP (each node binds
+//!   a UDP socket on it), before and after a kill.
 //! - `docker kill` of a node (SIGKILL: its BIRD dies with it): the router's route loses that node's
 //!   next hop within [`WITHDRAW_BOUND`], and requests to the VIP keep succeeding.
 //! - `docker pause` of a node (frozen: only BFD notices): the same.
@@ -11,6 +13,9 @@
 //!   at most the one whose connection was open at the instant the router's route changed: plain ECMP
 //!   re-hashes the flows in flight then, and the node a moved flow lands on resets it (README, the
 //!   front's known limits).
+//!
+//! - `lbctl drain-node` on a node: its next hop leaves the router while it runs, and stays out across
+//!   a restart until `lbctl undrain-node`.
 //!
 //! Each is run [`runs`] times (`LBFLEET_FRONT_RUNS`, 1 by default so that CI stays short; the README figures are from 3) and the medians are printed.
 //! Then `docker/compose-5.yml` starts, the router gets five next hops and every node answers through
@@ -68,6 +73,36 @@ async fn through_vip() -> Result<String> {
     let node = header(&headers, "x-lbfleet-node");
     ensure!(!node.is_empty(), "no x-lbfleet-node header");
     Ok(node)
+}
+
+/// The demo config's UDP listener (`docker/demo.toml`).
+const UDP_PORT: u16 = 8053;
+
+/// One datagram through the VIP from a fresh source port: the reply comes from the VIP itself (the
+/// node's socket on it) and names the demo backend that echoed it.
+async fn udp_through_vip(seq: usize) -> Result<String> {
+    let sock = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
+    let vip: std::net::SocketAddr = format!("{VIP}:{UDP_PORT}").parse()?;
+    let probe = format!("probe {seq}");
+    sock.send_to(probe.as_bytes(), vip).await?;
+    let mut buf = [0u8; 2048];
+    let (n, from) = tokio::time::timeout(Duration::from_secs(3), sock.recv_from(&mut buf))
+        .await
+        .context("no UDP reply through the VIP within 3s")??;
+    ensure!(from == vip, "the UDP reply came from {from}, not from the VIP {vip}");
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let (backend, echoed) = text.split_once('\n').context("no backend name in the UDP reply")?;
+    ensure!(backend.starts_with("backend-") && echoed == probe, "UDP reply {text:?} to {probe:?}");
+    Ok(backend.to_string())
+}
+
+/// `n` datagrams through the VIP, each from a new source port (so a new flow, hashed anew by the
+/// router): every one answered from the VIP.
+async fn udp_all_answered(n: usize) -> Result<()> {
+    for i in 0..n {
+        udp_through_vip(i).await.with_context(|| format!("datagram {i} of {n} through the VIP"))?;
+    }
+    Ok(())
 }
 
 async fn nexthops(c: &Compose) -> Result<Vec<IpAddr>> {
@@ -213,6 +248,67 @@ fn ms(d: Duration) -> String {
     format!("{} ms", d.as_millis())
 }
 
+/// `lbctl ARGS` run inside node 1's container against node 1, with the admin token.
+fn lbctl_on_node_1(c: &Compose, args: &[&str]) -> Result<String> {
+    let mut argv = vec![
+        "/usr/local/bin/lbctl",
+        "--endpoint",
+        "172.28.0.11:7400",
+        "--ca",
+        "/certs/ca.pem",
+        "--token-file",
+        "/certs/admin.token",
+    ];
+    argv.extend_from_slice(args);
+    c.exec("lbnode-1", &argv)
+}
+
+/// How many times node 1 logged that it withdrew the VIP because it is drained.
+fn drained_withdrawals(c: &Compose) -> usize {
+    c.logs("lbnode-1", 100_000).matches("VIP withdrawn: this node is drained").count()
+}
+
+/// `lbctl drain-node` on node 1: its next hop leaves the router while it keeps running, requests
+/// through the VIP go to the others, `lbctl status` says so, a restart keeps it drained, and
+/// `lbctl undrain-node` brings its next hop back.
+async fn drain_node(c: &Compose) -> Result<()> {
+    let all = [1, 2, 3];
+    let t0 = Instant::now();
+    let out = lbctl_on_node_1(c, &["drain-node"])?;
+    ensure!(out.starts_with("node 1 is drained: it withdraws the VIP 172.28.1.1"), "{out}");
+    let took = time_to_withdraw(c, 1, t0).await?;
+    all_succeed(10, &[2, 3]).await.context("requests through the VIP with node 1 drained")?;
+    let again = lbctl_on_node_1(c, &["drain-node"])?;
+    ensure!(again.starts_with("node 1 was already drained"), "{again}");
+    let status = lbctl_on_node_1(c, &["status"])?;
+    ensure!(status.contains("node 1: drained"), "{status}");
+
+    // A restart keeps the drain: the node starts, withdraws (its log says why), and stays out.
+    let before = drained_withdrawals(c);
+    blocking(c, Compose::stop, "lbnode-1".into()).await?;
+    blocking(c, Compose::start, "lbnode-1".into()).await?;
+    wait_until("node 1 to withdraw the VIP again after its restart, as drained", REJOIN, || async {
+        ensure!(drained_withdrawals(c) > before, "not yet");
+        Ok(())
+    })
+    .await?;
+    let hops = nexthops(c).await?;
+    ensure!(!hops.contains(&node_ip(1)), "a drained node announced the VIP after a restart: {hops:?}");
+    wait_until("node 1's status after its restart", REJOIN, || async {
+        let status = lbctl_on_node_1(c, &["status"])?;
+        ensure!(status.contains("node 1: drained"), "{status}");
+        Ok(())
+    })
+    .await?;
+
+    let out = lbctl_on_node_1(c, &["undrain-node"])?;
+    ensure!(out.starts_with("node 1 is undrained"), "{out}");
+    wait_announced(c, &all, REJOIN).await?;
+    spread_over(&all).await?;
+    println!("drain-node: node 1's next hop withdrawn after {}; back after undrain-node", ms(took));
+    Ok(())
+}
+
 async fn blocking(c: &Compose, f: fn(&Compose, &str) -> Result<()>, service: String) -> Result<()> {
     let c = c.clone();
     tokio::task::spawn_blocking(move || f(&c, &service)).await?
@@ -234,6 +330,9 @@ async fn the_vip_spreads_over_the_nodes_and_leaves_a_failed_or_stopping_node_at_
         e.context(format!("router log:\n{}\nlbnode-1 log:\n{}", c.logs("router", 30), c.logs("lbnode-1", 30)))
     })?;
     spread_over(&all).await?;
+    // The demo config is applied by then, its UDP listener with it.
+    wait_until("a UDP reply through the VIP", Duration::from_secs(30), || udp_through_vip(0)).await?;
+    udp_all_answered(20).await?;
     prometheus_scrapes_every_node(3).await?;
 
     let (mut kills, mut pauses, mut stops) = (Vec::new(), Vec::new(), Vec::new());
@@ -247,6 +346,7 @@ async fn the_vip_spreads_over_the_nodes_and_leaves_a_failed_or_stopping_node_at_
         blocking(&c, Compose::kill, service.clone()).await?;
         kills.push(time_to_withdraw(&c, node, t0).await?);
         all_succeed(10, &alive).await.context("requests through the VIP after a kill")?;
+        udp_all_answered(10).await.context("datagrams through the VIP after a kill")?;
         blocking(&c, Compose::start, service.clone()).await?;
         wait_announced(&c, &all, REJOIN).await?;
 
@@ -316,6 +416,7 @@ async fn the_vip_spreads_over_the_nodes_and_leaves_a_failed_or_stopping_node_at_
         ms(median(&mut stops))
     );
     println!("kill: {kills:?}\npause: {pauses:?}\nstop: {stops:?}");
+    drain_node(&c).await?;
     drop(down);
 
     // Five nodes: five next hops, and every node answers through the VIP.

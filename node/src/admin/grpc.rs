@@ -370,6 +370,34 @@ impl Admin for AdminService {
         Ok(Response::new(pb::NodeStatus::from(&self.cluster.local_view())))
     }
 
+    async fn set_node_drain(
+        &self,
+        request: Request<pb::SetNodeDrainRequest>,
+    ) -> Result<Response<pb::SetNodeDrainResponse>, Status> {
+        let drained = request.into_inner().drained;
+        let node = self.id();
+        let Some(vip) = self.cluster.announced_vip else {
+            return Err(Status::failed_precondition(format!(
+                "node {node} announces no VIP (its config sets no `vip` with a `bgp_speaker`), so there is \
+                 nothing to withdraw; take it out of the front that sends it traffic instead"
+            )));
+        };
+        let was_drained = self.cluster.drain.set(drained).map_err(|e| {
+            Status::internal(format!(
+                "node {node} cannot record its drain in {}: {e}; nothing was changed",
+                self.cluster.drain.file().display()
+            ))
+        })?;
+        if was_drained != drained {
+            if drained {
+                tracing::warn!(%vip, "drained by an operator: withdrawing the VIP, still serving");
+            } else {
+                tracing::info!(%vip, "undrained by an operator: announcing the VIP again once it can serve");
+            }
+        }
+        Ok(Response::new(pb::SetNodeDrainResponse { node, drained, was_drained, vip: vip.to_string() }))
+    }
+
     async fn apply_config(
         &self,
         request: Request<pb::ApplyConfigRequest>,

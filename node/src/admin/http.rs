@@ -188,6 +188,7 @@ fn handle(cluster: &Cluster, req: &Request<Incoming>) -> Answer {
             let raft = super::metrics::RaftExtra {
                 voters: cluster.raft.metrics().membership_config.membership().voter_ids().count(),
                 committed_index: cluster.raft.committed_index(),
+                drained: cluster.drain.is_drained(),
             };
             let routing = cluster.dataplane.routing.load();
             let listeners = cluster.listener_statuses();
@@ -316,6 +317,7 @@ mod tests {
             config_version: 1,
             ring_digest: "abc".into(),
             down: false,
+            drained: false,
         };
         let nodes =
             vec![Member { id: 1, addr: view.addr.clone(), http_addr: view.http_addr.clone(), voter: true }];

@@ -12,11 +12,13 @@ use crate::proxy::counters::{register_gauges, DataplaneMetrics, GaugeSources};
 use lbfleet_api::view::NodeStatus as LocalView;
 
 /// The data plane's part of the text: its counters and what its gauges are read from.
-/// The Raft figures of [`render`] that are not in the local view.
+/// The figures of [`render`] that are not in the local view: Raft's, and this process's drain.
 pub struct RaftExtra {
     pub voters: usize,
     /// Index of the latest committed log entry this node knows.
     pub committed_index: u64,
+    /// An operator drained this node (`lbctl drain-node`).
+    pub drained: bool,
 }
 
 pub struct Dataplane<'a> {
@@ -86,6 +88,12 @@ pub fn render(
         "Index of the latest log entry this node knows to be committed",
         raft.committed_index,
     );
+    gauge(
+        &mut registry,
+        "node_drained",
+        "1 while an operator has drained this node (lbctl drain-node): it does not announce the VIP",
+        u64::from(raft.drained),
+    );
     gauge(&mut registry, "config_version", "Version of the cluster config in force", v.config_version);
     gauge(&mut registry, "backends", "Backends in the config, all pools", backends as u64);
     gauge(
@@ -126,6 +134,7 @@ mod tests {
             config_version: 3,
             ring_digest: "x".into(),
             down: false,
+            drained: false,
         }
     }
 
@@ -139,7 +148,8 @@ mod tests {
             counters: &counters,
             gauges: GaugeSources { routing: &routing, backends: &[], outlier: &outlier, listeners: &[] },
         };
-        let text = render(&v, &RaftExtra { voters: 3, committed_index: 44 }, 4, 3, &dataplane);
+        let text =
+            render(&v, &RaftExtra { voters: 3, committed_index: 44, drained: false }, 4, 3, &dataplane);
         for line in [
             "lbfleet_node_up{node=\"2\"} 1",
             "lbfleet_raft_term{node=\"2\"} 7",
@@ -150,6 +160,7 @@ mod tests {
             "lbfleet_raft_purged_index{node=\"2\"} 30",
             "lbfleet_raft_commit_index{node=\"2\"} 44",
             "lbfleet_config_version{node=\"2\"} 3",
+            "lbfleet_node_drained{node=\"2\"} 0",
             "lbfleet_backends_healthy{node=\"2\"} 3",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
@@ -221,7 +232,8 @@ mod tests {
                 listeners: &listeners,
             },
         };
-        let text = render(&view(), &RaftExtra { voters: 3, committed_index: 42 }, 2, 1, &dataplane);
+        let text =
+            render(&view(), &RaftExtra { voters: 3, committed_index: 42, drained: true }, 2, 1, &dataplane);
         for line in [
             "lbfleet_http_requests_total{node=\"2\",listener=\"front\",pool=\"web\",backend=\"127.0.0.1:9001\",code_class=\"2xx\"} 2",
             "lbfleet_http_requests_total{node=\"2\",listener=\"front\",pool=\"web\",backend=\"\",code_class=\"5xx\"} 1",
@@ -236,6 +248,7 @@ mod tests {
             "lbfleet_backend_usable{node=\"2\",pool=\"web\",backend=\"127.0.0.1:9001\"} 1",
             "lbfleet_listener_bound{node=\"2\",listener=\"front\"} 1",
             "lbfleet_raft_term{node=\"2\"} 7",
+            "lbfleet_node_drained{node=\"2\"} 1",
             "lbfleet_received_bytes_total{node=\"2\",listener=\"front\",pool=\"web\",backend=\"127.0.0.1:9001\"} 15",
             "lbfleet_sent_bytes_total{node=\"2\",listener=\"front\",pool=\"web\",backend=\"127.0.0.1:9001\"} 2000",
             "lbfleet_retries_total{node=\"2\",listener=\"front\",pool=\"web\",reason=\"connect_failure\"} 1",

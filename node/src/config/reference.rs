@@ -111,8 +111,9 @@ grpc_max_connections = {grpc_max}
 admin_http_max_connections = {http_max}
 
 # The virtual IP of the front: TCP and HTTP listeners accept on it too (they bind the wildcard
-# address) and the BGP speaker announces it while this node can serve. A unicast address (not
-# unspecified, multicast or loopback). Default: none.
+# address), UDP listeners bind a second socket on it (replies leave from the VIP), and the BGP
+# speaker announces it while this node can serve. A unicast address (not unspecified, multicast or
+# loopback). Default: none.
 # vip = "172.28.1.1"
 
 # Add the VIP (/32 or /128) to the loopback interface at start (needs CAP_NET_ADMIN and a vip).

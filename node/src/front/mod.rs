@@ -7,6 +7,8 @@
 //! - [`Front`]: the task that announces the VIP while the node can serve ([`can_serve`]: a routing
 //!   snapshot with listeners applied and one of them bound) and withdraws it when it cannot, and
 //!   [`Front::leave`], which withdraws it for good at shutdown, before the listeners stop.
+//! - [`NodeDrain`]: an operator's `lbctl drain-node`: the VIP is withdrawn while the node keeps
+//!   running, until `lbctl undrain-node`; kept across restarts.
 //! - [`add_to_loopback`]: the VIP on `lo`, so the kernel delivers packets for it to the wildcard
 //!   listeners (the direct-routing trick of LVS: replies leave from the VIP straight to the client).
 //!
@@ -17,7 +19,9 @@ pub mod bird;
 pub mod speaker;
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -30,6 +34,69 @@ pub const CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the wanted state is sent again although it did not change (BIRD may have restarted
 /// with the VIP protocol disabled).
 pub const RESEND_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The file in the data directory whose presence means the node is drained.
+pub const DRAIN_FILE: &str = "drained";
+
+/// Whether an operator drained this node (`lbctl drain-node`): shared by the admin service, which
+/// sets it, and the announcing task, which withdraws the VIP while it is set. The state is the
+/// presence of [`DRAIN_FILE`] in the data directory, so a drained node stays drained when it
+/// restarts (for maintenance) until it is undrained.
+#[derive(Debug)]
+pub struct NodeDrain {
+    drained: AtomicBool,
+    file: PathBuf,
+    /// Serialises changes, so the file and the flag never disagree.
+    change: Mutex<()>,
+}
+
+impl NodeDrain {
+    /// The drain state kept in `data_dir`.
+    pub fn load(data_dir: &Path) -> NodeDrain {
+        let file = data_dir.join(DRAIN_FILE);
+        NodeDrain { drained: AtomicBool::new(file.exists()), file, change: Mutex::new(()) }
+    }
+
+    /// The file whose presence is the drain.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Acquire)
+    }
+
+    /// Drain (`true`) or undrain the node; returns whether it was drained before. The file is
+    /// written (and its directory synced) before the flag changes, so what the caller is told has
+    /// been done survives a crash.
+    pub fn set(&self, drained: bool) -> std::io::Result<bool> {
+        let _one = self.change.lock().unwrap_or_else(|p| p.into_inner());
+        let was = self.is_drained();
+        if drained {
+            std::fs::write(&self.file, b"drained by an operator (lbctl drain-node)\n")?;
+        } else if let Err(e) = std::fs::remove_file(&self.file) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(e);
+            }
+        }
+        if let Some(dir) = self.file.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        self.drained.store(drained, Ordering::Release);
+        Ok(was)
+    }
+}
+
+/// What the announcing task is told about this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// It can serve: announce the VIP.
+    Ready,
+    /// An operator drained it: withdraw the VIP, keep serving.
+    Drained,
+    /// No routing snapshot with listeners, or none of them bound: withdraw the VIP.
+    CannotServe,
+}
 
 /// Whether this node can serve the VIP: a config with listeners is applied and at least one of them
 /// is bound. One listener that cannot bind (a port in use) does not withdraw the VIP: the same
@@ -50,7 +117,7 @@ impl Front {
     /// `control`.
     pub fn start<F>(control: bird::Control, vip: IpAddr, ready: F) -> Front
     where
-        F: Fn() -> bool + Send + 'static,
+        F: Fn() -> Readiness + Send + 'static,
     {
         let (leave, rx) = mpsc::channel(1);
         let task = tokio::spawn(follow(control, vip, ready, rx));
@@ -68,7 +135,7 @@ impl Front {
     }
 }
 
-async fn follow<F: Fn() -> bool>(
+async fn follow<F: Fn() -> Readiness>(
     control: bird::Control,
     vip: IpAddr,
     ready: F,
@@ -80,6 +147,8 @@ async fn follow<F: Fn() -> bool>(
     let mut announced: Option<bool> = None;
     let mut last_sent = tokio::time::Instant::now();
     let mut last_error: Option<String> = None;
+    // Why the VIP was last withdrawn, so that a change of reason is logged too.
+    let mut last_state: Option<Readiness> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -94,21 +163,31 @@ async fn follow<F: Fn() -> bool>(
                 return;
             }
         }
-        let want = ready();
-        if announced == Some(want) && last_sent.elapsed() < RESEND_INTERVAL {
+        let state = ready();
+        let want = state == Readiness::Ready;
+        if announced == Some(want) && last_state == Some(state) && last_sent.elapsed() < RESEND_INTERVAL {
             continue;
         }
         last_sent = tokio::time::Instant::now();
         match control.set_announced(want).await {
             Ok(()) => {
-                if announced != Some(want) {
-                    if want {
-                        tracing::info!(%vip, "VIP announced: listeners bound and a routing snapshot applied");
-                    } else {
-                        tracing::warn!(%vip, "VIP withdrawn: this node cannot serve (no listener bound)");
+                if announced != Some(want) || last_state != Some(state) {
+                    match state {
+                        Readiness::Ready => tracing::info!(
+                            %vip,
+                            "VIP announced: listeners bound and a routing snapshot applied"
+                        ),
+                        Readiness::Drained => tracing::info!(
+                            %vip,
+                            "VIP withdrawn: this node is drained (lbctl undrain-node announces it again)"
+                        ),
+                        Readiness::CannotServe => {
+                            tracing::warn!(%vip, "VIP withdrawn: this node cannot serve (no listener bound)")
+                        }
                     }
                 }
                 announced = Some(want);
+                last_state = Some(state);
                 last_error = None;
             }
             Err(e) => {
@@ -123,15 +202,24 @@ async fn follow<F: Fn() -> bool>(
     }
 }
 
-/// The readiness test of a running node: its routing snapshot and its listeners' statuses.
+/// The readiness test of a running node: the operator's drain, its routing snapshot and its
+/// listeners' statuses.
 pub fn readiness(
     ctx: Arc<crate::proxy::ProxyContext>,
     statuses: ListenerStatuses,
-) -> impl Fn() -> bool + Send + 'static {
+    drain: Arc<NodeDrain>,
+) -> impl Fn() -> Readiness + Send + 'static {
     move || {
+        if drain.is_drained() {
+            return Readiness::Drained;
+        }
         let in_snapshot = ctx.routing.load().listeners().count();
         let statuses = statuses.lock().map(|s| s.clone()).unwrap_or_default();
-        can_serve(in_snapshot, &statuses)
+        if can_serve(in_snapshot, &statuses) {
+            Readiness::Ready
+        } else {
+            Readiness::CannotServe
+        }
     }
 }
 
@@ -188,5 +276,29 @@ mod tests {
     fn one_bound_listener_of_a_snapshot_is_ready() {
         assert!(can_serve(1, &[status(true)]));
         assert!(can_serve(2, &[status(true), status(false)]));
+    }
+
+    #[test]
+    fn a_drain_is_kept_in_the_data_dir_until_undrained() {
+        let dir = tempfile::tempdir().unwrap();
+        let drain = NodeDrain::load(dir.path());
+        assert!(!drain.is_drained());
+        assert!(!drain.set(true).unwrap(), "was not drained");
+        assert!(drain.is_drained());
+        assert!(drain.set(true).unwrap(), "draining twice is no error");
+        // A restart reads the file.
+        assert!(NodeDrain::load(dir.path()).is_drained());
+        assert!(drain.set(false).unwrap());
+        assert!(!drain.is_drained());
+        assert!(!NodeDrain::load(dir.path()).is_drained());
+        assert!(!drain.set(false).unwrap(), "undraining twice is no error");
+    }
+
+    #[test]
+    fn a_drain_that_cannot_be_written_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let drain = NodeDrain::load(&dir.path().join("missing"));
+        assert!(drain.set(true).is_err());
+        assert!(!drain.is_drained());
     }
 }

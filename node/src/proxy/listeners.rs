@@ -67,6 +67,8 @@ pub struct ListenerSet {
     bind_ip: IpAddr,
     /// UDP listeners bind here.
     udp_ip: IpAddr,
+    /// And here too (the VIP), with a socket of their own.
+    udp_vip: Option<IpAddr>,
     running: BTreeMap<Identity, Running>,
     failed: BTreeMap<Identity, String>,
     /// Stopped listeners whose connections may still be finishing.
@@ -85,6 +87,7 @@ impl ListenerSet {
         ListenerSet {
             bind_ip,
             udp_ip,
+            udp_vip: None,
             running: BTreeMap::new(),
             failed: BTreeMap::new(),
             retiring: Vec::new(),
@@ -162,10 +165,31 @@ impl ListenerSet {
             Protocol::Udp => {
                 let sock = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
                 sock.set_nonblocking(true).map_err(bind_err)?;
+                let on_vip = match self.udp_vip {
+                    Some(vip) => {
+                        let at = SocketAddr::new(vip, l.port);
+                        Some(bind_udp_freebind(at).map_err(|e| {
+                            format!("cannot bind listener \"{}\" (udp) on the VIP {at}: {e}", l.name)
+                        })?)
+                    }
+                    None => None,
+                };
                 rt.spawn(async move {
-                    match tokio::net::UdpSocket::from_std(sock) {
-                        Ok(s) => super::udp::serve(name, s, ctx, stop_rx).await,
-                        Err(e) => tracing::error!(listener = %name, "cannot register {addr}: {e}"),
+                    let serve = |sock: std::net::UdpSocket| {
+                        let (name, ctx, stop) = (name.clone(), Arc::clone(&ctx), stop_rx.clone());
+                        async move {
+                            let at = sock.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                            match tokio::net::UdpSocket::from_std(sock) {
+                                Ok(s) => super::udp::serve(name, s, ctx, stop).await,
+                                Err(e) => tracing::error!(listener = %name, "cannot register {at}: {e}"),
+                            }
+                        }
+                    };
+                    match on_vip {
+                        Some(v) => {
+                            tokio::join!(serve(sock), serve(v));
+                        }
+                        None => serve(sock).await,
                     }
                 })
             }
@@ -215,6 +239,22 @@ impl ListenerSet {
     }
 }
 
+/// A non-blocking UDP socket on `addr` with IP_FREEBIND: the VIP may not be on an interface yet
+/// (it is put on `lo` by `vip_loopback`, or by the host's own setup), and the socket receives on it
+/// once it is. Its replies leave from `addr`.
+fn bind_udp_freebind(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol as P, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(P::UDP))?;
+    if addr.is_ipv4() {
+        sock.set_freebind(true)?;
+    } else {
+        sock.set_freebind_ipv6(true)?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    Ok(sock.into())
+}
+
 /// Backlog of data-plane TCP listeners (the kernel caps it at `net.core.somaxconn`).
 const TCP_BACKLOG: i32 = 4096;
 
@@ -246,6 +286,7 @@ pub async fn run(
     runtime: Option<Handle>,
 ) {
     let mut set = ListenerSet::with_udp_ip(ctx.listen_ip, ctx.bind_ip);
+    set.udp_vip = ctx.vip;
     set.runtime = runtime;
     let mut retry = tokio::time::interval(RETRY_BIND);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -48,8 +48,11 @@ pub struct ProxyContext {
     pub bind_ip: IpAddr,
     /// Where TCP and HTTP listeners bind: `bind_ip`, or the wildcard address when the node has a VIP
     /// (one socket accepts on the node's IP and on the VIP, so a listener's caps count both).
-    /// UDP listeners stay on `bind_ip`.
+    /// UDP listeners bind `bind_ip`, and the VIP too (see `vip`).
     pub listen_ip: IpAddr,
+    /// The front's virtual IP: each UDP listener binds a second socket on it, so that its replies
+    /// leave from the VIP the client sent to (a wildcard UDP socket would answer from the node's IP).
+    pub vip: Option<IpAddr>,
     /// The current routing snapshot, swapped on every applied change.
     pub routing: SharedRouting,
     /// Node-local usability of backends (passive ejection, this node's active-check view): proxies pick
@@ -71,6 +74,7 @@ impl ProxyContext {
             node_id,
             bind_ip,
             listen_ip: bind_ip,
+            vip: None,
             routing: Arc::new(arc_swap::ArcSwap::from_pointee(Routing::empty())),
             outlier: Arc::new(OutlierTracker::new()),
             metrics: Default::default(),

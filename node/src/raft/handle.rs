@@ -183,6 +183,7 @@ pub fn local_view(
         config_version: model.config_version,
         ring_digest,
         down: model.down_nodes.contains(&metrics.id),
+        drained: false,
         error: None,
     }
 }
