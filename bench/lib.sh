@@ -22,7 +22,9 @@ restart_node1_single_thread() {
   mapfile -d '' args < "/proc/$pid/cmdline"
   kill "$pid"
   wait_for 20 bash -c "! kill -0 $pid"
-  "${args[@]}" --dataplane-threads 1 >>"$dir/node-1.bench.log" 2>&1 &
+  # LBNODE_ARGS: more lbnode flags for the bench (e.g. --upstream-idle-per-backend 64), split on spaces.
+  # shellcheck disable=SC2086
+  "${args[@]}" --dataplane-threads 1 ${LBNODE_ARGS:-} >>"$dir/node-1.bench.log" 2>&1 &
   echo $! > "$dir/node-1.bench.pid"
   wait_for 30 curl -sf "http://$ip:7401/healthz"
 }

@@ -31,6 +31,8 @@ async fn every_admin_command_maps_an_unreachable_endpoint_the_same_way() -> Resu
         &["nodes", "remove", "--id", "3"],
         &["drain", "web", "127.0.0.1:9001"],
         &["undrain", "web", "127.0.0.1:9001"],
+        &["drain-node"],
+        &["undrain-node"],
         &["watch"],
     ] {
         let mut full = vec!["--endpoint", "127.0.0.1:1"];

@@ -176,6 +176,11 @@ async fn local_up_serves_every_admin_command_then_local_down_stops_everything() 
     assert_eq!(draining(&ok_json(&["backends", "--json"]).await?), false);
     let out = lbctl(&["drain", "nopool", &first], Duration::from_secs(30)).await?;
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    // A local cluster has no VIP: draining a node has nothing to withdraw, and says so.
+    let out = lbctl(&["drain-node"], Duration::from_secs(30)).await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("node 1 announces no VIP"), "{stderr}");
 
     // A bad config: every problem is printed, exit 1, the config in force is unchanged.
     let bad = d.join("bad.toml");

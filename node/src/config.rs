@@ -55,6 +55,11 @@ pub const SNAPSHOT_LOGS_RANGE: std::ops::RangeInclusive<u64> = 1..=1_000_000;
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 5_000;
 /// Accepted `write_timeout_ms`.
 pub const WRITE_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 1..=300_000;
+/// Accepted `upstream_idle_per_backend` (0: a new backend connection for every request).
+pub const DEFAULT_UPSTREAM_IDLE: usize = 256;
+/// Accepted `upstream_idle_per_backend`.
+pub const UPSTREAM_IDLE_RANGE: std::ops::RangeInclusive<usize> = 0..=65_536;
+
 /// Accepted `dataplane_threads`.
 pub const DATAPLANE_THREADS_RANGE: std::ops::RangeInclusive<usize> = 1..=256;
 /// Most hooks one node defines.
@@ -129,6 +134,10 @@ pub struct Cli {
     /// [default: the number of CPUs].
     #[arg(long)]
     pub dataplane_threads: Option<usize>,
+    /// Idle HTTP connections each listener keeps to each backend for later requests; the oldest is
+    /// closed beyond it, 0 keeps none [default: 256].
+    #[arg(long, value_name = "N")]
+    pub upstream_idle_per_backend: Option<usize>,
     /// The cluster CA's certificate (PEM); every peer's certificate must chain to it.
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
@@ -229,6 +238,7 @@ pub struct FileConfig {
     pub snapshot_logs: Option<u64>,
     pub write_timeout_ms: Option<u64>,
     pub dataplane_threads: Option<usize>,
+    pub upstream_idle_per_backend: Option<usize>,
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
@@ -381,6 +391,8 @@ pub struct NodeConfig {
     pub write_timeout: Duration,
     /// Worker threads of the data-plane runtime.
     pub dataplane_threads: usize,
+    /// Idle HTTP connections kept per backend and listener.
+    pub upstream_idle_per_backend: usize,
     /// The TLS material and the operators' tokens.
     pub tls: TlsFiles,
     /// Cap on open gRPC connections (`crate::limits::GRPC_MAX_CONNECTIONS` by default).
@@ -591,6 +603,11 @@ impl NodeConfig {
         if !DATAPLANE_THREADS_RANGE.contains(&dataplane_threads) {
             bad("dataplane_threads", out_of_range(dataplane_threads, &DATAPLANE_THREADS_RANGE));
         }
+        let upstream_idle_per_backend =
+            cli.upstream_idle_per_backend.or(file.upstream_idle_per_backend).unwrap_or(DEFAULT_UPSTREAM_IDLE);
+        if !UPSTREAM_IDLE_RANGE.contains(&upstream_idle_per_backend) {
+            bad("upstream_idle_per_backend", out_of_range(upstream_idle_per_backend, &UPSTREAM_IDLE_RANGE));
+        }
 
         let mut tls_path = |field: &'static str, flag: Option<&PathBuf>, file: Option<PathBuf>| {
             let path = flag.cloned().or(file);
@@ -658,6 +675,7 @@ impl NodeConfig {
             raft,
             write_timeout: Duration::from_millis(write_timeout_ms),
             dataplane_threads,
+            upstream_idle_per_backend,
             tls,
             grpc_max_connections,
             admin_http_max_connections,

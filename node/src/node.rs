@@ -45,6 +45,7 @@ fn proxy_context(config: &NodeConfig) -> anyhow::Result<ProxyContext> {
         ctx.access_log = Some(Arc::new(crate::proxy::access_log::AccessLog::start(target, dropped)?));
     }
     ctx.vip = config.front.vip;
+    ctx.upstream_idle_per_backend = config.upstream_idle_per_backend;
     if config.front.vip.is_some() {
         ctx.listen_ip = match config.bind {
             std::net::IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),

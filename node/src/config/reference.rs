@@ -15,6 +15,7 @@ pub fn default_config_toml() -> String {
     let snap = SNAPSHOT_LOGS_RANGE;
     let write = WRITE_TIMEOUT_MS_RANGE;
     let threads = DATAPLANE_THREADS_RANGE;
+    let (idle_lo, idle_hi) = (UPSTREAM_IDLE_RANGE.start(), UPSTREAM_IDLE_RANGE.end());
     let grace = WITHDRAW_GRACE_MS_RANGE;
     let d = RaftTiming::default();
     let grpc_max = crate::limits::GRPC_MAX_CONNECTIONS;
@@ -89,6 +90,10 @@ write_timeout_ms = {DEFAULT_WRITE_TIMEOUT_MS}
 # Worker threads of the data plane's own runtime (the proxies), {threads_lo}..={threads_hi}.
 # Default: the number of CPUs (at most {threads_hi}).
 # dataplane_threads = 2
+
+# Idle HTTP connections each listener keeps to each backend for later requests (the oldest is
+# closed beyond it; none is kept idle longer than 30 s), {idle_lo}..={idle_hi}; 0 keeps none.
+upstream_idle_per_backend = {DEFAULT_UPSTREAM_IDLE}
 
 # The cluster CA's certificate (PEM); every peer's certificate must chain to it. Required, no
 # default (make the CA and the node certificates with `lbctl ca init --dir DIR --nodes N`).

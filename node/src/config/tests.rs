@@ -290,6 +290,8 @@ fn numeric_fields_are_bounded() {
         "300001",
         "--dataplane-threads",
         "257",
+        "--upstream-idle-per-backend",
+        "65537",
     ];
     let p = problems(NodeConfig::resolve(FileConfig::default(), &cli(&args)).unwrap_err());
     let text: Vec<String> = p.iter().map(ToString::to_string).collect();
@@ -302,6 +304,7 @@ fn numeric_fields_are_bounded() {
             "snapshot_logs: 1000001 is out of range 1..=1000000",
             "write_timeout_ms: 300001 is out of range 1..=300000",
             "dataplane_threads: 257 is out of range 1..=256",
+            "upstream_idle_per_backend: 65537 is out of range 0..=65536",
         ]
     );
     let ok = ["--id", "1", "--snapshot-logs", "1000000", "--write-timeout-ms", "300000"];
@@ -455,6 +458,7 @@ fn the_printed_bounds_are_the_enforced_ones() {
         range(*WRITE_TIMEOUT_MS_RANGE.start(), *WRITE_TIMEOUT_MS_RANGE.end()),
         range(*WITHDRAW_GRACE_MS_RANGE.start(), *WITHDRAW_GRACE_MS_RANGE.end()),
         format!("{}..={}", DATAPLANE_THREADS_RANGE.start(), DATAPLANE_THREADS_RANGE.end()),
+        format!("{}..={}", UPSTREAM_IDLE_RANGE.start(), UPSTREAM_IDLE_RANGE.end()),
         format!("at most {MAX_ELECTION_MS}"),
         format!("1..={MAX_CONNECTIONS_CAP}"),
     ] {

@@ -173,7 +173,11 @@ pub(crate) struct ConnInfo {
 /// then stop accepting, shut open connections down gracefully and return once they are done, or after
 /// [`SHUTDOWN_GRACE`].
 pub async fn serve(name: String, listener: TcpListener, ctx: Arc<ProxyContext>, stop: Shutdown) {
-    serve_with(name, listener, ctx, stop, Options::default()).await
+    let opts = Options {
+        pool: PoolLimits { max_idle_per_backend: ctx.upstream_idle_per_backend, ..PoolLimits::default() },
+        ..Options::default()
+    };
+    serve_with(name, listener, ctx, stop, opts).await
 }
 
 /// [`serve`] with explicit [`Options`].

@@ -95,6 +95,12 @@ impl ListenerSet {
         }
     }
 
+    /// UDP listeners also bind a socket of their own on `vip` (the front's VIP), answering from it.
+    pub fn with_udp_vip(mut self, vip: Option<IpAddr>) -> ListenerSet {
+        self.udp_vip = vip;
+        self
+    }
+
     /// Bind what the snapshot has and this set lacks; stop what this set has and the snapshot lacks.
     pub async fn reconcile(&mut self, ctx: &Arc<ProxyContext>, routing: &Routing) {
         let wanted: BTreeMap<Identity, Arc<Listener>> =
@@ -285,8 +291,7 @@ pub async fn run(
     statuses: ListenerStatuses,
     runtime: Option<Handle>,
 ) {
-    let mut set = ListenerSet::with_udp_ip(ctx.listen_ip, ctx.bind_ip);
-    set.udp_vip = ctx.vip;
+    let mut set = ListenerSet::with_udp_ip(ctx.listen_ip, ctx.bind_ip).with_udp_vip(ctx.vip);
     set.runtime = runtime;
     let mut retry = tokio::time::interval(RETRY_BIND);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

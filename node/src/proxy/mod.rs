@@ -64,6 +64,8 @@ pub struct ProxyContext {
     pub tls: Arc<tls::TlsStore>,
     /// Where listeners with `access_log = true` send their entries; `None`: this node logs none.
     pub access_log: Option<Arc<access_log::AccessLog>>,
+    /// Idle HTTP connections kept per backend and listener (`upstream_idle_per_backend`).
+    pub upstream_idle_per_backend: usize,
     /// The flow sockets all UDP listeners of this node may hold ([`udp::flow_file_budget`]).
     pub udp_flows: Arc<udp::FlowBudget>,
 }
@@ -75,6 +77,7 @@ impl ProxyContext {
             bind_ip,
             listen_ip: bind_ip,
             vip: None,
+            upstream_idle_per_backend: http::upstream::PoolLimits::default().max_idle_per_backend,
             routing: Arc::new(arc_swap::ArcSwap::from_pointee(Routing::empty())),
             outlier: Arc::new(OutlierTracker::new()),
             metrics: Default::default(),

@@ -75,17 +75,7 @@ pub(crate) fn reconfigure(routing: &SharedRouting, toml: &str, index: u64) {
 
 /// A proxy context of node 1 on `bind_ip` reading `routing`.
 pub(crate) fn context(bind_ip: IpAddr, routing: &SharedRouting) -> Arc<ProxyContext> {
-    Arc::new(ProxyContext {
-        node_id: 1,
-        bind_ip,
-        listen_ip: bind_ip,
-        routing: Arc::clone(routing),
-        outlier: Default::default(),
-        metrics: Default::default(),
-        tls: Default::default(),
-        access_log: None,
-        udp_flows: Default::default(),
-    })
+    Arc::new(ProxyContext { routing: Arc::clone(routing), ..ProxyContext::new(1, bind_ip) })
 }
 
 /// A line of `/proc/self/status` in KiB (`VmRSS`, `VmHWM`).

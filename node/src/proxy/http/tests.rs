@@ -284,17 +284,8 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let routing: SharedRouting =
             Arc::new(ArcSwap::from_pointee(Routing::build(state, 1, &Routing::empty())));
-        let ctx = Arc::new(ProxyContext {
-            node_id,
-            bind_ip,
-            listen_ip: bind_ip,
-            routing: Arc::clone(&routing),
-            outlier: Default::default(),
-            metrics: Default::default(),
-            tls: Default::default(),
-            access_log: None,
-            udp_flows: Default::default(),
-        });
+        let ctx =
+            Arc::new(ProxyContext { routing: Arc::clone(&routing), ..ProxyContext::new(node_id, bind_ip) });
         let (stop, stop_rx) = crate::shutdown::channel();
         let task = tokio::spawn(serve_with("web".into(), listener, Arc::clone(&ctx), stop_rx, opts));
         Proxy { addr, routing, ctx, stop, task: Some(task) }

@@ -34,7 +34,10 @@ pub struct PoolLimits {
 
 impl Default for PoolLimits {
     fn default() -> Self {
-        PoolLimits { max_idle_per_backend: 256, idle_timeout: Duration::from_secs(30) }
+        PoolLimits {
+            max_idle_per_backend: crate::config::DEFAULT_UPSTREAM_IDLE,
+            idle_timeout: Duration::from_secs(30),
+        }
     }
 }
 

@@ -375,3 +375,22 @@ async fn flow_sockets_leave_from_the_proxy_bind_ip() {
         tokio::time::timeout(WAIT, c.recv_from(&mut buf)).await.expect("reply in time").expect("recv");
     assert_eq!((&buf[..n], via), (&b"pong"[..], p.addr));
 }
+
+#[tokio::test]
+async fn with_a_vip_a_udp_listener_also_answers_on_it_from_it() {
+    let (b, _t) = backends(1, 76, 200).await;
+    let routing = routing_for(&config("udp", 7290, "round_robin", "source_addr", &b, ""));
+    let (node, vip) = (ip(74, 200), ip(75, 200));
+    let ctx = Arc::new(ProxyContext { vip: Some(vip), ..ProxyContext::new(1, node) });
+    ctx.routing.store(routing.load_full());
+    let mut set = crate::proxy::listeners::ListenerSet::with_udp_ip(node, node).with_udp_vip(ctx.vip);
+    set.reconcile(&ctx, &ctx.routing.load()).await;
+    assert!(set.statuses().iter().all(|s| s.bound), "{:?}", set.statuses());
+    let c = client(77, 200).await;
+    for to in [SocketAddr::new(vip, 7290), SocketAddr::new(node, 7290)] {
+        let r = ask(&c, to, b"hello").await;
+        assert_eq!(r.from, to, "the reply leaves from the address the datagram was sent to");
+        assert_eq!((r.backend.as_str(), r.payload.as_slice()), ("b1", &b"hello"[..]));
+    }
+    set.shutdown().await;
+}
