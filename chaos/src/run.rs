@@ -313,10 +313,6 @@ pub async fn run(mut args: RunArgs, dir: Option<PathBuf>) -> Result<bool> {
                     "the fault {k:?} is not available with --target compose (kill, pause, partition, restart and backend-kill are)"
                 );
             }
-            if args.udp_clients > 0 {
-                println!("no UDP flows with --target compose: UDP through the VIP is not supported yet");
-                args.udp_clients = 0;
-            }
             run_compose(&args, &dir, partitions).await
         }
     }
@@ -416,8 +412,12 @@ async fn drive(args: &RunArgs, dir: &Path, setup: Setup, firewall: Option<&Firew
         })
         .await?;
     }
+    let udp_targets = match &front {
+        traffic::Front::Vip(vip) => udp::Targets::vip(vip.ip()),
+        traffic::Front::Nodes(..) => udp::Targets::nodes(&ips),
+    };
     if args.udp_clients > 0 {
-        udp_ready(&ips).await?;
+        udp_ready(&udp_targets).await?;
     }
     current = first.get_config(false).await.map_err(|e| anyhow!("{e}"))?;
     let mut base = parse(&current.config_json, Format::Json).map_err(|e| anyhow!("{e}"))?;
@@ -455,7 +455,7 @@ async fn drive(args: &RunArgs, dir: &Path, setup: Setup, firewall: Option<&Firew
     let flows: Vec<_> = (1..=args.udp_clients)
         .map(|c| {
             let seed = args.seed.wrapping_mul(1000) + 700 + u64::from(c);
-            tokio::spawn(udp::client(Arc::clone(&shared), ips.clone(), c, seed))
+            tokio::spawn(udp::client(Arc::clone(&shared), udp_targets.clone(), c, seed))
         })
         .collect();
     let progress = tokio::spawn(report_progress(Arc::clone(&shared)));
@@ -767,8 +767,12 @@ async fn drive(args: &RunArgs, dir: &Path, setup: Setup, firewall: Option<&Firew
         }
     ));
     if args.udp_clients > 0 {
+        let udp_via = match front {
+            traffic::Front::Vip(vip) => format!("through the VIP {} with one retry", vip.ip()),
+            traffic::Front::Nodes(..) => "with one retry on another node".to_string(),
+        };
         verdicts.push(format!(
-            "UDP datagrams succeed with one retry on another node while the backend set is stable: {} ({:.2}% of {}; {:.2}% on the first try; {} sent while a backend was being ejected or restored, not rated)",
+            "UDP datagrams succeed {udp_via} while the backend set is stable: {} ({:.2}% of {}; {:.2}% on the first try; {} sent while a backend was being ejected or restored, not rated)",
             yes(udp_ok),
             100.0 * udp_sum.one_retry,
             udp_sum.requests,
@@ -1359,11 +1363,12 @@ async fn prepare_config(
     Ok(())
 }
 
-/// Wait until the UDP listener of every node answers a datagram.
-async fn udp_ready(ips: &[Ipv4Addr]) -> Result<()> {
-    let socket = tokio::net::UdpSocket::bind("127.0.3.250:0").await.context("bind a UDP probe")?;
-    for ip in ips {
-        let target = std::net::SocketAddr::new((*ip).into(), udp::UDP_PORT);
+/// Wait until the UDP listener answers a datagram at every target.
+async fn udp_ready(targets: &udp::Targets) -> Result<()> {
+    let socket = tokio::net::UdpSocket::bind(std::net::SocketAddr::new(targets.source(250), 0))
+        .await
+        .context("bind a UDP probe")?;
+    for &target in &targets.addrs {
         wait_until("the UDP listener to answer", RECOVER, || async {
             udp::exchange(&socket, target, b"lbchaos ready")
                 .await

@@ -3,9 +3,12 @@
 //! demo backends; each backend (`lbctl demo-backend --udp`) answers a datagram with its name, a newline
 //! and the datagram.
 //!
-//! A *flow* is one client socket (source 127.0.3.C, a fixed source port): each client keeps
-//! [`FLOWS_PER_CLIENT`] of them and sends each datagram from a random one to a random node; when the
-//! first try gets no answer within [`REPLY_TIMEOUT`], the same flow tries another node once. Every
+//! A *flow* is one client socket (a fixed source port): each client keeps [`FLOWS_PER_CLIENT`] of
+//! them and sends each datagram from a random one to a random target; when the first try gets no
+//! answer within [`REPLY_TIMEOUT`], the same flow tries another target once. Locally the targets are
+//! the nodes and the source is 127.0.3.C; on compose the one target is the VIP (the router's ECMP
+//! hash picks the node, so the retry goes to the VIP again and reaches another node only once the
+//! router has dropped a failed one) and the source is the host's address towards it. Every
 //! datagram's result and the backend that answered are recorded as a [`Request`] (key: the source
 //! port). A flow is opened anew (new sockets, new ports) whenever the backend epoch changes, so the
 //! same-flow check (one flow, one backend, from every node, within a stable epoch) never counts a flow
@@ -82,10 +85,10 @@ pub async fn exchange(socket: &UdpSocket, target: SocketAddr, payload: &[u8]) ->
 }
 
 /// `FLOWS_PER_CLIENT` new sockets on `source`, port chosen by the kernel.
-async fn open_flows(source: Ipv4Addr) -> Vec<(u16, UdpSocket)> {
+async fn open_flows(source: IpAddr) -> Vec<(u16, UdpSocket)> {
     let mut out = Vec::new();
     for _ in 0..FLOWS_PER_CLIENT {
-        if let Ok(s) = UdpSocket::bind(SocketAddr::new(IpAddr::V4(source), 0)).await {
+        if let Ok(s) = UdpSocket::bind(SocketAddr::new(source, 0)).await {
             if let Ok(a) = s.local_addr() {
                 out.push((a.port(), s));
             }
@@ -94,10 +97,40 @@ async fn open_flows(source: Ipv4Addr) -> Vec<(u16, UdpSocket)> {
     out
 }
 
-/// A UDP client: until the run stops, a datagram from one of its flows to a random node.
-pub async fn client(shared: Arc<Shared>, ips: Vec<Ipv4Addr>, id: u8, seed: u64) {
+/// Where the UDP clients send: each node's listener (the local target), or the VIP (compose).
+#[derive(Debug, Clone)]
+pub struct Targets {
+    pub addrs: Vec<SocketAddr>,
+    /// The clients' sources: [`Targets::source`].
+    pub local: bool,
+}
+
+impl Targets {
+    /// Every node's UDP listener.
+    pub fn nodes(ips: &[Ipv4Addr]) -> Targets {
+        Targets { addrs: ips.iter().map(|ip| SocketAddr::new((*ip).into(), UDP_PORT)).collect(), local: true }
+    }
+
+    /// The front's VIP only.
+    pub fn vip(vip: IpAddr) -> Targets {
+        Targets { addrs: vec![SocketAddr::new(vip, UDP_PORT)], local: false }
+    }
+
+    /// Client `id`'s source address: 127.0.3.ID locally, else whatever the host's route picks.
+    pub fn source(&self, id: u8) -> IpAddr {
+        if self.local {
+            Ipv4Addr::new(127, 0, 3, id).into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        }
+    }
+}
+
+/// A UDP client: until the run stops, a datagram from one of its flows to a random target.
+pub async fn client(shared: Arc<Shared>, targets: Targets, id: u8, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let source = Ipv4Addr::new(127, 0, 3, id);
+    let source = targets.source(id);
+    let addrs = &targets.addrs;
     let mut flows: Vec<(u16, UdpSocket)> = Vec::new();
     let mut opened_in = u64::MAX;
     for seq in 0..MAX_DATAGRAMS_PER_CLIENT {
@@ -114,16 +147,19 @@ pub async fn client(shared: Arc<Shared>, ips: Vec<Ipv4Addr>, id: u8, seed: u64) 
             }
         }
         let (port, socket) = &flows[rng.random_range(0..flows.len())];
-        let node = rng.random_range(0..ips.len());
+        let node = rng.random_range(0..addrs.len());
         let at_ms = shared.ms();
         let payload = format!("lbchaos {id} {seq}");
-        let first = exchange(socket, SocketAddr::new(ips[node].into(), UDP_PORT), payload.as_bytes()).await;
+        let first = exchange(socket, addrs[node], payload.as_bytes()).await;
         let retry = match first {
             Some(_) => None,
             None => {
-                let other = (node + 1 + rng.random_range(0..ips.len() - 1)) % ips.len();
-                let target = SocketAddr::new(ips[other].into(), UDP_PORT);
-                Some((other, exchange(socket, target, payload.as_bytes()).await))
+                let other = if addrs.len() > 1 {
+                    (node + 1 + rng.random_range(0..addrs.len() - 1)) % addrs.len()
+                } else {
+                    node
+                };
+                Some((other, exchange(socket, addrs[other], payload.as_bytes()).await))
             }
         };
         let epoch = epoch_of(before, shared.backend_epoch());

@@ -92,8 +92,9 @@ async fn stale_reads_under_a_partition_fail_the_linearizability_check() {
     assert!(last.contains("linearizable=no"), "the checker must catch stale reads: {last}");
 }
 
-/// `lbchaos run --target compose`: docker/compose-3.yml, client traffic through the front's VIP, one
-/// node killed (and a backend), every verdict kept, and the router stops routing to the killed node.
+/// `lbchaos run --target compose`: docker/compose-3.yml, client traffic (HTTP and UDP flows) through
+/// the front's VIP, one node killed (and a backend), every verdict kept, and the router stops routing
+/// to the killed node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compose_run_through_the_vip_keeps_every_verdict() {
     use lbfleet_tests::compose;
@@ -129,4 +130,5 @@ async fn a_compose_run_through_the_vip_keeps_every_verdict() {
     assert!(text.contains("fault: SIGKILL node-"), "a node was killed");
     assert!(text.contains("the front stopped routing to node-"), "the front withdrew the killed node");
     assert!(!last.contains("front_withdrawal_median=-") && !last.contains(" http=0 "), "{last}");
+    assert!(!last.contains(" udp=0 "), "UDP flows went through the VIP: {last}");
 }
