@@ -306,7 +306,8 @@ impl Node {
         }
     }
 
-    /// Stop accepting, finish in-flight requests (bounded), shut Raft down and close the store.
+    /// Withdraw the VIP, shut Raft down, stop accepting, finish in-flight requests (bounded) and close
+    /// the store.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         tracing::info!(id = self.cluster.id(), "shutting down");
         if let Some(front) = self.front.take() {
@@ -320,6 +321,17 @@ impl Node {
         let store_failed = self.cluster.raft.metrics().running_state.is_err();
         self.shutdown_tx.trigger();
         self.bootstrap.abort();
+        // Raft stops before the connections drain: a leader that kept heartbeating while they finish
+        // would hold the leadership for seconds after SIGTERM (openraft 0.9 cannot hand it over);
+        // stopped now, the others elect a leader within an election timeout, as after a kill. The data
+        // plane serves what is open from its last routing snapshot meanwhile.
+        let raft_stopped = self
+            .cluster
+            .raft
+            .raft()
+            .shutdown()
+            .await
+            .map_err(|e| anyhow::anyhow!("Raft did not shut down cleanly: {e}"));
         if let Some(health) = self.health.take() {
             // It ends on the shutdown signal; its checkers and vote calls are not worth waiting for.
             let abort = health.abort_handle();
@@ -354,13 +366,6 @@ impl Node {
                 abort.abort();
             }
         }
-        let raft_stopped = self
-            .cluster
-            .raft
-            .raft()
-            .shutdown()
-            .await
-            .map_err(|e| anyhow::anyhow!("Raft did not shut down cleanly: {e}"));
         if store_failed {
             tracing::warn!("Raft had failed: the store is left as it is, not closed");
             std::mem::forget(self.cluster);

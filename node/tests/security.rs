@@ -75,9 +75,13 @@ async fn operators_need_a_token_with_the_role_and_plaintext_gets_nothing() {
     let read = creds().read_token.as_str();
     let out = lbctl(&["--endpoint", &ep, "--token", read, "status"], t).await.unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    for cmd in
-        [vec!["apply", "-f", file], vec!["nodes", "remove", "--id", "3"], vec!["drain", "web", "127.0.0.1:9"]]
-    {
+    for cmd in [
+        vec!["apply", "-f", file],
+        vec!["nodes", "remove", "--id", "3"],
+        vec!["drain", "web", "127.0.0.1:9"],
+        vec!["drain-node"],
+        vec!["undrain-node"],
+    ] {
         let mut args = vec!["--endpoint", ep.as_str(), "--token", read];
         args.extend(cmd.iter().copied());
         let out = lbctl(&args, t).await.unwrap();

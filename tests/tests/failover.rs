@@ -143,3 +143,53 @@ async fn a_killed_node_stops_counting_in_health_votes_and_votes_again_when_it_re
     ensure!(st.nodes.iter().all(|n| !n.down), "every node is up again: {:?}", st.nodes);
     Ok(())
 }
+
+/// SIGTERM of the leader: it leaves Raft before its connections drain, so the others elect a new
+/// leader while it still serves an open connection (the drain waits up to 10 s for it). Were Raft
+/// stopped after the drain, the old leader would keep heartbeating until it exits.
+///
+/// Addresses: nodes on 127.0.60.1N, the demo backend on 127.0.60.101.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopping_gracefully_gives_up_leadership_before_its_connections_drain() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const PORT: u16 = 18160;
+    let b = BackendProc::start("backend-1", "127.0.60.101:9001").await?;
+    let mut c = Cluster::start(60, 3, &[])?;
+    let leader = c.wait_for_leader(ELECTION).await?;
+    let cfg = format!(
+        "[[pool]]\nname = \"web\"\npolicy = \"round_robin\"\n[[pool.backend]]\naddr = \"{}\"\n\
+         [pool.health]\nkind = \"none\"\n\
+         [[listener]]\nname = \"tcp\"\nprotocol = \"tcp\"\nport = {PORT}\npool = \"web\"\n",
+        b.addr
+    );
+    admin::apply_toml(&c.grpc_addr(leader), &cfg).await?;
+    // One keep-alive exchange through the leader's TCP listener: the connection is proxied and stays open.
+    let front = format!("{}:{PORT}", c.ip_of(leader));
+    let mut conn = wait_until("the leader to proxy TCP", ELECTION, || async {
+        let mut s = tokio::net::TcpStream::connect(&front).await?;
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await??;
+        ensure!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+        Ok(s)
+    })
+    .await?;
+
+    let pid = c.node(leader).pid().context("the leader's pid")?;
+    ensure!(lbfleet_tests::process::signal(pid, libc::SIGTERM), "SIGTERM to node {leader}");
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let new = c.wait_for_leader_among(&others, ELECTION).await?;
+    ensure!(
+        c.node(leader).is_running(),
+        "node {leader} had already exited when node {new} took over: leadership outlived the drain"
+    );
+    // The open connection is still served by the stopping node.
+    conn.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf)).await??;
+    ensure!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    drop(conn);
+    let code = c.node(leader).wait_exit(Duration::from_secs(30)).await?;
+    ensure!(code == Some(0), "node {leader} exited with {code:?}");
+    Ok(())
+}
