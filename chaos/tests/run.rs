@@ -33,9 +33,14 @@ async fn run3(duration: &str, seed: &str, faults: &str, extra: &[&str]) -> (Opti
     let mut cmd = Command::new(bin("lbchaos"));
     cmd.arg("--dir").arg(dir.path().join("cluster"));
     cmd.args(["run", "--nodes", "3", "--duration", duration, "--seed", seed, "--faults", faults]).args(extra);
+    cmd.arg("--report").arg(dir.path().join("report.md"));
     let out = output_within(&mut cmd, Duration::from_secs(240)).await.expect("lbchaos within 4 minutes");
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     println!("{text}");
+    if out.status.code() != Some(0) && !extra.contains(&"--stale") {
+        // A failed run that should have passed: its node logs and report stay for whoever reads it.
+        println!("kept the run's directory (node logs, report.md): {}", dir.keep().display());
+    }
     let last = text.lines().rev().find(|l| l.starts_with("lbchaos:")).unwrap_or("").to_string();
     (out.status.code(), text, last)
 }
