@@ -6,7 +6,9 @@
 //!
 //! Error mapping (see [`classify`]):
 //! - the call never reached the peer (connect refused or timed out, connection reset, bad address)
-//!   → `Unreachable`, so openraft backs off ([`UNREACHABLE_BACKOFF`]) before trying again;
+//!   → `Unreachable`, so openraft backs off (its default, 500 ms) before trying again. A shorter
+//!   back-off (100 ms) caught restarted nodes up sooner but came with linearizability failures in the
+//!   chaos runs, not understood yet (README, known limits), so it is not used;
 //! - the peer answered with a gRPC error, or a reply could not be decoded → `NetworkError` with a
 //!   message naming the RPC and the peer;
 //! - no answer within the TTL → `Timeout`;
@@ -179,16 +181,7 @@ fn status_text(status: &tonic::Status) -> String {
     text
 }
 
-/// How long openraft waits before it tries an unreachable peer again (its default is 500 ms). A peer
-/// that was killed and restarted is caught up this much sooner; the retries of a peer that stays down
-/// are connection attempts that fail at once or within the RPC's timeout, a few per second.
-pub const UNREACHABLE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
-
 impl RaftNetwork<TypeConfig> for GrpcNetwork {
-    fn backoff(&self) -> openraft::network::Backoff {
-        openraft::network::Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
-    }
-
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
