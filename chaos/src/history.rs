@@ -61,6 +61,13 @@ pub struct Op {
     pub invoke_ms: u64,
     pub return_ms: u64,
     pub outcome: Outcome,
+    /// A read's answer: the node that answered and its applied log index then (shown in a violation).
+    pub answer: Option<(u64, u64)>,
+}
+
+/// How a read was answered, for a violation's message.
+fn answered(o: &Op) -> String {
+    o.answer.map(|(n, i)| format!(" (answered by node {n} at applied index {i})")).unwrap_or_default()
 }
 
 /// Longest stateright's search may run as a cross-check of [`zones`].
@@ -303,8 +310,8 @@ pub fn obvious_violation(ops: &[Op], initial: Value) -> Option<String> {
         if let (Some(w_ret), Some(newer)) = (w_ret, overwritten_before(o.invoke_ms)) {
             if newer > w_ret {
                 return Some(format!(
-                    "client {} read {v} at {} ms through node {}, but a write begun at {newer} ms, after {v} was written, had completed before the read began",
-                    o.client, o.invoke_ms, o.node
+                    "client {} read {v} at {} ms through node {}{}, but a write begun at {newer} ms, after {v} was written, had completed before the read began",
+                    o.client, o.invoke_ms, o.node, answered(o)
                 ));
             }
         }
@@ -328,8 +335,8 @@ pub fn obvious_violation(ops: &[Op], initial: Value) -> Option<String> {
         if let Some(&(_, newer, nv)) = i.checked_sub(1).map(|i| &seen[i]) {
             if newer > w_ret {
                 return Some(format!(
-                    "client {} read {v} at {} ms through node {}, after another read had already returned {nv}, written later",
-                    o.client, o.invoke_ms, o.node
+                    "client {} read {v} at {} ms through node {}{}, after another read had already returned {nv}, written later",
+                    o.client, o.invoke_ms, o.node, answered(o)
                 ));
             }
         }
@@ -405,7 +412,7 @@ mod tests {
     use super::*;
 
     fn op(client: u32, kind: Kind, invoke_ms: u64, return_ms: u64, outcome: Outcome) -> Op {
-        Op { client, node: 1, kind, invoke_ms, return_ms, outcome }
+        Op { client, node: 1, kind, invoke_ms, return_ms, outcome, answer: None }
     }
     fn w(client: u32, v: Value, a: u64, b: u64) -> Op {
         op(client, Kind::Write(v), a, b, Outcome::Ok(None))
@@ -503,7 +510,11 @@ mod tests {
                 } else {
                     (Kind::Read, true, Outcome::Ok(None))
                 };
-                ops.push((at, Op { client, node: 1, kind, invoke_ms, return_ms, outcome }, applied));
+                ops.push((
+                    at,
+                    Op { client, node: 1, kind, invoke_ms, return_ms, outcome, answer: None },
+                    applied,
+                ));
                 t = return_ms + rng.random_range(0..4u64);
             }
         }

@@ -961,6 +961,7 @@ async fn client(shared: Arc<Shared>, id: u32, seed: u64) {
             Kind::Read
         };
         let invoke_ms = shared.ms();
+        let mut answer = None;
         let outcome = match Admin::connect(ep, OP_TIMEOUT, creds()).await {
             Err(_) => Outcome::Failed,
             Ok(admin) => match kind {
@@ -977,16 +978,26 @@ async fn client(shared: Arc<Shared>, id: u32, seed: u64) {
                     },
                 },
                 Kind::Read => match admin.get_config(shared.stale).await {
-                    Ok(r) => match value_of(&r.config_json) {
-                        Ok(v) => Outcome::Ok(v),
-                        Err(_) => Outcome::Failed,
-                    },
+                    Ok(r) => {
+                        answer = Some((r.answered_by, r.applied_index));
+                        match value_of(&r.config_json) {
+                            Ok(v) => Outcome::Ok(v),
+                            Err(_) => Outcome::Failed,
+                        }
+                    }
                     Err(_) => Outcome::Failed,
                 },
             },
         };
-        let op =
-            Op { client: id, node: node_idx as u64 + 1, kind, invoke_ms, return_ms: shared.ms(), outcome };
+        let op = Op {
+            client: id,
+            node: node_idx as u64 + 1,
+            kind,
+            invoke_ms,
+            return_ms: shared.ms(),
+            outcome,
+            answer,
+        };
         shared.ops.lock().unwrap_or_else(|p| p.into_inner()).push(op);
         tokio::time::sleep(PACE).await;
     }
@@ -1450,6 +1461,7 @@ async fn final_read(nodes: &[NodeProc], shared: &Shared, ops: &mut Vec<Op>) -> R
         invoke_ms,
         return_ms: shared.ms(),
         outcome: Outcome::Ok(value),
+        answer: Some((got.answered_by, got.applied_index)),
     });
     Ok((got.version, value.unwrap_or(0)))
 }
