@@ -248,9 +248,11 @@ fn ms(d: Duration) -> String {
     format!("{} ms", d.as_millis())
 }
 
-/// `lbctl ARGS` run inside node 1's container against node 1, with the admin token.
-fn lbctl_on_node_1(c: &Compose, args: &[&str]) -> Result<String> {
-    let mut argv = vec![
+/// `lbctl ARGS` run inside node 1's container against node 1, with the admin token (`docker exec`,
+/// off the runtime's threads).
+async fn lbctl_on_node_1(c: &Compose, args: &[&str]) -> Result<String> {
+    let c = c.clone();
+    let mut argv: Vec<String> = [
         "/usr/local/bin/lbctl",
         "--endpoint",
         "172.28.0.11:7400",
@@ -258,14 +260,23 @@ fn lbctl_on_node_1(c: &Compose, args: &[&str]) -> Result<String> {
         "/certs/ca.pem",
         "--token-file",
         "/certs/admin.token",
-    ];
-    argv.extend_from_slice(args);
-    c.exec("lbnode-1", &argv)
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    argv.extend(args.iter().map(|s| s.to_string()));
+    tokio::task::spawn_blocking(move || {
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        c.exec("lbnode-1", &argv)
+    })
+    .await?
 }
 
 /// How many times node 1 logged that it withdrew the VIP because it is drained.
-fn drained_withdrawals(c: &Compose) -> usize {
-    c.logs("lbnode-1", 100_000).matches("VIP withdrawn: this node is drained").count()
+async fn drained_withdrawals(c: &Compose) -> Result<usize> {
+    let c = c.clone();
+    let logs = tokio::task::spawn_blocking(move || c.logs("lbnode-1", 100_000)).await?;
+    Ok(logs.matches("VIP withdrawn: this node is drained").count())
 }
 
 /// `lbctl drain-node` on node 1: its next hop leaves the router while it keeps running, requests
@@ -274,34 +285,34 @@ fn drained_withdrawals(c: &Compose) -> usize {
 async fn drain_node(c: &Compose) -> Result<()> {
     let all = [1, 2, 3];
     let t0 = Instant::now();
-    let out = lbctl_on_node_1(c, &["drain-node"])?;
+    let out = lbctl_on_node_1(c, &["drain-node"]).await?;
     ensure!(out.starts_with("node 1 is drained: it withdraws the VIP 172.28.1.1"), "{out}");
     let took = time_to_withdraw(c, 1, t0).await?;
     all_succeed(10, &[2, 3]).await.context("requests through the VIP with node 1 drained")?;
-    let again = lbctl_on_node_1(c, &["drain-node"])?;
+    let again = lbctl_on_node_1(c, &["drain-node"]).await?;
     ensure!(again.starts_with("node 1 was already drained"), "{again}");
-    let status = lbctl_on_node_1(c, &["status"])?;
+    let status = lbctl_on_node_1(c, &["status"]).await?;
     ensure!(status.contains("node 1: drained"), "{status}");
 
     // A restart keeps the drain: the node starts, withdraws (its log says why), and stays out.
-    let before = drained_withdrawals(c);
+    let before = drained_withdrawals(c).await?;
     blocking(c, Compose::stop, "lbnode-1".into()).await?;
     blocking(c, Compose::start, "lbnode-1".into()).await?;
     wait_until("node 1 to withdraw the VIP again after its restart, as drained", REJOIN, || async {
-        ensure!(drained_withdrawals(c) > before, "not yet");
+        ensure!(drained_withdrawals(c).await? > before, "not yet");
         Ok(())
     })
     .await?;
     let hops = nexthops(c).await?;
     ensure!(!hops.contains(&node_ip(1)), "a drained node announced the VIP after a restart: {hops:?}");
     wait_until("node 1's status after its restart", REJOIN, || async {
-        let status = lbctl_on_node_1(c, &["status"])?;
+        let status = lbctl_on_node_1(c, &["status"]).await?;
         ensure!(status.contains("node 1: drained"), "{status}");
         Ok(())
     })
     .await?;
 
-    let out = lbctl_on_node_1(c, &["undrain-node"])?;
+    let out = lbctl_on_node_1(c, &["undrain-node"]).await?;
     ensure!(out.starts_with("node 1 is undrained"), "{out}");
     wait_announced(c, &all, REJOIN).await?;
     spread_over(&all).await?;

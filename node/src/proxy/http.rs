@@ -116,7 +116,7 @@ const REAP_EVERY: Duration = Duration::from_secs(5);
 /// After the grace, how long closing the remaining connections may take.
 const FORCE_WAIT: Duration = Duration::from_secs(2);
 
-/// Knobs of [`serve_with`]; [`serve`] uses the defaults.
+/// Knobs of [`serve_with`]; [`serve`] uses [`Options::for_context`].
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     pub pool: PoolLimits,
@@ -126,6 +126,15 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options { pool: PoolLimits::default(), grace: SHUTDOWN_GRACE }
+    }
+}
+
+impl Options {
+    /// The defaults with this node's settings (`upstream_idle_per_backend`).
+    pub fn for_context(ctx: &ProxyContext) -> Options {
+        let pool =
+            PoolLimits { max_idle_per_backend: ctx.upstream_idle_per_backend, ..PoolLimits::default() };
+        Options { pool, ..Options::default() }
     }
 }
 
@@ -173,10 +182,7 @@ pub(crate) struct ConnInfo {
 /// then stop accepting, shut open connections down gracefully and return once they are done, or after
 /// [`SHUTDOWN_GRACE`].
 pub async fn serve(name: String, listener: TcpListener, ctx: Arc<ProxyContext>, stop: Shutdown) {
-    let opts = Options {
-        pool: PoolLimits { max_idle_per_backend: ctx.upstream_idle_per_backend, ..PoolLimits::default() },
-        ..Options::default()
-    };
+    let opts = Options::for_context(&ctx);
     serve_with(name, listener, ctx, stop, opts).await
 }
 

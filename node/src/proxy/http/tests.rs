@@ -1379,3 +1379,13 @@ async fn responses_and_connect_failures_are_counted_per_backend_and_status_class
     }
     assert_eq!(text.matches("http_requests_total{").count(), 2, "{text}");
 }
+
+#[test]
+fn the_node_setting_caps_idle_upstream_connections() {
+    let mut ctx = ProxyContext::new(1, "127.0.0.1".parse().unwrap());
+    assert_eq!(Options::for_context(&ctx).pool.max_idle_per_backend, crate::config::DEFAULT_UPSTREAM_IDLE);
+    ctx.upstream_idle_per_backend = 3;
+    let opts = Options::for_context(&ctx);
+    assert_eq!(opts.pool.max_idle_per_backend, 3);
+    assert_eq!(opts.pool.idle_timeout, PoolLimits::default().idle_timeout);
+}
